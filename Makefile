@@ -1,0 +1,43 @@
+# streamops: `make demo` runs the main job end to end, `make test` runs the whole suite.
+# Both bootstrap a virtualenv in .venv first; nothing needs to be started by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: bootstrap test test-fast lint typecheck demo bench clean
+
+bootstrap: $(STAMP)
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The whole suite: unit, service (in-memory broker), integration (real Redis, started by the
+# fixtures) and e2e (services as processes).
+test: bootstrap
+	$(PY) -m pytest
+
+# Unit and service tests only: seconds, no servers.
+test-fast: bootstrap
+	$(PY) -m pytest tests/unit tests/service
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+demo: bootstrap
+	$(PY) -m streamops.demo
+
+bench: bootstrap
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis

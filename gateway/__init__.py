@@ -1,0 +1,1 @@
+"""streamops gateway service (see the open issues)."""

@@ -1,0 +1,1 @@
+"""streamops ingestor: data arrival → validated, versioned Parquet feature store."""

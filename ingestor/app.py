@@ -1,0 +1,67 @@
+"""The ingestor service: `data-arrived` (group `ingestor`) → feature store → `data-ingested`."""
+
+from __future__ import annotations
+
+import functools
+
+import anyio.to_thread
+from faststream import FastStream
+from faststream.specification import AsyncAPI
+
+from ingestor.service import ingest
+from ingestor.store import FeatureStore
+from shared.broker import build_broker, ensure_group, redis_client
+from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
+from shared.events import DataArrived, DataIngested, DataRejected
+from shared.settings import IngestorSettings
+from shared.telemetry import configure_logging
+
+GROUP = "ingestor"
+
+
+def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = None) -> FastStream:
+    """The service; `ledger` replaces the Redis bookkeeping in handler tests."""
+    settings = settings or IngestorSettings()
+    common = settings.common
+    configure_logging(common.log_level)
+    broker = build_broker(common)
+    client = redis_client(common)
+    store = FeatureStore(common.feature_store_root)
+    ledger = ledger or RedisLedger(
+        client, DataArrived.stream, GROUP, common.consumer_name, common.done_ttl_s
+    )
+    delivery = Delivery(ledger, DataArrived.stream, GROUP, common.consumer_name, common)
+    ingested = broker.publisher(
+        DataIngested.stream, schema=DataIngested, description=DataIngested.__doc__
+    )
+    rejected = broker.publisher(
+        DataRejected.stream, schema=DataRejected, description=DataRejected.__doc__
+    )
+
+    async def on_data_arrived(event: DataArrived) -> None:
+        # Reading and validating is CPU and disk work: off the event loop, so leases keep
+        # being renewed and other messages keep flowing.
+        result = await anyio.to_thread.run_sync(functools.partial(ingest, event, settings, store))
+        publisher = ingested if isinstance(result, DataIngested) else rejected
+        await publisher.publish(result)
+
+    subscribe(broker, delivery, DataArrived, on_data_arrived)
+
+    app = FastStream(
+        broker,
+        specification=AsyncAPI(
+            broker,
+            title="streamops ingestor",
+            description="Validates arriving data and stores it as feature-store versions.",
+        ),
+    )
+
+    @app.on_startup
+    async def create_groups() -> None:
+        await ensure_group(client, DataArrived.stream, GROUP)
+
+    @app.after_shutdown
+    async def close_client() -> None:
+        await client.aclose()
+
+    return app

@@ -1,0 +1,168 @@
+"""The ingest use case, free of any broker: source → validation → feature-store version.
+
+`ingest` returns the event to publish next (DataIngested or DataRejected). It raises only
+for what the caller must decide about: UnknownDataset (a poison message) and
+SourceUnavailable (worth retrying).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+
+import pyarrow.parquet as pq
+
+from ingestor.sources import Progress, SourceReader, open_source
+from ingestor.store import QUARANTINE_FILE, FeatureStore, StagedVersion
+from ingestor.validate import validate_chunk
+from shared.datasets import DatasetSpec, arrow_schema, load_spec
+from shared.errors import BatchRejected, SourceRejected
+from shared.events import DataArrived, DataIngested, DataRejected, derived_event_id, describe_source
+from shared.settings import IngestorSettings
+
+log = logging.getLogger(__name__)
+
+
+def ingest(
+    event: DataArrived,
+    settings: IngestorSettings,
+    store: FeatureStore,
+    progress: Progress | None = None,
+) -> DataIngested | DataRejected:
+    spec = load_spec(settings.common.datasets_dir, event.dataset)
+    shown = describe_source(event.source)
+    started = time.perf_counter()
+    try:
+        reader = open_source(event.source, settings, progress)
+        ingested = _ingest(
+            event, spec=spec, reader=reader, settings=settings, store=store, shown=shown
+        )
+    except SourceRejected as exc:
+        return _rejected(event, shown, BatchRejected("source_error", str(exc)))
+    except BatchRejected as exc:
+        return _rejected(event, shown, exc)
+    log.info(
+        "ingested %s v%d: %d rows, %d quarantined, new=%s in %.2fs",
+        ingested.dataset,
+        ingested.version,
+        ingested.rows,
+        ingested.quarantined_rows,
+        ingested.new_version,
+        time.perf_counter() - started,
+    )
+    return ingested
+
+
+def _ingest(
+    event: DataArrived,
+    *,
+    spec: DatasetSpec,
+    reader: SourceReader,
+    settings: IngestorSettings,
+    store: FeatureStore,
+    shown: str,
+) -> DataIngested:
+    total = bad = 0
+    with store.stage(spec.name, arrow_schema(spec)) as staged:
+        for chunk in reader.chunks():
+            check_columns(spec, chunk.column_names, total, bad)
+            result = validate_chunk(spec, chunk.select(list(spec.column_names)), total + 1)
+            if total == 0 and result.wrong_type:
+                raise BatchRejected(
+                    "schema_drift",
+                    "columns of the wrong type",
+                    tuple(f"{name}: {why}" for name, why in result.wrong_type.items()),
+                )
+            staged.write(result.accepted, result.quarantine)
+            total += chunk.num_rows
+            bad += result.bad_rows
+        if total == 0:
+            raise BatchRejected("empty", "the source has no rows")
+        limit = bad_row_limit(spec, settings)
+        if bad / total > limit:
+            raise BatchRejected(
+                "too_many_bad_rows",
+                f"{bad} of {total} rows ({bad / total:.1%}) failed validation; "
+                f"the limit is {limit:.1%}",
+                _top_reasons(staged),
+                total,
+                bad,
+            )
+        content_hash = _content_hash(spec, reader)
+        info, created = store.commit(
+            spec.name,
+            staged,
+            content_hash,
+            quarantined_rows=bad,
+            source=shown,
+            spec_fingerprint=spec.fingerprint(),
+        )
+    return DataIngested(
+        # The same version is always announced with the same id: consumers drop repeats.
+        event_id=derived_event_id(DataIngested.stream, info.dataset, info.version),
+        correlation_id=event.correlation_id,
+        dataset=info.dataset,
+        version=info.version,
+        content_hash=info.content_hash,
+        rows=info.rows,
+        quarantined_rows=info.quarantined_rows,
+        path=info.path,
+        quarantine_path=info.quarantine_path,
+        new_version=created,
+        source=shown,
+    )
+
+
+def check_columns(spec: DatasetSpec, found: list[str], total: int = 0, bad: int = 0) -> None:
+    """Schema drift: a missing, unexpected or repeated column rejects the whole batch."""
+    expected = set(spec.column_names)
+    present = set(found)
+    problems = [f"missing column {c!r}" for c in spec.column_names if c not in present]
+    problems += [f"unexpected column {c!r}" for c in found if c not in expected]
+    problems += [f"repeated column {c!r}" for c, n in Counter(found).items() if n > 1]
+    if problems:
+        raise BatchRejected(
+            "schema_drift", "the columns do not match the dataset spec", tuple(problems), total, bad
+        )
+
+
+def bad_row_limit(spec: DatasetSpec, settings: IngestorSettings) -> float:
+    """The largest fraction of bad rows a batch may have: the spec's, else the setting's."""
+    if spec.max_bad_fraction is not None:
+        return spec.max_bad_fraction
+    return settings.max_bad_fraction
+
+
+def _top_reasons(staged: StagedVersion) -> tuple[str, ...]:
+    """The most frequent quarantine reasons, to explain a rejection."""
+    staged.close()
+    table = pq.read_table(staged.directory / QUARANTINE_FILE, columns=["column", "reason"])
+    counts = table.group_by(["column", "reason"]).aggregate([([], "count_all")])
+    top = counts.sort_by([("count_all", "descending")]).slice(0, 5).to_pylist()
+    return tuple(f"{r['column']}: {r['reason']} ({r['count_all']} rows)" for r in top)
+
+
+def _content_hash(spec: DatasetSpec, reader: SourceReader) -> str:
+    """The same spec and the same source content give the same hash, hence no new version."""
+    sha = hashlib.sha256()
+    for part in (spec.fingerprint(), reader.kind, reader.digest()):
+        sha.update(part.encode())
+        sha.update(b"\n")
+    return sha.hexdigest()
+
+
+def _rejected(event: DataArrived, shown: str, exc: BatchRejected) -> DataRejected:
+    log.warning("rejected %s from %s: %s %s", event.dataset, shown, exc.reason, exc.details)
+    return DataRejected(
+        event_id=derived_event_id(DataRejected.stream, event.event_id),
+        correlation_id=event.correlation_id,
+        dataset=event.dataset,
+        kind=exc.kind,
+        reason=exc.reason,
+        details=exc.details,
+        total_rows=exc.total_rows,
+        bad_rows=exc.bad_rows,
+        source=shown,
+    )

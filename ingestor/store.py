@@ -1,0 +1,296 @@
+"""The feature store: one Parquet dataset per dataset name, one immutable directory per version.
+
+    <root>/<dataset>/
+        versions/version=1/data.parquet         the accepted rows
+        versions/version=1/_quarantine.parquet  the rejected rows, one line per (row, column)
+        versions/version=1/_version.json        what this version is (hash, counts, source...)
+        manifest.json                           index of all versions, derived from the above
+        .staging/                               versions being written
+        .lock                                   serialises commits
+
+A version is written in `.staging`, then, under the dataset's lock, either found to exist
+already (same content hash: the staged copy is dropped) or renamed into `versions/` with the
+next number. The rename is the commit: a version directory is complete or absent. The
+manifest is rebuilt from the `_version.json` files after each commit, so a crash between the
+two is repaired by the next commit or read. Hive-style directory names let pyarrow read one
+version, the latest, or all of them (with a `version` column) in one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from ingestor.validate import QUARANTINE_SCHEMA
+from shared.errors import VersionNotFound
+
+COMPRESSION = "zstd"
+DATA_FILE = "data.parquet"
+QUARANTINE_FILE = "_quarantine.parquet"
+META_FILE = "_version.json"
+
+
+class VersionInfo(BaseModel):
+    """One stored version, as recorded in its `_version.json` and in the manifest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    version: int
+    content_hash: str
+    rows: int
+    quarantined_rows: int
+    quarantine_lines: int
+    source: str
+    spec_fingerprint: str
+    columns: list[dict[str, Any]]
+    created_at: datetime
+    path: str
+    quarantine_path: str | None
+
+
+@dataclass
+class StagedVersion:
+    """A version being written: rows and quarantine lines go to Parquet as they come."""
+
+    directory: Path
+    schema: pa.Schema
+    rows: int = 0
+    quarantine_lines: int = 0
+    _data: pq.ParquetWriter | None = None
+    _quarantine: pq.ParquetWriter | None = None
+
+    def __post_init__(self) -> None:
+        self._data = pq.ParquetWriter(
+            self.directory / DATA_FILE, self.schema, compression=COMPRESSION
+        )
+
+    def write(self, accepted: pa.Table, quarantine: pa.Table) -> None:
+        if accepted.num_rows:
+            assert self._data is not None
+            self._data.write_table(accepted)
+            self.rows += accepted.num_rows
+        if quarantine.num_rows:
+            if self._quarantine is None:
+                self._quarantine = pq.ParquetWriter(
+                    self.directory / QUARANTINE_FILE, QUARANTINE_SCHEMA, compression=COMPRESSION
+                )
+            self._quarantine.write_table(quarantine)
+            self.quarantine_lines += quarantine.num_rows
+
+    def close(self) -> None:
+        for writer in (self._data, self._quarantine):
+            if writer is not None:
+                writer.close()
+        self._data = self._quarantine = None
+
+    @property
+    def has_quarantine(self) -> bool:
+        return (self.directory / QUARANTINE_FILE).exists()
+
+
+class FeatureStore:
+    """Versioned Parquet datasets under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def dataset_dir(self, dataset: str) -> Path:
+        return self.root / dataset
+
+    def versions_dir(self, dataset: str) -> Path:
+        return self.dataset_dir(dataset) / "versions"
+
+    def version_dir(self, dataset: str, version: int) -> Path:
+        return self.versions_dir(dataset) / f"version={version}"
+
+    # --- writing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stage(self, dataset: str, schema: pa.Schema) -> Iterator[StagedVersion]:
+        """A staging directory that is removed on exit unless `commit` moved it into place."""
+        staging = self.dataset_dir(dataset) / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        self._prune_staging(staging)
+        directory = staging / f"{os.getpid()}-{uuid.uuid4().hex}"
+        directory.mkdir()
+        staged = StagedVersion(directory, schema)
+        try:
+            yield staged
+        finally:
+            staged.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def commit(
+        self,
+        dataset: str,
+        staged: StagedVersion,
+        content_hash: str,
+        *,
+        quarantined_rows: int,
+        source: str,
+        spec_fingerprint: str,
+    ) -> tuple[VersionInfo, bool]:
+        """Store the staged version, or find the one with the same hash: (info, created)."""
+        staged.close()
+        for name in (DATA_FILE, QUARANTINE_FILE):
+            _fsync_file(staged.directory / name)
+        with self._locked(dataset):
+            existing = self.find_by_hash(dataset, content_hash)
+            if existing is not None:
+                return existing, False
+            version = max((v.version for v in self._scan(dataset)), default=0) + 1
+            final = self.version_dir(dataset, version)
+            info = VersionInfo(
+                dataset=dataset,
+                version=version,
+                content_hash=content_hash,
+                rows=staged.rows,
+                quarantined_rows=quarantined_rows,
+                quarantine_lines=staged.quarantine_lines,
+                source=source,
+                spec_fingerprint=spec_fingerprint,
+                columns=[
+                    {"name": f.name, "type": str(f.type), "nullable": f.nullable}
+                    for f in staged.schema
+                ],
+                created_at=datetime.now(UTC),
+                path=str(final),
+                quarantine_path=str(final / QUARANTINE_FILE) if staged.has_quarantine else None,
+            )
+            _write_atomic(staged.directory / META_FILE, info.model_dump_json(indent=2))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged.directory, final)  # the commit point
+            _fsync_dir(final.parent)
+            self._write_manifest(dataset)
+            return info, True
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def versions(self, dataset: str) -> list[VersionInfo]:
+        """Every committed version, oldest first."""
+        return self._scan(dataset)
+
+    def latest(self, dataset: str) -> VersionInfo:
+        found = self._scan(dataset)
+        if not found:
+            raise VersionNotFound(f"dataset {dataset!r} has no version")
+        return found[-1]
+
+    def get(self, dataset: str, version: int) -> VersionInfo:
+        meta = self.version_dir(dataset, version) / META_FILE
+        if not meta.is_file():
+            raise VersionNotFound(f"dataset {dataset!r} has no version {version}")
+        return VersionInfo.model_validate_json(meta.read_text())
+
+    def find_by_hash(self, dataset: str, content_hash: str) -> VersionInfo | None:
+        return next((v for v in self._scan(dataset) if v.content_hash == content_hash), None)
+
+    def dataset(self, dataset: str) -> ds.Dataset:
+        """All versions as one pyarrow dataset, with an int `version` column."""
+        directory = self.versions_dir(dataset)
+        if not directory.is_dir():
+            raise VersionNotFound(f"dataset {dataset!r} has no version")
+        partitioning = ds.partitioning(pa.schema([("version", pa.int64())]), flavor="hive")
+        return ds.dataset(directory, format="parquet", partitioning=partitioning)
+
+    def read(self, dataset: str, version: int | str = "latest") -> pa.Table:
+        """One version (a number), the newest ("latest") or every version ("all")."""
+        if version == "all":
+            return self.dataset(dataset).to_table()
+        number = self.latest(dataset).version if version == "latest" else int(version)
+        self.get(dataset, number)  # raises VersionNotFound
+        return pq.read_table(self.version_dir(dataset, number) / DATA_FILE)
+
+    def quarantine(self, dataset: str, version: int) -> pa.Table:
+        path = self.version_dir(dataset, version) / QUARANTINE_FILE
+        return pq.read_table(path) if path.exists() else QUARANTINE_SCHEMA.empty_table()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _scan(self, dataset: str) -> list[VersionInfo]:
+        directory = self.versions_dir(dataset)
+        if not directory.is_dir():
+            return []
+        found = [
+            VersionInfo.model_validate_json(meta.read_text())
+            for meta in directory.glob(f"version=*/{META_FILE}")
+        ]
+        return sorted(found, key=lambda v: v.version)
+
+    def _write_manifest(self, dataset: str) -> None:
+        versions = [v.model_dump(mode="json") for v in self._scan(dataset)]
+        manifest = {"dataset": dataset, "versions": versions}
+        _write_atomic(self.dataset_dir(dataset) / "manifest.json", json.dumps(manifest, indent=2))
+
+    @contextlib.contextmanager
+    def _locked(self, dataset: str) -> Iterator[None]:
+        path = self.dataset_dir(dataset) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _prune_staging(staging: Path) -> None:
+        """Drop what crashed writers left behind (their process is gone)."""
+        for entry in staging.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    if path.exists():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

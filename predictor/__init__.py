@@ -1,0 +1,1 @@
+"""streamops predictor service (see the open issues)."""

@@ -1,0 +1,1 @@
+"""What every streamops service imports: event contracts, settings, broker wiring, telemetry."""

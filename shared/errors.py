@@ -1,0 +1,54 @@
+"""Named exceptions shared by every service. Only the gateway turns them into HTTP errors."""
+
+from __future__ import annotations
+
+
+class StreamopsError(Exception):
+    """Base of every error streamops raises on purpose."""
+
+
+class ConfigError(StreamopsError):
+    """Settings or a dataset spec are wrong; the service refuses to start or to use them."""
+
+
+class PermanentError(StreamopsError):
+    """Retrying the same message cannot succeed: it goes to the dead-letter stream at once."""
+
+
+class InvalidEvent(PermanentError):
+    """A stream message is not a valid event (not JSON, missing or malformed fields)."""
+
+
+class UnknownDataset(PermanentError):
+    """An event names a dataset that has no spec."""
+
+
+class SourceRejected(StreamopsError):
+    """A data source is not allowed, does not exist or cannot be read as declared."""
+
+
+class SourceUnavailable(StreamopsError):
+    """A data source could not be reached now (network, database down); worth retrying."""
+
+
+class BatchRejected(StreamopsError):
+    """A whole batch of rows is refused: schema drift, or too many bad rows."""
+
+    def __init__(
+        self,
+        kind: str,
+        reason: str,
+        details: tuple[str, ...] = (),
+        total_rows: int = 0,
+        bad_rows: int = 0,
+    ) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.details = details
+        self.total_rows = total_rows
+        self.bad_rows = bad_rows
+
+
+class VersionNotFound(StreamopsError):
+    """A feature-store dataset or version does not exist."""

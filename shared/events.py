@@ -1,0 +1,327 @@
+"""Event contracts: every message that crosses a stream, and the stream it travels on.
+
+Each event is a frozen pydantic model named in the past tense. The envelope (`event_id`,
+`schema_version`, `occurred_at`, `correlation_id`) is filled in with defaults so that a producer
+with nothing but `redis-cli` only has to write the fields that matter to it.
+
+The wire format (one JSON object per stream entry) is described in `docs/wire-format.md`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+# Derived events get ids computed from what they describe (uuid5 in this namespace), so the same
+# fact published twice (after a crash and a redelivery) carries the same id and consumers can
+# drop the copy.
+EVENT_NAMESPACE = uuid.UUID("5b0c1f3e-9d1a-4c55-9a35-3c0f7a9f2e11")
+
+DatasetName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"),
+    Field(description="Dataset name: lower-case letters, digits, '-' and '_', at most 64."),
+]
+
+
+def derived_event_id(*parts: object) -> uuid.UUID:
+    """A stable event id for the event that reports the fact named by `parts`."""
+    return uuid.uuid5(EVENT_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stream: ClassVar[str]
+
+    event_id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        description="Unique id of this event; consumers use it to drop duplicates.",
+    )
+    schema_version: Literal[1] = Field(default=1, description="Version of this event's contract.")
+    occurred_at: AwareDatetime = Field(
+        default_factory=lambda: datetime.now(UTC),
+        description="When the fact happened (ISO 8601 with a time zone).",
+    )
+    correlation_id: str = Field(
+        default="",
+        max_length=200,
+        description="Id shared by every event of one flow; defaults to the first event's id.",
+    )
+
+    @model_validator(mode="after")
+    def _default_correlation(self) -> Self:
+        if not self.correlation_id:
+            # Frozen model: set through object.__setattr__ once, during validation.
+            object.__setattr__(self, "correlation_id", str(self.event_id))
+        return self
+
+
+# --- Sources named by data-arrived -------------------------------------------------------------
+
+
+class CsvSource(BaseModel):
+    """A CSV file with a header row, on a path inside one of the ingestor's data roots."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["csv"] = "csv"
+    uri: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Local path or file:// URI of the CSV file.",
+    )
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="Field delimiter.")
+
+
+class SqlSource(BaseModel):
+    """A read-only query against a database the ingestor is allowed to reach."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["sql"] = "sql"
+    url: str = Field(min_length=1, max_length=2048, description="SQLAlchemy database URL.")
+    query: str = Field(
+        min_length=1, max_length=20_000, description="One SELECT (or WITH ... SELECT) statement."
+    )
+
+
+class NextLinkPagination(BaseModel):
+    """Follow a link to the next page until there is none."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["next_link"] = "next_link"
+    next_field: str = Field(
+        default="next",
+        description="Top-level JSON field holding the next page's URL; a `Link: <...>; "
+        'rel="next"` header is used when the field is absent.',
+    )
+
+
+class PageNumberPagination(BaseModel):
+    """Ask for page 1, 2, 3... until a page comes back empty."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["page"] = "page"
+    param: str = Field(default="page", description="Query parameter carrying the page number.")
+    start: int = Field(default=1, ge=0, description="Number of the first page.")
+
+
+class RestSource(BaseModel):
+    """A JSON API returning records, possibly over several pages."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["rest"] = "rest"
+    url: str = Field(min_length=1, max_length=4096, description="http(s) URL of the first page.")
+    records_field: str | None = Field(
+        default=None,
+        description="Top-level JSON field holding the list of records; none when the body "
+        "itself is the list.",
+    )
+    pagination: NextLinkPagination | PageNumberPagination | None = Field(
+        default=None, discriminator="type", description="How to reach the next page, if any."
+    )
+
+
+Source = Annotated[CsvSource | SqlSource | RestSource, Field(discriminator="kind")]
+
+
+def describe_source(source: CsvSource | SqlSource | RestSource) -> str:
+    """A short human-readable name for a source, with any password masked."""
+    if isinstance(source, CsvSource):
+        return source.uri
+    if isinstance(source, SqlSource):
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(source.url).render_as_string(hide_password=True)
+        except Exception:
+            shown = "<unparseable URL>"
+        return f"{shown} :: {source.query[:80]}"
+    return source.url
+
+
+# --- Ingest -------------------------------------------------------------------------------------
+
+
+class DataArrived(Event):
+    """New data is available for a dataset; the ingestor validates and stores it."""
+
+    stream: ClassVar[str] = "data-arrived"
+
+    dataset: DatasetName
+    source: Source = Field(description="Where the rows are: a CSV file, a SQL query or a REST API.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_shorthand(cls, data: Any) -> Any:
+        # `XADD data-arrived * dataset churn source /data/churn.csv` arrives as flat strings:
+        # accept a bare path or file:// URI as a CSV source.
+        if isinstance(data, dict) and isinstance(data.get("source"), str):
+            raw = data["source"]
+            if raw.lstrip().startswith("{"):
+                import json
+
+                return {**data, "source": json.loads(raw)}
+            return {**data, "source": {"kind": "csv", "uri": raw}}
+        return data
+
+
+class DataIngested(Event):
+    """A dataset version is durable in the feature store."""
+
+    stream: ClassVar[str] = "data-ingested"
+
+    dataset: DatasetName
+    version: int = Field(ge=1, description="Monotonic version number within the dataset.")
+    content_hash: str = Field(description="sha256 of the dataset spec and the source content.")
+    rows: int = Field(ge=0, description="Rows accepted into the version.")
+    quarantined_rows: int = Field(ge=0, description="Rows rejected and kept in the quarantine.")
+    path: str = Field(description="Directory of the version's Parquet files.")
+    quarantine_path: str | None = Field(
+        default=None, description="Parquet file listing the rejected rows, if any."
+    )
+    new_version: bool = Field(
+        description="False when the same content was already stored: no new version was made."
+    )
+    source: str = Field(description="Where the data came from (passwords masked).")
+
+
+RejectionKind = Literal["schema_drift", "too_many_bad_rows", "source_error", "empty"]
+
+
+class DataRejected(Event):
+    """A whole batch was refused; no version was created."""
+
+    stream: ClassVar[str] = "data-rejected"
+
+    dataset: DatasetName
+    kind: RejectionKind = Field(description="Why, as a machine-readable category.")
+    reason: str = Field(description="Why, for a person.")
+    details: tuple[str, ...] = Field(default=(), description="One line per problem found.")
+    total_rows: int = Field(default=0, ge=0, description="Rows read before the decision.")
+    bad_rows: int = Field(default=0, ge=0, description="Rows that failed validation.")
+    source: str = Field(description="Where the data came from (passwords masked).")
+
+
+# --- Train and promote --------------------------------------------------------------------------
+
+
+class ModelTrained(Event):
+    """A model was trained, registered and judged by the quality gate."""
+
+    stream: ClassVar[str] = "model-trained"
+
+    model_name: str = Field(description="Registered model name.")
+    model_version: int = Field(ge=1, description="Registry version number.")
+    run_id: str = Field(description="MLflow run id.")
+    dataset: DatasetName
+    dataset_version: int = Field(ge=1, description="Feature-store version trained on.")
+    metrics: dict[str, float] = Field(description="Hold-out metrics.")
+    gate_passed: bool = Field(description="Whether the quality gate passed.")
+    gate_reasons: tuple[str, ...] = Field(default=(), description="Why the gate decided so.")
+
+
+PromotionReason = Literal["auto", "manual", "rollback", "external"]
+
+
+class ModelPromoted(Event):
+    """An alias (normally `production`) now points at a new model version."""
+
+    stream: ClassVar[str] = "model-promoted"
+
+    model_name: str = Field(description="Registered model name.")
+    version: int = Field(ge=1, description="Version that now holds the alias.")
+    previous_version: int | None = Field(default=None, description="Version that held it before.")
+    alias: str = Field(default="production", description="Alias that moved.")
+    reason: PromotionReason = Field(description="auto, manual, rollback or external.")
+
+
+# --- Batch scoring ------------------------------------------------------------------------------
+
+
+class ParquetInput(BaseModel):
+    """A Parquet file to score."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["parquet"] = "parquet"
+    uri: str = Field(description="Local path or file:// URI of the Parquet file.")
+
+
+class FeatureStoreInput(BaseModel):
+    """A feature-store version to score."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["feature_store"] = "feature_store"
+    dataset: DatasetName
+    version: int | None = Field(default=None, ge=1, description="Version; latest when absent.")
+
+
+class ScoreRequested(Event):
+    """Score rows with a model: inline rows, or a reference to a file or dataset version."""
+
+    stream: ClassVar[str] = "score-requested"
+
+    job_id: str = Field(min_length=1, max_length=200, description="Client-chosen job id.")
+    model_name: str = Field(description="Registered model name; its production version scores.")
+    rows: tuple[dict[str, Any], ...] | None = Field(
+        default=None, description="Rows to score inline (bounded)."
+    )
+    input: ParquetInput | FeatureStoreInput | None = Field(
+        default=None, discriminator="kind", description="Where the rows are, when not inline."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Self:
+        if (self.rows is None) == (self.input is None):
+            raise ValueError("give exactly one of `rows` and `input`")
+        return self
+
+
+class Scored(Event):
+    """Results of a scoring job (inline predictions, or where they were written)."""
+
+    stream: ClassVar[str] = "scored"
+
+    job_id: str = Field(description="The job this answers.")
+    model_name: str = Field(description="Registered model name.")
+    model_version: int = Field(ge=1, description="Version that produced the predictions.")
+    rows: int = Field(ge=0, description="Number of rows scored.")
+    predictions: tuple[Any, ...] | None = Field(
+        default=None, description="One prediction per input row, in input order (inline jobs)."
+    )
+    output_uri: str | None = Field(default=None, description="Parquet file with the results.")
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    DataArrived,
+    DataIngested,
+    DataRejected,
+    ModelTrained,
+    ModelPromoted,
+    ScoreRequested,
+    Scored,
+)
+STREAMS: dict[str, type[Event]] = {e.stream: e for e in ALL_EVENTS}
+
+
+def dead_letter_stream(stream: str) -> str:
+    """Where poison messages of `stream` end up."""
+    return f"{stream}.dlq"

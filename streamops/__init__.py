@@ -1,0 +1,1 @@
+"""The streamops command line and local stack."""

@@ -1,0 +1,1 @@
+"""streamops trainer service (see the open issues)."""
