@@ -10,13 +10,15 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from shared.errors import SourceRejected
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 def confine_path(uri: str, roots: list[Path]) -> Path:
@@ -48,6 +50,9 @@ def confine_path(uri: str, roots: list[Path]) -> Path:
 def confine_sql(url: str, query: str, allow: list[str]) -> URL:
     """The parsed URL of a SQL source, if an allow-list pattern admits it and the query is one
     SELECT. Patterns match the URL with its password removed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError as exc:

@@ -7,14 +7,13 @@ SourceUnavailable (worth retrying).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
 
 import pyarrow.parquet as pq
 
-from ingestor.sources import Progress, SourceReader, open_source
+from ingestor.sources import Progress, SourceReader, content_hasher, open_source
 from ingestor.store import QUARANTINE_FILE, FeatureStore, StagedVersion
 from ingestor.validate import validate_chunk
 from shared.datasets import DatasetSpec, arrow_schema, load_spec
@@ -68,7 +67,8 @@ def _ingest(
     with store.stage(spec.name, arrow_schema(spec)) as staged:
         for chunk in reader.chunks():
             check_columns(spec, chunk.column_names, total, bad)
-            result = validate_chunk(spec, chunk.select(list(spec.column_names)), total + 1)
+            columns = chunk.select(list(spec.column_names))
+            result = validate_chunk(spec, columns, total + 1, detect_drift=total == 0)
             if total == 0 and result.wrong_type:
                 raise BatchRejected(
                     "schema_drift",
@@ -146,7 +146,7 @@ def _top_reasons(staged: StagedVersion) -> tuple[str, ...]:
 
 def _content_hash(spec: DatasetSpec, reader: SourceReader) -> str:
     """The same spec and the same source content give the same hash, hence no new version."""
-    sha = hashlib.sha256()
+    sha = content_hasher()
     for part in (spec.fingerprint(), reader.kind, reader.digest()):
         sha.update(part.encode())
         sha.update(b"\n")

@@ -22,10 +22,11 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,44 +64,87 @@ class VersionInfo(BaseModel):
     quarantine_path: str | None
 
 
-@dataclass
 class StagedVersion:
-    """A version being written: rows and quarantine lines go to Parquet as they come."""
+    """A version being written: rows and quarantine lines go to Parquet as they come.
 
-    directory: Path
-    schema: pa.Schema
-    rows: int = 0
-    quarantine_lines: int = 0
-    _data: pq.ParquetWriter | None = None
-    _quarantine: pq.ParquetWriter | None = None
+    Writing (Parquet encoding and zstd) runs on a thread of its own, overlapping the reading
+    and validating of the next chunk; a queue of two chunks bounds the memory this costs.
+    Accepted rows are gathered into row groups of at least `ROW_GROUP_ROWS`.
+    """
 
-    def __post_init__(self) -> None:
-        self._data = pq.ParquetWriter(
-            self.directory / DATA_FILE, self.schema, compression=COMPRESSION
+    ROW_GROUP_ROWS = 128 * 1024
+
+    def __init__(self, directory: Path, schema: pa.Schema) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.rows = 0
+        self.quarantine_lines = 0
+        self._queue: queue.Queue[tuple[pa.Table, pa.Table] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._write_loop, name=f"parquet-writer-{directory.name}", daemon=True
         )
+        self._thread.start()
 
     def write(self, accepted: pa.Table, quarantine: pa.Table) -> None:
-        if accepted.num_rows:
-            assert self._data is not None
-            self._data.write_table(accepted)
-            self.rows += accepted.num_rows
-        if quarantine.num_rows:
-            if self._quarantine is None:
-                self._quarantine = pq.ParquetWriter(
-                    self.directory / QUARANTINE_FILE, QUARANTINE_SCHEMA, compression=COMPRESSION
-                )
-            self._quarantine.write_table(quarantine)
-            self.quarantine_lines += quarantine.num_rows
+        self._raise_writer_error()
+        self.rows += accepted.num_rows
+        self.quarantine_lines += quarantine.num_rows
+        self._queue.put((accepted, quarantine))
 
     def close(self) -> None:
-        for writer in (self._data, self._quarantine):
-            if writer is not None:
-                writer.close()
-        self._data = self._quarantine = None
+        """Flush everything to disk; raises what the writer thread failed with, if anything."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_writer_error()
 
     @property
     def has_quarantine(self) -> bool:
         return (self.directory / QUARANTINE_FILE).exists()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing {self.directory} failed") from self._error
+
+    def _write_loop(self) -> None:
+        data = pq.ParquetWriter(
+            self.directory / DATA_FILE,
+            self.schema,
+            compression=COMPRESSION,
+            use_dictionary=_dictionary_columns(self.schema),
+        )
+        bad: pq.ParquetWriter | None = None
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        try:
+            while (item := self._queue.get()) is not None:
+                accepted, quarantine = item
+                if accepted.num_rows:
+                    pending.append(accepted)
+                    pending_rows += accepted.num_rows
+                if pending_rows >= self.ROW_GROUP_ROWS:
+                    data.write_table(pa.concat_tables(pending))
+                    pending, pending_rows = [], 0
+                if quarantine.num_rows:
+                    if bad is None:
+                        bad = pq.ParquetWriter(
+                            self.directory / QUARANTINE_FILE,
+                            QUARANTINE_SCHEMA,
+                            compression=COMPRESSION,
+                        )
+                    bad.write_table(quarantine)
+            if pending:
+                data.write_table(pa.concat_tables(pending))
+        except BaseException as exc:
+            self._error = exc
+            while self._queue.get() is not None:  # unblock the producer until close()
+                pass
+        finally:
+            data.close()
+            if bad is not None:
+                bad.close()
 
 
 class FeatureStore:
@@ -257,6 +301,16 @@ class FeatureStore:
             pid = entry.name.split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode what repeats (categories, labels, flags), not continuous values:
+    building a dictionary of a million distinct floats costs more than writing them."""
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)
+    ]
 
 
 def _alive(pid: int) -> bool:

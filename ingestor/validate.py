@@ -16,9 +16,14 @@ tests/unit/test_validate.py checks that agreement on generated inputs.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
@@ -60,20 +65,27 @@ class ChunkResult:
 
 @dataclass
 class _Column:
-    values: pa.Array  # converted to the column's arrow type; null where not sure
-    typed: pa.Array  # bool: the input is null or converted
-    sure: pa.Array  # bool: pydantic accepts the cell with `values`
+    values: pa.Array  # of the column's arrow type; meaningful where `converted`
+    converted: pa.Array  # bool, no nulls: the cell converts, as pydantic would convert it
+    sure: pa.Array  # bool, no nulls: pydantic accepts the cell, with `values`
 
 
-def validate_chunk(spec: DatasetSpec, chunk: pa.Table, first_row: int) -> ChunkResult:
+def validate_chunk(
+    spec: DatasetSpec, chunk: pa.Table, first_row: int, detect_drift: bool = True
+) -> ChunkResult:
     """Validate `chunk` (columns named as in the spec, any arrow types) whose first row has
-    source row number `first_row`."""
+    source row number `first_row`. `detect_drift` also looks for columns of the wrong type."""
     rows = chunk.num_rows
-    numbers = pa.array(range(first_row, first_row + rows), pa.int64())
-    checked = {col.name: _check_column(col, chunk.column(col.name)) for col in spec.columns}
-    sure = pa.array([True] * rows, pa.bool_()) if rows else pa.array([], pa.bool_())
-    for col in checked.values():
-        sure = pc.and_(sure, col.sure)
+    numbers = pa.array(np.arange(first_row, first_row + rows, dtype=np.int64))
+    # pyarrow kernels release the GIL: columns are checked side by side.
+    checked = dict(
+        zip(
+            spec.column_names,
+            _pool().map(lambda col: _check_column(col, chunk.column(col.name)), spec.columns),
+            strict=True,
+        )
+    )
+    sure = functools.reduce(pc.and_, (col.sure for col in checked.values()))
     schema = arrow_schema(spec)
     converted = pa.table(
         [checked[c.name].values for c in spec.columns] + [numbers],
@@ -91,37 +103,57 @@ def validate_chunk(spec: DatasetSpec, chunk: pa.Table, first_row: int) -> ChunkR
         accepted=accepted.drop_columns([ROW]).cast(schema),
         quarantine=quarantine,
         bad_rows=bad,
-        wrong_type=_wrong_types(spec, chunk, checked),
+        wrong_type=_wrong_types(spec, chunk, checked, quarantine) if detect_drift else {},
     )
 
 
-def _wrong_types(spec: DatasetSpec, chunk: pa.Table, checked: dict[str, _Column]) -> dict[str, str]:
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="validate")
+
+
+def _wrong_types(
+    spec: DatasetSpec, chunk: pa.Table, checked: dict[str, _Column], quarantine: pa.Table
+) -> dict[str, str]:
+    """Columns with values, none of which pydantic accepts: the sign of a changed schema.
+
+    Only columns where the fast path converted nothing are candidates; pydantic has the last
+    word (a column of epoch seconds is a fine datetime column for it)."""
     found: dict[str, str] = {}
     for col in spec.columns:
         raw = chunk.column(col.name)
-        present = raw.length() - raw.null_count
-        if present and not pc.any(pc.and_(checked[col.name].typed, pc.is_valid(raw))).as_py():
+        present = len(raw) - raw.null_count
+        if not present or pc.any(checked[col.name].converted).as_py():
+            continue
+        mask = pc.and_(
+            pc.equal(quarantine.column("column"), col.name), pc.is_valid(quarantine.column("value"))
+        )
+        if pc.sum(mask).as_py() == present:
             sample = next(v for v in raw.to_pylist() if v is not None)
-            found[col.name] = f"expected {col.type}, no value converts (e.g. {sample!r})"
+            found[col.name] = f"expected {col.type}, no value is one (e.g. {sample!r})"
     return found
 
 
 def _check_column(col: ColumnSpec, raw: pa.ChunkedArray | pa.Array) -> _Column:
     arr = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw
     values, converted = _convert(col, arr)
-    typed = pc.or_(pc.is_null(arr), converted)
-    sure = pc.and_(converted, _constraints(col, values))
-    if col.nullable:
-        sure = pc.or_(sure, pc.is_null(arr))
-    return _Column(values=values, typed=typed, sure=pc.fill_null(sure, False))
+    sure = converted
+    for ok in _constraints(col, values):
+        # Kleene: where nothing converted, `ok` is null and `sure` stays False.
+        sure = pc.and_kleene(sure, ok)
+    if col.nullable and arr.null_count:
+        sure = pc.or_kleene(sure, pc.is_null(arr))
+    return _Column(values=values, converted=converted, sure=sure)
 
 
 def _convert(col: ColumnSpec, arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(values, converted): values of the column's type, and where the conversion is sure."""
     target = col.arrow_type
     kind = arr.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values = _from_strings(col, arr.cast(pa.string()))
+    if pa.types.is_large_string(kind):
+        arr, kind = arr.cast(pa.string()), pa.string()
+    if pa.types.is_string(kind):
+        values = _from_strings(col, arr)
     elif kind.equals(target):
         values = arr
     elif col.type == "float" and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
@@ -137,10 +169,9 @@ def _convert(col: ColumnSpec, arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     else:
         # bool from ints, str from numbers, datetime from epochs: rare, left to pydantic.
         values = pa.nulls(len(arr), target)
-    if col.type == "float":
-        values = pc.if_else(pc.is_finite(values), values, pa.scalar(None, pa.float64()))
-    converted = pc.fill_null(pc.is_valid(values), False)
-    return values.cast(target), converted
+    # pydantic refuses inf and nan (allow_inf_nan=False): those cells are not converted.
+    valid = pc.is_finite(values) if col.type == "float" else pc.is_valid(values)
+    return values, pc.fill_null(valid, False)
 
 
 def _from_strings(col: ColumnSpec, arr: pa.Array) -> pa.Array:
@@ -155,9 +186,14 @@ def _from_strings(col: ColumnSpec, arr: pa.Array) -> pa.Array:
         return _cast_matching(arr, _INT, pa.int64())
     if col.type == "bool":
         return _cast_matching(arr, _BOOL, pa.bool_())
-    naive = _cast_matching(arr, _NAIVE, pa.timestamp("us"))
     aware = _cast_matching(arr, _AWARE, pa.timestamp("us", tz="UTC"))
-    return pc.coalesce(pc.assume_timezone(naive, "UTC"), aware)
+    rest = pc.and_(pc.is_null(aware), pc.is_valid(arr))
+    if not pc.any(rest).as_py():
+        return aware  # the usual case: one spelling throughout
+    naive = _cast_matching(
+        pc.if_else(rest, arr, pa.scalar(None, pa.string())), _NAIVE, pa.timestamp("us")
+    )
+    return pc.coalesce(aware, pc.assume_timezone(naive, "UTC"))
 
 
 def _cast_matching(arr: pa.Array, pattern: str, target: pa.DataType) -> pa.Array:
@@ -175,8 +211,8 @@ def _cast_where(mask: pa.Array, arr: pa.Array, target: pa.DataType) -> pa.Array:
         return pa.nulls(len(arr), target)
 
 
-def _constraints(col: ColumnSpec, values: pa.Array) -> pa.Array:
-    ok = pc.is_valid(values)
+def _constraints(col: ColumnSpec, values: pa.Array) -> Iterator[pa.Array]:
+    """One boolean array per constraint of the column."""
     bounds = (
         (col.ge, pc.greater_equal),
         (col.gt, pc.greater),
@@ -185,14 +221,13 @@ def _constraints(col: ColumnSpec, values: pa.Array) -> pa.Array:
     )
     for bound, op in bounds:
         if bound is not None:
-            ok = pc.and_(ok, op(values, _bound_scalar(col, bound)))
+            yield op(values, _bound_scalar(col, bound))
     if col.min_length is not None:
-        ok = pc.and_(ok, pc.greater_equal(pc.utf8_length(values), col.min_length))
+        yield pc.greater_equal(pc.utf8_length(values), col.min_length)
     if col.max_length is not None:
-        ok = pc.and_(ok, pc.less_equal(pc.utf8_length(values), col.max_length))
+        yield pc.less_equal(pc.utf8_length(values), col.max_length)
     if col.allowed is not None:
-        ok = pc.and_(ok, pc.is_in(values, value_set=pa.array(col.allowed, values.type)))
-    return ok
+        yield pc.is_in(values, value_set=pa.array(col.allowed, values.type))
 
 
 def _bound_scalar(col: ColumnSpec, bound: float) -> pa.Scalar:

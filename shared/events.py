@@ -189,7 +189,7 @@ class DataIngested(Event):
 
     dataset: DatasetName
     version: int = Field(ge=1, description="Monotonic version number within the dataset.")
-    content_hash: str = Field(description="sha256 of the dataset spec and the source content.")
+    content_hash: str = Field(description="SHA-512/256 of the dataset spec and the source content.")
     rows: int = Field(ge=0, description="Rows accepted into the version.")
     quarantined_rows: int = Field(ge=0, description="Rows rejected and kept in the quarantine.")
     path: str = Field(description="Directory of the version's Parquet files.")

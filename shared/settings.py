@@ -37,7 +37,9 @@ def _split_list(value: Any) -> Any:
 class CommonSettings(BaseSettings):
     """What every service needs: where Redis, MLflow and the feature store are."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMOPS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMOPS_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
@@ -84,7 +86,7 @@ class IngestorSettings(BaseSettings):
     # Hosts ("host" or "host:port") that REST sources may fetch from. Empty: no REST.
     rest_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_bad_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
-    block_size_bytes: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
+    block_size_bytes: int = Field(default=4 << 20, ge=64 << 10, le=1 << 30)
     sql_chunk_rows: int = Field(default=50_000, ge=100)
     rest_max_pages: int = Field(default=10_000, ge=1)
     rest_timeout_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,66 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shared.datasets import DatasetSpec, load_spec
+from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
+from tests.support.servers import INSTALL_HINT, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    try:
+        with redis_server() as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n{INSTALL_HINT}", pytrace=False)
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> str:
+    """A Redis URL whose database is empty when the test starts."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return redis_url
+
+
+@pytest.fixture
+def churn_spec() -> DatasetSpec:
+    return load_spec(BUNDLED_DATASETS, "churn")
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    path = tmp_path / "inbox"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, inbox: Path) -> Callable[..., IngestorSettings]:
+    """Ingestor settings rooted in the test's temporary directory."""
+
+    def make(redis_url: str = "redis://127.0.0.1:1/0", **overrides: Any) -> IngestorSettings:
+        common_keys = set(CommonSettings.model_fields)
+        common_over = {k: v for k, v in overrides.items() if k in common_keys}
+        own = {k: v for k, v in overrides.items() if k not in common_keys}
+        common = CommonSettings(
+            redis_url=redis_url,
+            feature_store_root=tmp_path / "feature-store",
+            datasets_dir=BUNDLED_DATASETS,
+            lease_ms=1500,
+            claim_interval_ms=100,
+            **common_over,
+        )
+        own.setdefault("data_roots", [BUNDLED_DATASETS, inbox])
+        return IngestorSettings(common=common, **own)
+
+    return make
