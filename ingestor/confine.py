@@ -57,7 +57,8 @@ def confine_sql(url: str, query: str, allow: list[str]) -> URL:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise SourceRejected(f"not a SQLAlchemy URL: {exc}") from exc
-    bare = parsed.set(password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) keeps the password; a NamedTuple replace really drops it.
+    bare = parsed._replace(password=None).render_as_string(hide_password=False)
     if not any(fnmatch.fnmatchcase(bare, pattern) for pattern in allow):
         hint = "" if allow else " (no SQL source is allowed: set STREAMOPS_INGESTOR_SQL_ALLOW)"
         raise SourceRejected(f"database {bare} is not on the SQL allow-list{hint}")

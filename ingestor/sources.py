@@ -135,8 +135,12 @@ class CsvReader:
                 reader = pacsv.open_csv(
                     buffered, read_options=options, parse_options=parse, convert_options=convert
                 )
+                empty = True
                 for batch in reader:
+                    empty = False
                     yield pa.Table.from_batches([batch])
+                if empty:  # a header and no rows: still show the columns, for drift checks
+                    yield reader.schema.empty_table()
             except pa.ArrowInvalid as exc:
                 # Malformed CSV (wrong number of fields, bad quoting, not UTF-8).
                 raise SourceRejected(f"{self.path}: {exc}") from exc

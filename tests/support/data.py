@@ -1,0 +1,40 @@
+"""Test data: rows of the bundled churn dataset, made with its own generator."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from shared.settings import BUNDLED_DATASETS
+
+
+def _generator() -> ModuleType:
+    path = BUNDLED_DATASETS / "churn" / "generate.py"
+    spec = importlib.util.spec_from_file_location("churn_generate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_GEN = _generator()
+BROKEN: tuple[tuple[int, str, str], ...] = _GEN.BROKEN
+COLUMNS: tuple[str, ...] = _GEN.COLUMNS
+
+
+def churn_rows(rows: int, seed: int = 1) -> list[dict[str, str]]:
+    """Valid churn rows (none broken)."""
+    out: list[dict[str, str]] = _GEN.generate(rows=rows, seed=seed, broken=False)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    import csv
+
+    fields = list(rows[0]) if rows else list(COLUMNS)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

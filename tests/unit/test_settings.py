@@ -1,0 +1,68 @@
+"""Settings come from the environment and refuse bad values at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.broker import redis_url
+from shared.datasets import parse_spec
+from shared.errors import ConfigError
+from shared.settings import CommonSettings, IngestorSettings
+
+
+def test_environment_variables_set_the_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://db:6380/2")
+    monkeypatch.setenv("STREAMOPS_INGESTOR_DATA_ROOTS", f"{tmp_path}/a, {tmp_path}/b")
+    monkeypatch.setenv("STREAMOPS_INGESTOR_REST_ALLOW_HOSTS", '["api.example.com"]')
+    monkeypatch.setenv("STREAMOPS_MAX_DELIVERIES", "3")
+    settings = IngestorSettings()
+    assert settings.common.redis_url == "redis://db:6380/2"
+    assert settings.common.max_deliveries == 3
+    assert settings.data_roots == [tmp_path / "a", tmp_path / "b"]
+    assert settings.rest_allow_hosts == ["api.example.com"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STREAMOPS_REDIS_URL", "http://not-redis"),
+        ("STREAMOPS_MAX_DELIVERIES", "0"),
+        ("STREAMOPS_LEASE_MS", "soon"),
+        ("STREAMOPS_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_common_values_fail_at_once(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        CommonSettings()
+
+
+def test_a_bad_bad_row_fraction_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMOPS_INGESTOR_MAX_BAD_FRACTION", "1.5")
+    with pytest.raises(ValidationError):
+        IngestorSettings()
+
+
+def test_a_separate_password_goes_into_the_url() -> None:
+    settings = CommonSettings(redis_url="redis://cache:6379/0", redis_password="p@ss")
+    assert redis_url(settings) == "redis://:p%40ss@cache:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("name: x\ntarget: y\ncolumns: [{name: a, type: int}]", "target 'y' is not a column"),
+        ("name: x\ntarget: a\ncolumns: [{name: a, type: str, ge: 1}]", "float and int columns only"),
+        ("name: x\ntarget: a\ncolumns: [{name: a, type: int, allowed: [a]}]", "must all be int"),
+        ("name: x\ntarget: a\ntimestamp: a\ncolumns: [{name: a, type: int}]", "datetime column"),
+        ("name: x\ntarget: a\ncolumns: [{name: a, type: decimal}]", "type"),
+        ("name: x\ntarget: a\ncolumns: [{name: a, type: int}, {name: a, type: int}]", "unique"),
+        ("{not yaml", "invalid dataset spec"),
+    ],
+)
+def test_bad_dataset_specs_are_refused_with_the_reason(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_spec(text)
