@@ -32,10 +32,10 @@ def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = 
     )
     delivery = Delivery(ledger, DataArrived.stream, GROUP, common.consumer_name, common)
     ingested = broker.publisher(
-        DataIngested.stream, schema=DataIngested, description=DataIngested.__doc__
+        stream=DataIngested.stream, schema=DataIngested, description=DataIngested.__doc__
     )
     rejected = broker.publisher(
-        DataRejected.stream, schema=DataRejected, description=DataRejected.__doc__
+        stream=DataRejected.stream, schema=DataRejected, description=DataRejected.__doc__
     )
 
     async def on_data_arrived(event: DataArrived) -> None:

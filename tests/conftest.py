@@ -52,15 +52,21 @@ def make_settings(tmp_path: Path, inbox: Path) -> Callable[..., IngestorSettings
         common_keys = set(CommonSettings.model_fields)
         common_over = {k: v for k, v in overrides.items() if k in common_keys}
         own = {k: v for k, v in overrides.items() if k not in common_keys}
-        common = CommonSettings(
-            redis_url=redis_url,
-            feature_store_root=tmp_path / "feature-store",
-            datasets_dir=BUNDLED_DATASETS,
-            lease_ms=1500,
-            claim_interval_ms=100,
-            **common_over,
-        )
+        defaults: dict[str, Any] = {
+            "redis_url": redis_url,
+            "feature_store_root": tmp_path / "feature-store",
+            "datasets_dir": BUNDLED_DATASETS,
+            "lease_ms": 1500,
+            "claim_interval_ms": 100,
+        }
+        common = CommonSettings(**(defaults | common_over))
         own.setdefault("data_roots", [BUNDLED_DATASETS, inbox])
         return IngestorSettings(common=common, **own)
 
     return make
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked `anyio`) run on asyncio, as the services do."""
+    return "asyncio"

@@ -1,0 +1,73 @@
+"""The ingestor's handlers on FastStream's in-memory broker: event in, event out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from faststream.redis import TestRedisBroker
+
+from ingestor.app import build_app
+from shared.events import DataArrived
+from shared.settings import IngestorSettings
+from tests.service.fakes import FakeLedger, NoPendingEntries
+
+Make = Callable[..., IngestorSettings]
+
+
+async def _run(settings: IngestorSettings, *messages: Any) -> tuple[FakeLedger, dict[str, list[Any]]]:
+    ledger = FakeLedger()
+    app = build_app(settings, ledger=ledger)
+    broker = app.broker
+    assert broker is not None
+    seen: dict[str, list[Any]] = {"data-ingested": [], "data-rejected": []}
+
+    @broker.subscriber(stream="data-ingested")
+    async def ingested(body: dict[str, Any]) -> None:
+        seen["data-ingested"].append(body)
+
+    @broker.subscriber(stream="data-rejected")
+    async def rejected(body: dict[str, Any]) -> None:
+        seen["data-rejected"].append(body)
+
+    async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
+        for message in messages:
+            await test_broker.publish(message, stream="data-arrived")
+    return ledger, seen
+
+
+@pytest.mark.anyio
+async def test_data_arrived_yields_data_ingested_and_an_ack(make_settings: Make) -> None:
+    ledger, seen = await _run(make_settings(), DataArrived(dataset="churn", source="churn/churn.csv"))
+    (event,) = seen["data-ingested"]
+    assert (event["dataset"], event["version"], event["rows"]) == ("churn", 1, 4992)
+    assert ledger.acked and not ledger.letters
+
+
+@pytest.mark.anyio
+async def test_a_missing_file_yields_data_rejected(make_settings: Make) -> None:
+    _, seen = await _run(make_settings(), DataArrived(dataset="churn", source="churn/nope.csv"))
+    (event,) = seen["data-rejected"]
+    assert event["kind"] == "source_error"
+    assert "no such file" in event["reason"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (b"not json at all", "not JSON"),
+        (json.dumps({"dataset": "churn"}), "source: Field required"),
+        (json.dumps({"dataset": "nope", "source": "x.csv"}), "no dataset spec for 'nope'"),
+    ],
+)
+async def test_poison_messages_are_dead_lettered_with_the_reason(
+    make_settings: Make, message: Any, words: str
+) -> None:
+    ledger, seen = await _run(make_settings(), message)
+    (letter,) = ledger.letters
+    assert words in letter["reason"]
+    assert letter["stream"] == "data-arrived"
+    assert seen == {"data-ingested": [], "data-rejected": []}
