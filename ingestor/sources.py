@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,13 +156,20 @@ def frame_to_arrow(frame: pd.DataFrame) -> pa.Table:
     """Convert a frame column by column; a column of mixed Python types becomes text, so one
     odd value costs a quarantined row rather than the whole chunk."""
     arrays = []
-    for name in frame.columns:
-        series = frame[name]
-        try:
-            arrays.append(pa.Array.from_pandas(series))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            arrays.append(pa.array([_as_text(v) for v in series], pa.string()))
+    with warnings.catch_warnings():
+        # pyarrow reads tz-aware columns through Series.values, which pandas 3.1 deprecates;
+        # the values it gets are still the right UTC instants.
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        for name in frame.columns:
+            arrays.append(_column_to_arrow(frame[name]))
     return pa.table(arrays, names=[str(c) for c in frame.columns])
+
+
+def _column_to_arrow(series: pd.Series) -> pa.Array:
+    try:
+        return pa.Array.from_pandas(series)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([_as_text(v) for v in series], pa.string())
 
 
 def _as_text(value: Any) -> str | None:
@@ -191,21 +199,29 @@ class SqlReader:
         from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
         from sqlalchemy.pool import NullPool
 
-        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            engine = create_engine(self.url, poolclass=NullPool)
+        except (ImportError, SQLAlchemyError) as exc:
+            raise SourceRejected(f"cannot use this database URL: {exc}") from exc
         done = 0
         try:
             with engine.connect() as conn:
                 _read_only(conn)
                 import pandas as pd  # only SQL and REST sources need pandas: keep CSV lean
 
-                frames = pd.read_sql(text(self.query), conn, chunksize=self.chunk_rows)
-                for frame in frames:
-                    table = frame_to_arrow(frame)
+                result = conn.execution_options(stream_results=True).execute(text(self.query))
+                columns = list(result.keys())
+                empty = True
+                for rows in result.partitions(self.chunk_rows):
+                    empty = False
+                    table = frame_to_arrow(pd.DataFrame.from_records(rows, columns=columns))
                     _hash_table(self._sha, table)
                     done += table.num_rows
                     if self.progress is not None:
                         self.progress(done, None)
                     yield table
+                if empty:  # no rows: still show the columns, for drift checks
+                    yield pa.table({c: pa.array([], pa.null()) for c in columns})
                 conn.rollback()
         except OperationalError as exc:
             if _connection_problem(exc):
@@ -295,7 +311,7 @@ class RestReader:
 
         confine_url(url, self.settings.rest_allow_hosts)  # next links are checked too
         try:
-            response = client.get(url, params=params)
+            response = client.get(url, params=params or None)
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"GET {url}: {exc}") from exc
         if response.status_code >= 500 or response.status_code == 429:

@@ -23,10 +23,12 @@ STREAM, GROUP = "jobs", "workers"
 MESSAGE = {"__data__": json.dumps({"dataset": "toy", "source": "x.csv"}).encode()}
 
 
-def _consumer(url: str, name: str, work: Callable[[DataArrived], Awaitable[None]],
-              lease_ms: int) -> FastStream:
-    common = CommonSettings(redis_url=url, consumer_name=name, lease_ms=lease_ms,
-                            claim_interval_ms=50)
+def _consumer(
+    url: str, name: str, work: Callable[[DataArrived], Awaitable[None]], lease_ms: int
+) -> FastStream:
+    common = CommonSettings(
+        redis_url=url, consumer_name=name, lease_ms=lease_ms, claim_interval_ms=50
+    )
     broker = build_broker(common)
     client = redis_client(common)
     ledger = RedisLedger(client, STREAM, GROUP, name, common.done_ttl_s)
@@ -59,10 +61,13 @@ async def test_work_longer_than_the_lease_is_not_claimed_by_another_consumer(
             calls.append(name)
             await asyncio.sleep(1.5)  # five leases of 300 ms
             finished.set()
+
         return work
 
-    async with running(_consumer(redis_db, "a", slow("a"), 300)), \
-            running(_consumer(redis_db, "b", slow("b"), 300)):
+    async with (
+        running(_consumer(redis_db, "a", slow("a"), 300)),
+        running(_consumer(redis_db, "b", slow("b"), 300)),
+    ):
         await client.xadd(STREAM, MESSAGE)
         await asyncio.wait_for(finished.wait(), timeout=10)
         await eventually(lambda: _acked(client), what="the message acked")

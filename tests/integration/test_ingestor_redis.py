@@ -98,8 +98,11 @@ async def test_poison_messages_go_to_the_dead_letter_stream_and_work_goes_on(
     async with running(build_app(make_settings(redis_db))):
         await client.xadd("data-arrived", {"__data__": b"{not json"})
         await client.xadd("data-arrived", {"__data__": json.dumps({"dataset": "churn"}).encode()})
-        await client.xadd("data-arrived", _arrived("x.csv") | {
-            "__data__": json.dumps({"dataset": "ghost", "source": "x.csv"}).encode()})
+        await client.xadd(
+            "data-arrived",
+            _arrived("x.csv")
+            | {"__data__": json.dumps({"dataset": "ghost", "source": "x.csv"}).encode()},
+        )
         await client.xadd("data-arrived", _arrived("churn/churn.csv"))
         letters = await wait_for_entries(client, "data-arrived.dlq", 3)
         await wait_for_entries(client, "data-ingested")
@@ -115,8 +118,9 @@ async def test_a_source_that_keeps_failing_is_retried_then_dead_lettered(
     make_settings: Make, redis_db: str, client: aioredis.Redis
 ) -> None:
     # Nothing listens on port 9: connection refused, a transient error, every time.
-    settings = make_settings(redis_db, max_deliveries=3, lease_ms=300,
-                             rest_allow_hosts=["127.0.0.1:9"])
+    settings = make_settings(
+        redis_db, max_deliveries=3, lease_ms=300, rest_allow_hosts=["127.0.0.1:9"]
+    )
     body = {"dataset": "churn", "source": {"kind": "rest", "url": "http://127.0.0.1:9/rows"}}
     async with running(build_app(settings)):
         await client.xadd("data-arrived", {"__data__": json.dumps(body).encode()})

@@ -17,7 +17,9 @@ from tests.service.fakes import FakeLedger, NoPendingEntries
 Make = Callable[..., IngestorSettings]
 
 
-async def _run(settings: IngestorSettings, *messages: Any) -> tuple[FakeLedger, dict[str, list[Any]]]:
+async def _run(
+    settings: IngestorSettings, *messages: Any
+) -> tuple[FakeLedger, dict[str, list[Any]]]:
     ledger = FakeLedger()
     app = build_app(settings, ledger=ledger)
     broker = app.broker
@@ -40,7 +42,9 @@ async def _run(settings: IngestorSettings, *messages: Any) -> tuple[FakeLedger, 
 
 @pytest.mark.anyio
 async def test_data_arrived_yields_data_ingested_and_an_ack(make_settings: Make) -> None:
-    ledger, seen = await _run(make_settings(), DataArrived(dataset="churn", source="churn/churn.csv"))
+    ledger, seen = await _run(
+        make_settings(), DataArrived(dataset="churn", source="churn/churn.csv")
+    )
     (event,) = seen["data-ingested"]
     assert (event["dataset"], event["version"], event["rows"]) == ("churn", 1, 4992)
     assert ledger.acked and not ledger.letters

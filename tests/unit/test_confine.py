@@ -26,8 +26,15 @@ def test_files_inside_a_root_are_found_by_path_uri_or_relative_name(root: Path) 
 
 @pytest.mark.parametrize(
     "uri",
-    ["/etc/passwd", "../secret.csv", "{root}/../secret.csv", "file:///etc/passwd",
-     "file://evil.example/x.csv", "http://127.0.0.1/x.csv", "{root}/link.csv"],
+    [
+        "/etc/passwd",
+        "../secret.csv",
+        "{root}/../secret.csv",
+        "file:///etc/passwd",
+        "file://evil.example/x.csv",
+        "http://127.0.0.1/x.csv",
+        "{root}/link.csv",
+    ],
 )
 def test_anything_else_is_rejected_with_a_reason(root: Path, uri: str) -> None:
     (root / "link.csv").symlink_to(root.parent / "secret.csv")
@@ -54,8 +61,12 @@ def test_sql_urls_must_match_the_allow_list_ignoring_the_password() -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["select * from t", "SELECT a FROM t;", "with x as (select 1) select * from x",
-     "-- comment\nselect updated_at from t"],
+    [
+        "select * from t",
+        "SELECT a FROM t;",
+        "with x as (select 1) select * from x",
+        "-- comment\nselect updated_at from t",
+    ],
 )
 def test_a_single_select_is_allowed(query: str) -> None:
     check_select(query)
@@ -63,8 +74,13 @@ def test_a_single_select_is_allowed(query: str) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["delete from t", "select 1; drop table t", "update t set a = 1",
-     "with x as (delete from t returning *) select * from x", "insert into t select 1"],
+    [
+        "delete from t",
+        "select 1; drop table t",
+        "update t set a = 1",
+        "with x as (delete from t returning *) select * from x",
+        "insert into t select 1",
+    ],
 )
 def test_anything_that_could_write_is_refused(query: str) -> None:
     with pytest.raises(SourceRejected):

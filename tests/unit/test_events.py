@@ -36,7 +36,9 @@ def test_a_given_correlation_id_is_kept_and_events_are_frozen() -> None:
 
 def test_a_bare_path_or_json_text_is_accepted_as_the_source() -> None:
     assert DataArrived(dataset="churn", source="/data/x.csv").source == CsvSource(uri="/data/x.csv")
-    sql = DataArrived(dataset="churn", source='{"kind": "sql", "url": "sqlite://", "query": "select 1"}')
+    sql = DataArrived(
+        dataset="churn", source='{"kind": "sql", "url": "sqlite://", "query": "select 1"}'
+    )
     assert sql.source.kind == "sql"
 
 
@@ -63,8 +65,13 @@ def test_score_requests_need_exactly_one_input() -> None:
 
 def test_every_event_has_its_own_stream_and_a_dead_letter_stream() -> None:
     assert set(STREAMS) == {
-        "data-arrived", "data-ingested", "data-rejected", "model-trained", "model-promoted",
-        "score-requested", "scored",
+        "data-arrived",
+        "data-ingested",
+        "data-rejected",
+        "model-trained",
+        "model-promoted",
+        "score-requested",
+        "scored",
     }
     assert dead_letter_stream("data-arrived") == "data-arrived.dlq"
 
@@ -88,10 +95,21 @@ def test_every_field_is_described_for_the_asyncapi_document(event: type[BaseMode
 
 
 def test_derived_ids_are_stable_and_distinct() -> None:
-    assert derived_event_id("data-ingested", "churn", 1) == derived_event_id("data-ingested", "churn", 1)
-    assert derived_event_id("data-ingested", "churn", 1) != derived_event_id("data-ingested", "churn", 2)
+    assert derived_event_id("data-ingested", "churn", 1) == derived_event_id(
+        "data-ingested", "churn", 1
+    )
+    assert derived_event_id("data-ingested", "churn", 1) != derived_event_id(
+        "data-ingested", "churn", 2
+    )
     event = DataIngested(
-        event_id=derived_event_id("x"), dataset="churn", version=1, content_hash="h", rows=1,
-        quarantined_rows=0, path="/p", new_version=True, source="s",
+        event_id=derived_event_id("x"),
+        dataset="churn",
+        version=1,
+        content_hash="h",
+        rows=1,
+        quarantined_rows=0,
+        path="/p",
+        new_version=True,
+        source="s",
     )
     assert event.correlation_id == str(event.event_id)

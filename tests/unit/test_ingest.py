@@ -18,7 +18,9 @@ from tests.support.data import BROKEN, churn_rows, write_csv
 Make = Callable[..., IngestorSettings]
 
 
-def _run(settings: IngestorSettings, uri: str, dataset: str = "churn") -> DataIngested | DataRejected:
+def _run(
+    settings: IngestorSettings, uri: str, dataset: str = "churn"
+) -> DataIngested | DataRejected:
     store = FeatureStore(settings.common.feature_store_root)
     return ingest(DataArrived(dataset=dataset, source={"kind": "csv", "uri": uri}), settings, store)
 
@@ -37,7 +39,9 @@ def test_the_sample_becomes_a_version_and_its_broken_rows_a_quarantine(make_sett
     assert store.read("churn", 1).num_rows == 4992
 
 
-def test_the_same_content_again_makes_no_new_version_and_the_same_event(make_settings: Make) -> None:
+def test_the_same_content_again_makes_no_new_version_and_the_same_event(
+    make_settings: Make,
+) -> None:
     settings = make_settings()
     first = _run(settings, "churn/churn.csv")
     again = _run(settings, f"file://{BUNDLED_DATASETS}/churn/churn.csv")
@@ -65,7 +69,10 @@ def test_changed_content_makes_the_next_version(make_settings: Make, inbox: Path
     ],
 )
 def test_schema_drift_rejects_the_whole_batch(
-    make_settings: Make, inbox: Path, change: Callable[[dict[str, str]], dict[str, str]], detail: str
+    make_settings: Make,
+    inbox: Path,
+    change: Callable[[dict[str, str]], dict[str, str]],
+    detail: str,
 ) -> None:
     settings = make_settings()
     write_csv(inbox / "drift.csv", [change(r) for r in churn_rows(20)])
@@ -141,7 +148,9 @@ def test_small_blocks_keep_every_row_and_its_source_row_number(
     assert ids == [r["customer_id"] for i, r in enumerate(rows) if i != 5123]
 
 
-def test_quarantine_lines_name_the_data_row_not_the_file_line(make_settings: Make, inbox: Path) -> None:
+def test_quarantine_lines_name_the_data_row_not_the_file_line(
+    make_settings: Make, inbox: Path
+) -> None:
     rows = churn_rows(3)
     rows[1]["autopay"] = "perhaps"
     with (inbox / "q.csv").open("w", newline="") as f:

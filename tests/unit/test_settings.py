@@ -13,7 +13,9 @@ from shared.errors import ConfigError
 from shared.settings import CommonSettings, IngestorSettings
 
 
-def test_environment_variables_set_the_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_environment_variables_set_the_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://db:6380/2")
     monkeypatch.setenv("STREAMOPS_INGESTOR_DATA_ROOTS", f"{tmp_path}/a, {tmp_path}/b")
     monkeypatch.setenv("STREAMOPS_INGESTOR_REST_ALLOW_HOSTS", '["api.example.com"]')
@@ -34,7 +36,9 @@ def test_environment_variables_set_the_values(monkeypatch: pytest.MonkeyPatch, t
         ("STREAMOPS_LOG_LEVEL", "LOUD"),
     ],
 )
-def test_bad_common_values_fail_at_once(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_bad_common_values_fail_at_once(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         CommonSettings()
@@ -55,7 +59,10 @@ def test_a_separate_password_goes_into_the_url() -> None:
     ("text", "words"),
     [
         ("name: x\ntarget: y\ncolumns: [{name: a, type: int}]", "target 'y' is not a column"),
-        ("name: x\ntarget: a\ncolumns: [{name: a, type: str, ge: 1}]", "float and int columns only"),
+        (
+            "name: x\ntarget: a\ncolumns: [{name: a, type: str, ge: 1}]",
+            "float and int columns only",
+        ),
         ("name: x\ntarget: a\ncolumns: [{name: a, type: int, allowed: [a]}]", "must all be int"),
         ("name: x\ntarget: a\ntimestamp: a\ncolumns: [{name: a, type: int}]", "datetime column"),
         ("name: x\ntarget: a\ncolumns: [{name: a, type: decimal}]", "type"),

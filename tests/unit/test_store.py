@@ -16,11 +16,15 @@ from shared.errors import VersionNotFound
 SCHEMA = pa.schema([pa.field("x", pa.int64(), nullable=False), pa.field("y", pa.string())])
 
 
-def _commit(store: FeatureStore, content_hash: str, xs: list[int], bad: int = 0) -> tuple[int, bool]:
+def _commit(
+    store: FeatureStore, content_hash: str, xs: list[int], bad: int = 0
+) -> tuple[int, bool]:
     with store.stage("toy", SCHEMA) as staged:
         quarantine = pa.Table.from_pylist(
-            [{"row": i, "column": "x", "reason": "bad", "error_type": "t", "value": "?"}
-             for i in range(bad)],
+            [
+                {"row": i, "column": "x", "reason": "bad", "error_type": "t", "value": "?"}
+                for i in range(bad)
+            ],
             schema=QUARANTINE_SCHEMA,
         )
         staged.write(pa.table({"x": xs, "y": [str(x) for x in xs]}, schema=SCHEMA), quarantine)
@@ -68,10 +72,15 @@ def test_the_manifest_lists_every_version_with_its_facts(tmp_path: Path) -> None
     _commit(store, "h1", [1, 2], bad=1)
     _commit(store, "h2", [3])
     manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
-    assert [(v["version"], v["content_hash"], v["rows"], v["quarantined_rows"])
-            for v in manifest["versions"]] == [(1, "h1", 2, 1), (2, "h2", 1, 0)]
-    assert manifest["versions"][0]["columns"][0] == {"name": "x", "type": "int64",
-                                                     "nullable": False}
+    assert [
+        (v["version"], v["content_hash"], v["rows"], v["quarantined_rows"])
+        for v in manifest["versions"]
+    ] == [(1, "h1", 2, 1), (2, "h2", 1, 0)]
+    assert manifest["versions"][0]["columns"][0] == {
+        "name": "x",
+        "type": "int64",
+        "nullable": False,
+    }
 
 
 def test_a_crashed_writer_leaves_nothing_that_counts(tmp_path: Path) -> None:
