@@ -40,7 +40,8 @@ async def test_a_raw_xadd_yields_a_version_a_quarantine_and_a_readable_event(
         await client.xadd("data-arrived", _arrived("churn/churn.csv"))
         (event,) = await wait_for_entries(client, "data-ingested")
         assert (event["dataset"], event["version"], event["rows"]) == ("churn", 1, 4992)
-        assert event["quarantined_rows"] == 8 and event["new_version"] is True
+        assert event["quarantined_rows"] == 8
+        assert event["new_version"] is True
         await eventually(lambda: _none_pending(client), what="the event acked")
     store = FeatureStore(settings.common.feature_store_root)
     assert store.quarantine("churn", 1).num_rows == 8

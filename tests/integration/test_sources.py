@@ -82,7 +82,8 @@ def test_a_sqlite_query_becomes_a_version(make_settings: Make, sqlite_db: Path) 
     (line,) = FeatureStore(settings.common.feature_store_root).quarantine("churn", 1).to_pylist()
     assert (line["row"], line["column"], line["value"]) == (11, "plan", "gold")
     again = _ingest(settings, source)
-    assert isinstance(again, DataIngested) and again.new_version is False
+    assert isinstance(again, DataIngested)
+    assert again.new_version is False
 
 
 def test_sql_off_the_allow_list_or_not_a_select_is_rejected(
@@ -90,12 +91,15 @@ def test_sql_off_the_allow_list_or_not_a_select_is_rejected(
 ) -> None:
     url = f"sqlite:///{sqlite_db}"
     refused = _ingest(make_settings(), {"kind": "sql", "url": url, "query": "select 1"})
-    assert isinstance(refused, DataRejected) and "allow-list" in refused.reason
+    assert isinstance(refused, DataRejected)
+    assert "allow-list" in refused.reason
     settings = make_settings(sql_allow=["sqlite:///*"])
     writing = _ingest(settings, {"kind": "sql", "url": url, "query": "delete from customers"})
-    assert isinstance(writing, DataRejected) and "SELECT" in writing.reason
+    assert isinstance(writing, DataRejected)
+    assert "SELECT" in writing.reason
     broken = _ingest(settings, {"kind": "sql", "url": url, "query": "select * from nowhere"})
-    assert isinstance(broken, DataRejected) and "no such table" in broken.reason
+    assert isinstance(broken, DataRejected)
+    assert "no such table" in broken.reason
 
 
 @pytest.fixture
@@ -163,7 +167,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
     rows: list[dict[str, Any]] = []
     page_size = 40
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if url.path == "/linked":
@@ -244,7 +248,8 @@ def test_rest_hosts_off_the_allow_list_are_refused_even_as_next_links(
         make_settings(rest_allow_hosts=["api.example.com"]),
         {"kind": "rest", "url": f"http://{api}/linked"},
     )
-    assert isinstance(refused, DataRejected) and "allow-list" in refused.reason
+    assert isinstance(refused, DataRejected)
+    assert "allow-list" in refused.reason
     escaped = _ingest(
         make_settings(rest_allow_hosts=[api]),
         {

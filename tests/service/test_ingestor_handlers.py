@@ -47,7 +47,8 @@ async def test_data_arrived_yields_data_ingested_and_an_ack(make_settings: Make)
     )
     (event,) = seen["data-ingested"]
     assert (event["dataset"], event["version"], event["rows"]) == ("churn", 1, 4992)
-    assert ledger.acked and not ledger.letters
+    assert ledger.acked
+    assert not ledger.letters
 
 
 @pytest.mark.anyio

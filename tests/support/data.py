@@ -12,7 +12,8 @@ from shared.settings import BUNDLED_DATASETS
 def _generator() -> ModuleType:
     path = BUNDLED_DATASETS / "churn" / "generate.py"
     spec = importlib.util.spec_from_file_location("churn_generate", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

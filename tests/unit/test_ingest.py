@@ -45,7 +45,8 @@ def test_the_same_content_again_makes_no_new_version_and_the_same_event(
     settings = make_settings()
     first = _run(settings, "churn/churn.csv")
     again = _run(settings, f"file://{BUNDLED_DATASETS}/churn/churn.csv")
-    assert isinstance(first, DataIngested) and isinstance(again, DataIngested)
+    assert isinstance(first, DataIngested)
+    assert isinstance(again, DataIngested)
     assert (again.version, again.new_version, first.new_version) == (1, False, True)
     assert again.event_id == first.event_id
     assert len(FeatureStore(settings.common.feature_store_root).versions("churn")) == 1
