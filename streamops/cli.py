@@ -1,0 +1,223 @@
+"""`streamops`: run a service, announce data, look at the feature store.
+
+    streamops ingestor                          run the ingestor service
+    streamops ingest DATASET SOURCE [...]       publish data-arrived and wait for the outcome
+    streamops ingest --local DATASET SOURCE     ingest in this process, with a progress bar
+    streamops versions DATASET                  list the dataset's versions
+    streamops quarantine DATASET [VERSION]      show the rows a version rejected
+
+Configuration comes from the environment (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shared.events import (
+    CsvSource,
+    DataArrived,
+    DataIngested,
+    DataRejected,
+    NextLinkPagination,
+    PageNumberPagination,
+    RestSource,
+    SqlSource,
+)
+
+console = Console()
+err = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamops", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("ingestor", help="run the ingestor service")
+    run.set_defaults(run=_run_ingestor)
+
+    ingest = commands.add_parser("ingest", help="announce new data for a dataset")
+    ingest.add_argument("dataset")
+    ingest.add_argument("source", help="CSV path or file:// URI, http(s) URL, or SQLAlchemy URL")
+    ingest.add_argument("--query", help="SQL query (makes SOURCE a database URL)")
+    ingest.add_argument("--records-field", help="REST: JSON field holding the records")
+    pages = ingest.add_mutually_exclusive_group()
+    pages.add_argument("--next-link", metavar="FIELD", help="REST: follow next links in FIELD")
+    pages.add_argument("--page-param", metavar="NAME", help="REST: page-number parameter")
+    ingest.add_argument("--local", action="store_true", help="ingest in this process")
+    ingest.add_argument("--no-wait", action="store_true", help="publish and return")
+    ingest.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    ingest.set_defaults(run=_ingest)
+
+    versions = commands.add_parser("versions", help="list a dataset's versions")
+    versions.add_argument("dataset")
+    versions.set_defaults(run=_versions)
+
+    quarantine = commands.add_parser("quarantine", help="show a version's rejected rows")
+    quarantine.add_argument("dataset")
+    quarantine.add_argument("version", nargs="?", type=int)
+    quarantine.add_argument("--limit", type=int, default=50)
+    quarantine.set_defaults(run=_quarantine)
+    return parser
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+def _run_ingestor(args: argparse.Namespace) -> int:
+    from ingestor.app import build_app
+
+    asyncio.run(build_app().run())
+    return 0
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+
+def source_from_args(args: argparse.Namespace) -> CsvSource | SqlSource | RestSource:
+    raw: str = args.source
+    if args.query:
+        return SqlSource(url=raw, query=args.query)
+    if raw.startswith(("http://", "https://")):
+        pagination: NextLinkPagination | PageNumberPagination | None = None
+        if args.next_link:
+            pagination = NextLinkPagination(next_field=args.next_link)
+        elif args.page_param:
+            pagination = PageNumberPagination(param=args.page_param)
+        return RestSource(url=raw, records_field=args.records_field, pagination=pagination)
+    local = Path(raw).expanduser()
+    # A path that exists here is meant as this path; the service resolves others in its roots.
+    return CsvSource(uri=str(local.resolve()) if local.exists() else raw)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    event = DataArrived(dataset=args.dataset, source=source_from_args(args))
+    if args.local:
+        return _ingest_here(event)
+    return _publish_and_wait(event, wait=not args.no_wait, timeout=args.timeout)
+
+
+def _ingest_here(event: DataArrived) -> int:
+    from ingestor.service import ingest
+    from ingestor.store import FeatureStore
+    from shared.settings import IngestorSettings
+
+    settings = IngestorSettings()
+    store = FeatureStore(settings.common.feature_store_root)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"ingesting {event.dataset}", total=None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = ingest(event, settings, store, progress)
+    return _report(result)
+
+
+def _publish_and_wait(event: DataArrived, wait: bool, timeout: float) -> int:
+    import redis
+
+    from shared.broker import redis_url
+    from shared.settings import CommonSettings
+    from streamops.client import publish, stream_ends, wait_for_outcome
+
+    client = redis.Redis.from_url(redis_url(CommonSettings()))
+    # Outcomes from this moment on only: anything older answers somebody else.
+    after = stream_ends(client, (DataIngested.stream, DataRejected.stream))
+    entry_id = publish(client, event)
+    console.print(f"published data-arrived {entry_id} (event {event.event_id})")
+    if not wait:
+        return 0
+    with console.status("waiting for the ingestor ..."):
+        result = wait_for_outcome(client, event.correlation_id, after, timeout)
+    if result is None:
+        err.print(f"no answer within {timeout:.0f}s: is an ingestor running (streamops ingestor)?")
+        return 3
+    return _report(result)
+
+
+def _report(result: DataIngested | DataRejected) -> int:
+    if isinstance(result, DataRejected):
+        err.print(f"[red]rejected[/red] {result.dataset}: {result.reason} ({result.kind})")
+        for detail in result.details:
+            err.print(f"  - {detail}")
+        return 2
+    status = "new version" if result.new_version else "already stored (same content)"
+    console.print(
+        f"[green]{result.dataset} v{result.version}[/green]: {status}; {result.rows} rows, "
+        f"{result.quarantined_rows} quarantined\n  data: {result.path}"
+    )
+    if result.quarantine_path:
+        console.print(f"  quarantine: {result.quarantine_path}")
+    return 0
+
+
+# --- feature store -----------------------------------------------------------------------------
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from ingestor.store import FeatureStore
+    from shared.settings import CommonSettings
+
+    found = FeatureStore(CommonSettings().feature_store_root).versions(args.dataset)
+    if not found:
+        err.print(f"dataset {args.dataset!r} has no version")
+        return 1
+    table = Table("version", "rows", "quarantined", "created", "source", "hash")
+    for v in found:
+        table.add_row(
+            str(v.version),
+            str(v.rows),
+            str(v.quarantined_rows),
+            v.created_at.isoformat(timespec="seconds"),
+            v.source,
+            v.content_hash[:12],
+        )
+    console.print(table)
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from ingestor.store import FeatureStore
+    from shared.errors import VersionNotFound
+    from shared.settings import CommonSettings
+
+    store = FeatureStore(CommonSettings().feature_store_root)
+    try:
+        version = args.version or store.latest(args.dataset).version
+        lines = store.quarantine(args.dataset, version).slice(0, args.limit).to_pylist()
+    except VersionNotFound as exc:
+        err.print(str(exc))
+        return 1
+    table = Table("row", "column", "value", "reason", title=f"{args.dataset} v{version}")
+    for line in lines:
+        table.add_row(str(line["row"]), line["column"] or "", line["value"] or "", line["reason"])
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""A plain redis-py client of the streams, as any outside producer would write it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from shared.events import DataArrived, DataIngested, DataRejected
+from shared.wire import DATA_FIELD, entry_fields
+
+Outcome = DataIngested | DataRejected
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stream_ends(client: redis.Redis, streams: tuple[str, ...]) -> dict[str, str]:
+    """The id of the newest entry of each stream: reading after it sees only what is new."""
+    ends = {}
+    for stream in streams:
+        last = client.xrevrange(stream, count=1)
+        ends[stream] = _text(last[0][0]) if last else "0-0"
+    return ends
+
+
+def publish(client: redis.Redis, event: DataArrived) -> str:
+    fields: Any = entry_fields(event)
+    return _text(client.xadd(DataArrived.stream, fields))
+
+
+def wait_for_outcome(
+    client: redis.Redis, correlation_id: str, after: dict[str, str], timeout: float
+) -> Outcome | None:
+    """The data-ingested or data-rejected event of flow `correlation_id`, or None in time."""
+    kinds: dict[str, type[Outcome]] = {
+        DataIngested.stream: DataIngested,
+        DataRejected.stream: DataRejected,
+    }
+    cursors: Any = {s: after.get(s, "0-0") for s in kinds}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies: Any = client.xread(cursors, block=500)
+        for stream, items in replies or []:
+            for item_id, fields in items:
+                cursors[stream] = item_id
+                body = json.loads(fields[DATA_FIELD.encode()])
+                if body.get("correlation_id") == correlation_id:
+                    return kinds[_text(stream)].model_validate(body)
+    return None
+
+
+def ingest_and_wait(client: redis.Redis, event: DataArrived, timeout: float) -> Outcome | None:
+    after = stream_ends(client, (DataIngested.stream, DataRejected.stream))
+    publish(client, event)
+    return wait_for_outcome(client, event.correlation_id, after, timeout)
