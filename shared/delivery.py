@@ -254,7 +254,11 @@ def subscribe(
     crashed consumer's, or a failed attempt's). Both run the same rules.
     """
     settings = delivery.settings
-    live = StreamSub(delivery.stream, group=delivery.group, consumer=delivery.consumer)
+    # One entry per read: a consumer busy with a long job holds only that job, and the others
+    # take the rest (without COUNT, XREADGROUP hands one reader everything that is waiting).
+    live = StreamSub(
+        delivery.stream, group=delivery.group, consumer=delivery.consumer, max_records=1
+    )
     reclaim = StreamSub(
         delivery.stream,
         group=delivery.group,
