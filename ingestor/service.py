@@ -150,7 +150,7 @@ def _content_hash(spec: DatasetSpec, reader: SourceReader) -> str:
     for part in (spec.fingerprint(), reader.kind, reader.digest()):
         sha.update(part.encode())
         sha.update(b"\n")
-    return sha.hexdigest()
+    return str(sha.hexdigest())
 
 
 def _rejected(event: DataArrived, shown: str, exc: BatchRejected) -> DataRejected:

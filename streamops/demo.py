@@ -111,7 +111,8 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
     wait_for(
         lambda: client.xlen(dead_letter_stream("data-arrived")) > before, timeout, "the dead letter"
     )
-    _, fields = client.xrevrange(dead_letter_stream("data-arrived"), count=1)[0]
+    newest: Any = client.xrevrange(dead_letter_stream("data-arrived"), count=1)
+    _, fields = newest[0]
     letter = json.loads(fields[b"__data__"])
     console.print(
         f"-> [red]data-arrived.dlq[/red]: {letter['reason']} (payload kept: {letter['payload']})"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,11 +27,16 @@ class Cli:
         self.url = url
 
     def __call__(self, *args: str) -> str:
-        done = subprocess.run(["redis-cli", "-u", self.url, *args], capture_output=True,
-                              text=True, check=True, timeout=30)
+        done = subprocess.run(
+            ["redis-cli", "-u", self.url, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         return done.stdout
 
-    def events(self, stream: str) -> list[dict[str, object]]:
+    def events(self, stream: str) -> list[dict[str, Any]]:
         """XRANGE output (--json: one entry as [id, [field, value, ...]]) decoded."""
         raw = json.loads(self("--json", "XRANGE", stream, "-", "+") or "[]")
         found = []
@@ -63,8 +69,11 @@ def world(tmp_path: Path, redis_db: str) -> Iterator[tuple[Stack, Cli, dict[str,
 def _start(stack: Stack, name: str, env: dict[str, str], cli: Cli) -> None:
     stack.start_service(name, "ingestor", env)
     log = stack.log(name)
-    wait_until(lambda: "`OnNew` waiting for messages" in log.read_text(), timeout=60,
-               what=f"{name} reading (log: {log})")
+    wait_until(
+        lambda: "`OnNew` waiting for messages" in log.read_text(),
+        timeout=60,
+        what=f"{name} reading (log: {log})",
+    )
 
 
 def _xadd_csv(cli: Cli, uri: str) -> str:
@@ -72,8 +81,9 @@ def _xadd_csv(cli: Cli, uri: str) -> str:
     return cli("XADD", "data-arrived", "*", "__data__", body).strip()
 
 
-def test_redis_cli_alone_drives_a_whole_ingest(world: tuple[Stack, Cli, dict[str, str]],
-                                               tmp_path: Path) -> None:
+def test_redis_cli_alone_drives_a_whole_ingest(
+    world: tuple[Stack, Cli, dict[str, str]], tmp_path: Path
+) -> None:
     stack, cli, env = world
     _start(stack, "ingestor", env, cli)
 
@@ -91,8 +101,13 @@ def test_redis_cli_alone_drives_a_whole_ingest(world: tuple[Stack, Cli, dict[str
     no_plan = tmp_path / "inbox" / "no-plan.csv"
     header, *lines = (BUNDLED_DATASETS / "churn" / "churn.csv").read_text().splitlines()[:50]
     drop = header.split(",").index("plan")
-    no_plan.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop)
-                                 for line in [header, *lines]) + "\n")
+    no_plan.write_text(
+        "\n".join(
+            ",".join(c for i, c in enumerate(line.split(",")) if i != drop)
+            for line in [header, *lines]
+        )
+        + "\n"
+    )
     _xadd_csv(cli, str(no_plan))
     (rejected,) = wait_until(lambda: cli.events("data-rejected"), timeout=60, what="rejection")
     assert rejected["kind"] == "schema_drift"
@@ -101,12 +116,15 @@ def test_redis_cli_alone_drives_a_whole_ingest(world: tuple[Stack, Cli, dict[str
     cli("XADD", "data-arrived", "*", "__data__", "this is not json")
     cli("XADD", "data-arrived", "*", "dataset", "ghost", "source", "x.csv")
     cli("XADD", "data-arrived", "*", "dataset", "churn", "source", "churn/churn.csv")
-    letters = wait_until(lambda: len(cli.events("data-arrived.dlq")) == 2
-                         and cli.events("data-arrived.dlq"), timeout=60, what="dead letters")
+    wait_until(lambda: len(cli.events("data-arrived.dlq")) == 2, timeout=60, what="dead letters")
+    letters = cli.events("data-arrived.dlq")
     assert "not JSON" in str(letters[0]["reason"])
     assert "no dataset spec for 'ghost'" in str(letters[1]["reason"])
-    wait_until(lambda: len(cli.events("data-ingested")) == 3, timeout=60,
-               what="the good event after the poison ones")
+    wait_until(
+        lambda: len(cli.events("data-ingested")) == 3,
+        timeout=60,
+        what="the good event after the poison ones",
+    )
     assert cli.pending("data-arrived", "ingestor") == 0
 
 
@@ -130,15 +148,22 @@ def test_kill_9_mid_file_then_restart_makes_exactly_one_version(
     _start(stack, "first", slow, cli)
     _xadd_csv(cli, str(big))
     staging = tmp_path / "store" / "churn" / ".staging"
-    wait_until(lambda: staging.is_dir() and any(staging.iterdir()), timeout=60,
-               what="the first ingestor writing", interval=0.01)
+    wait_until(
+        lambda: staging.is_dir() and any(staging.iterdir()),
+        timeout=60,
+        what="the first ingestor writing",
+        interval=0.01,
+    )
     stack.kill("first", signal.SIGKILL)
     assert cli.events("data-ingested") == [], "the ingest finished before the kill"
     assert cli.pending("data-arrived", "ingestor") == 1
 
     _start(stack, "second", env, cli)
-    (event,) = wait_until(lambda: cli.events("data-ingested"), timeout=120,
-                          what="the second ingestor finishing the job")
+    (event,) = wait_until(
+        lambda: cli.events("data-ingested"),
+        timeout=120,
+        what="the second ingestor finishing the job",
+    )
     assert event["rows"] + event["quarantined_rows"] == 500_000
     store = FeatureStore(tmp_path / "store")
     assert [v.version for v in store.versions("churn")] == [1]
@@ -158,7 +183,7 @@ def test_several_ingestors_share_the_work_and_each_event_is_handled_once(
     text = (BUNDLED_DATASETS / "churn" / "churn.csv").read_text().splitlines()
     for n in range(5):
         part = tmp_path / "inbox" / f"part{n}.csv"
-        part.write_text("\n".join([text[0], *text[1 + n * 100: 1 + (n + 1) * 100]]) + "\n")
+        part.write_text("\n".join([text[0], *text[1 + n * 100 : 1 + (n + 1) * 100]]) + "\n")
         _xadd_csv(cli, str(part))
     wait_until(lambda: len(cli.events("data-ingested")) >= 6, timeout=90, what="six versions")
     assert sorted(e["version"] for e in cli.events("data-ingested")) == [1, 2, 3, 4, 5, 6]

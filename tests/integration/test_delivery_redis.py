@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 STREAM, GROUP = "jobs", "workers"
-MESSAGE = {"__data__": json.dumps({"dataset": "toy", "source": "x.csv"}).encode()}
+MESSAGE: Any = {"__data__": json.dumps({"dataset": "toy", "source": "x.csv"}).encode()}
 
 
 def _consumer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,7 +28,7 @@ async def client(redis_db: str) -> AsyncIterator[aioredis.Redis]:
     await connection.aclose()
 
 
-def _arrived(uri: str, **extra: object) -> dict[str, bytes]:
+def _arrived(uri: str, **extra: object) -> Any:
     body = {"dataset": "churn", "source": {"kind": "csv", "uri": uri}, **extra}
     return {"__data__": json.dumps(body).encode()}
 
@@ -59,7 +60,8 @@ async def test_sending_the_same_data_again_makes_no_new_version(
         await client.xadd("data-arrived", _arrived("churn/churn.csv"))
         await wait_for_entries(client, "data-ingested")
         # The flat form: fields instead of a JSON body.
-        await client.xadd("data-arrived", {"dataset": "churn", "source": "churn/churn.csv"})
+        flat: Any = {"dataset": "churn", "source": "churn/churn.csv"}
+        await client.xadd("data-arrived", flat)
         first, again = await wait_for_entries(client, "data-ingested", 2)
     assert again["new_version"] is False
     assert (again["version"], again["event_id"]) == (first["version"], first["event_id"])
@@ -97,13 +99,13 @@ async def test_poison_messages_go_to_the_dead_letter_stream_and_work_goes_on(
     make_settings: Make, redis_db: str, client: aioredis.Redis
 ) -> None:
     async with running(build_app(make_settings(redis_db))):
-        await client.xadd("data-arrived", {"__data__": b"{not json"})
-        await client.xadd("data-arrived", {"__data__": json.dumps({"dataset": "churn"}).encode()})
-        await client.xadd(
-            "data-arrived",
-            _arrived("x.csv")
-            | {"__data__": json.dumps({"dataset": "ghost", "source": "x.csv"}).encode()},
-        )
+        for body in (
+            b"{not json",
+            json.dumps({"dataset": "churn"}).encode(),
+            json.dumps({"dataset": "ghost", "source": "x.csv"}).encode(),
+        ):
+            fields: Any = {"__data__": body}
+            await client.xadd("data-arrived", fields)
         await client.xadd("data-arrived", _arrived("churn/churn.csv"))
         letters = await wait_for_entries(client, "data-arrived.dlq", 3)
         await wait_for_entries(client, "data-ingested")
@@ -124,7 +126,8 @@ async def test_a_source_that_keeps_failing_is_retried_then_dead_lettered(
     )
     body = {"dataset": "churn", "source": {"kind": "rest", "url": "http://127.0.0.1:9/rows"}}
     async with running(build_app(settings)):
-        await client.xadd("data-arrived", {"__data__": json.dumps(body).encode()})
+        poison: Any = {"__data__": json.dumps(body).encode()}
+        await client.xadd("data-arrived", poison)
         (letter,) = await wait_for_entries(client, "data-arrived.dlq", timeout=30)
     assert letter["reason"].startswith("gave up after 3 deliveries; last error: SourceUnavailable")
     assert letter["deliveries"] == 4

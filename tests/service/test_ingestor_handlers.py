@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from faststream.redis import TestRedisBroker
+from faststream.redis import RedisBroker, TestRedisBroker
 
 from ingestor.app import build_app
 from shared.events import DataArrived
@@ -22,8 +22,7 @@ async def _run(
 ) -> tuple[FakeLedger, dict[str, list[Any]]]:
     ledger = FakeLedger()
     app = build_app(settings, ledger=ledger)
-    broker = app.broker
-    assert broker is not None
+    broker = cast(RedisBroker, app.broker)
     seen: dict[str, list[Any]] = {"data-ingested": [], "data-rejected": []}
 
     @broker.subscriber(stream="data-ingested")

@@ -26,7 +26,8 @@ async def running(app: FastStream) -> AsyncIterator[FastStream]:
 async def entries(client: aioredis.Redis, stream: str) -> list[dict[str, Any]]:
     """Every entry of `stream`, its `__data__` decoded as JSON."""
     found = []
-    for _, fields in await client.xrange(stream):
+    items: Any = await client.xrange(stream)
+    for _, fields in items:
         found.append(json.loads(fields[b"__data__"]))
     return found
 

@@ -210,7 +210,7 @@ def _good() -> dict[str, Any]:
 
 
 def test_each_bad_cell_is_one_quarantine_line_with_column_reason_and_value() -> None:
-    cells = {c: ["1"] for c in SPEC.column_names}
+    cells: dict[str, list[str | None]] = {c: ["1"] for c in SPEC.column_names}
     cells.update(amount=["abc"], plan=["gold"], flag=["true"], note=[None], seen_at=[None])
     result = validate_chunk(
         SPEC, pa.table({k: pa.array(v, pa.string()) for k, v in cells.items()}), first_row=41
