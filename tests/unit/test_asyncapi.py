@@ -1,0 +1,18 @@
+"""The ingestor's AsyncAPI document names its streams and explains its payloads."""
+
+from __future__ import annotations
+
+import json
+
+from ingestor.app import build_app
+from shared.settings import CommonSettings, IngestorSettings
+
+
+def test_the_asyncapi_document_describes_what_the_ingestor_publishes() -> None:
+    app = build_app(IngestorSettings(common=CommonSettings()))
+    assert app.schema is not None
+    document = json.loads(app.schema.to_specification().to_json())
+    text = json.dumps(document)
+    for stream in ("data-arrived", "data-ingested", "data-rejected"):
+        assert stream in text
+    assert "Rows accepted into the version." in text
