@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import anyio.to_thread
@@ -14,13 +15,23 @@ from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataArrived, DataIngested, DataRejected
 from shared.settings import IngestorSettings
-from shared.telemetry import configure_logging
+from shared.telemetry import (
+    ProgressRelay,
+    RedisStatusBoard,
+    StatusBoard,
+    beat,
+    configure_logging,
+)
 
 GROUP = "ingestor"
 
 
-def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = None) -> FastStream:
-    """The service; `ledger` replaces the Redis bookkeeping in handler tests."""
+def build_app(
+    settings: IngestorSettings | None = None,
+    ledger: Ledger | None = None,
+    board: StatusBoard | None = None,
+) -> FastStream:
+    """The service; `ledger` and `board` replace their Redis versions in handler tests."""
     settings = settings or IngestorSettings()
     common = settings.common
     configure_logging(common.log_level)
@@ -30,6 +41,7 @@ def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = 
     ledger = ledger or RedisLedger(
         client, DataArrived.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
+    board = board or RedisStatusBoard(client)
     delivery = Delivery(ledger, DataArrived.stream, GROUP, common.consumer_name, common)
     ingested = broker.publisher(
         stream=DataIngested.stream, schema=DataIngested, description=DataIngested.__doc__
@@ -41,7 +53,11 @@ def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = 
     async def on_data_arrived(event: DataArrived) -> None:
         # Reading and validating is CPU and disk work: off the event loop, so leases keep
         # being renewed and other messages keep flowing.
-        result = await anyio.to_thread.run_sync(functools.partial(ingest, event, settings, store))
+        # Progress goes to the status board, where `streamops ingest` shows it as a bar.
+        async with ProgressRelay(board, event.correlation_id).running() as relay:
+            result = await anyio.to_thread.run_sync(
+                functools.partial(ingest, event, settings, store, relay.report)
+            )
         publisher = ingested if isinstance(result, DataIngested) else rejected
         await publisher.publish(result)
 
@@ -56,9 +72,21 @@ def build_app(settings: IngestorSettings | None = None, ledger: Ledger | None = 
         ),
     )
 
+    heartbeat: list[asyncio.Task[None]] = []
+
     @app.on_startup
     async def create_groups() -> None:
         await ensure_group(client, DataArrived.stream, GROUP)
+
+    @app.after_startup
+    async def start_heartbeat() -> None:
+        # After the broker started: a heartbeat means the subscribers are reading.
+        heartbeat.append(asyncio.create_task(beat(board, GROUP, common.consumer_name)))
+
+    @app.on_shutdown
+    async def stop_heartbeat() -> None:
+        for task in heartbeat:
+            task.cancel()
 
     @app.after_shutdown
     async def close_client() -> None:

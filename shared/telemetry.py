@@ -1,11 +1,33 @@
-"""Logging (and, in a later issue, metrics) set up the same way in every service."""
+"""Logging, liveness and progress, set up the same way in every service (metrics: issue 5)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import redis.asyncio as aioredis
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+PROGRESS_TTL_S = 3600
+
+
+def progress_key(flow: str) -> str:
+    """Where the progress of flow `flow` (a correlation id) is kept."""
+    return f"streamops:progress:{flow}"
+
+
+def heartbeat_key(service: str, consumer: str) -> str:
+    return f"streamops:heartbeat:{service}:{consumer}"
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -17,3 +39,96 @@ def configure_logging(level: str = "INFO") -> None:
         handler._streamops = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class CriticalSeen(logging.Handler):
+    """Remembers whether anything was logged at CRITICAL: FastStream stops a subscriber for
+    good (e.g. its consumer group vanished with a Redis restart) with a CRITICAL record and a
+    clean exit, and a supervisor must see a failure to restart the service."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.CRITICAL)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
+class StatusBoard(Protocol):
+    """Where services say they are alive and how far a long job has got."""
+
+    async def progress(self, flow: str, done: int, total: int | None) -> None: ...
+
+    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class RedisStatusBoard:
+    client: aioredis.Redis
+
+    async def progress(self, flow: str, done: int, total: int | None) -> None:
+        key = progress_key(flow)
+        fields = {
+            "done": done,
+            "total": -1 if total is None else total,
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(key, PROGRESS_TTL_S)
+            await pipe.execute()
+
+    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None:
+        value = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
+        )
+        await self.client.set(heartbeat_key(service, consumer), value, ex=ttl_s)
+
+
+class ProgressRelay:
+    """Carries progress from a worker thread to the status board, at most every `interval`."""
+
+    def __init__(self, board: StatusBoard, flow: str, interval: float = 0.5) -> None:
+        self._board = board
+        self._flow = flow
+        self._interval = interval
+        self._latest: tuple[int, int | None] | None = None
+        self._sent: tuple[int, int | None] | None = None
+
+    def report(self, done: int, total: int | None) -> None:
+        """Thread-safe: one tuple assignment."""
+        self._latest = (done, total)
+
+    async def _send(self) -> None:
+        latest = self._latest
+        if latest is not None and latest != self._sent:
+            await self._board.progress(self._flow, *latest)
+            self._sent = latest
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ProgressRelay]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self._send()
+
+        task = asyncio.create_task(loop())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
+                await self._send()
+
+
+async def beat(board: StatusBoard, service: str, consumer: str, interval: float = 5.0) -> None:
+    """Say `consumer` of `service` is alive, every `interval` seconds, until cancelled."""
+    log = logging.getLogger(__name__)
+    while True:
+        try:
+            await board.heartbeat(service, consumer, ttl_s=int(interval * 3) + 1)
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
+        await asyncio.sleep(interval)

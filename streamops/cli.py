@@ -16,6 +16,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -84,7 +85,21 @@ def _parser() -> argparse.ArgumentParser:
 def _run_ingestor(args: argparse.Namespace) -> int:
     from ingestor.app import build_app
 
-    asyncio.run(build_app().run())
+    return _serve(build_app())
+
+
+def _serve(app: Any) -> int:
+    """Run a service until a signal stops it; exit 1 if FastStream gave up on a subscriber."""
+    import logging
+
+    from shared.telemetry import CriticalSeen
+
+    critical = CriticalSeen()
+    logging.getLogger("streamops.broker").addHandler(critical)
+    asyncio.run(app.run())
+    if critical.seen:
+        err.print("a subscriber stopped for good (see the log above): exiting with 1")
+        return 1
     return 0
 
 
@@ -142,7 +157,7 @@ def _publish_and_wait(event: DataArrived, wait: bool, timeout: float) -> int:
 
     from shared.broker import redis_url
     from shared.settings import CommonSettings
-    from streamops.client import publish, stream_ends, wait_for_outcome
+    from streamops.client import progress, publish, stream_ends, wait_for_outcome
 
     client = redis.Redis.from_url(redis_url(CommonSettings()))
     # Outcomes from this moment on only: anything older answers somebody else.
@@ -151,12 +166,32 @@ def _publish_and_wait(event: DataArrived, wait: bool, timeout: float) -> int:
     console.print(f"published data-arrived {entry_id} (event {event.event_id})")
     if not wait:
         return 0
-    with console.status("waiting for the ingestor ..."):
-        result = wait_for_outcome(client, event.correlation_id, after, timeout)
+    with _bar() as bar:
+        task = bar.add_task(f"waiting for the ingestor ({event.dataset})", total=None)
+
+        def show_progress() -> None:
+            done = progress(client, event.correlation_id)
+            if done is not None:
+                bar.update(
+                    task, description=f"ingesting {event.dataset}", completed=done[0], total=done[1]
+                )
+
+        result = wait_for_outcome(client, event.correlation_id, after, timeout, show_progress)
     if result is None:
         err.print(f"no answer within {timeout:.0f}s: is an ingestor running (streamops ingestor)?")
         return 3
     return _report(result)
+
+
+def _bar() -> Progress:
+    """Bytes for files, rows for the rest: the bar shows whatever the ingestor counts."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=err, transient=True)
 
 
 def _report(result: DataIngested | DataRejected) -> int:

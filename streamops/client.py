@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from shared.events import DataArrived, DataIngested, DataRejected
+from shared.telemetry import progress_key
 from shared.wire import DATA_FIELD, entry_fields
 
 Outcome = DataIngested | DataRejected
@@ -33,9 +35,14 @@ def publish(client: redis.Redis, event: DataArrived) -> str:
 
 
 def wait_for_outcome(
-    client: redis.Redis, correlation_id: str, after: dict[str, str], timeout: float
+    client: redis.Redis,
+    correlation_id: str,
+    after: dict[str, str],
+    timeout: float,
+    on_tick: Callable[[], None] | None = None,
 ) -> Outcome | None:
-    """The data-ingested or data-rejected event of flow `correlation_id`, or None in time."""
+    """The data-ingested or data-rejected event of flow `correlation_id`, or None in time.
+    `on_tick` is called about twice a second while waiting."""
     kinds: dict[str, type[Outcome]] = {
         DataIngested.stream: DataIngested,
         DataRejected.stream: DataRejected,
@@ -43,6 +50,8 @@ def wait_for_outcome(
     cursors: Any = {s: after.get(s, "0-0") for s in kinds}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if on_tick is not None:
+            on_tick()
         replies: Any = client.xread(cursors, block=500)
         for stream, items in replies or []:
             for item_id, fields in items:
@@ -51,6 +60,15 @@ def wait_for_outcome(
                 if body.get("correlation_id") == correlation_id:
                     return kinds[_text(stream)].model_validate(body)
     return None
+
+
+def progress(client: redis.Redis, correlation_id: str) -> tuple[int, int | None] | None:
+    """How far the ingestor has got with flow `correlation_id`: (done, total or None)."""
+    fields: Any = client.hgetall(progress_key(correlation_id))
+    if not fields:
+        return None
+    total = int(fields[b"total"])
+    return int(fields[b"done"]), None if total < 0 else total
 
 
 def ingest_and_wait(client: redis.Redis, event: DataArrived, timeout: float) -> Outcome | None:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_service("ingestor", "ingestor", env)
         client = redis.Redis.from_url(url)
         wait_for(
-            lambda: _group_exists(client, "data-arrived", "ingestor"),
+            lambda: client.keys("streamops:heartbeat:ingestor:*"),
             60,
             f"the ingestor (see {stack.log('ingestor')})",
         )
@@ -141,14 +141,6 @@ def _drop_column(source: Path, target: Path, column: str) -> None:
             if i == 100:
                 break
             writer.writerow(row)
-
-
-def _group_exists(client: redis.Redis, stream: str, group: str) -> bool:
-    try:
-        groups: Any = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return False
-    return any(g["name"] in (group, group.encode()) for g in groups)
 
 
 def _step(n: int, text: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Stack, local_stack
@@ -42,11 +43,11 @@ def env(tmp_path: Path, redis_db: str) -> dict[str, str]:
 def ingestor(tmp_path: Path, env: dict[str, str]) -> Iterator[Stack]:
     with local_stack(tmp_path) as stack:
         stack.start_service("ingestor", "ingestor", env)
-        log = stack.log("ingestor")
+        client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
         wait_until(
-            lambda: "`OnNew` waiting for messages" in log.read_text(),
+            lambda: client.keys("streamops:heartbeat:ingestor:*"),
             timeout=60,
-            what=f"the ingestor reading (log: {log})",
+            what=f"the ingestor alive (log: {stack.log('ingestor')})",
         )
         yield stack
 

@@ -45,6 +45,9 @@ class Cli:
             found.append(json.loads(pairs["__data__"]))
         return found
 
+    def heartbeats(self) -> int:
+        return len(self("KEYS", "streamops:heartbeat:ingestor:*").split())
+
     def pending(self, stream: str, group: str) -> int:
         return int(self("XPENDING", stream, group).split()[0])
 
@@ -67,12 +70,11 @@ def world(tmp_path: Path, redis_db: str) -> Iterator[tuple[Stack, Cli, dict[str,
 
 
 def _start(stack: Stack, name: str, env: dict[str, str], cli: Cli) -> None:
+    """Start an ingestor and wait for its heartbeat (written once its subscribers run)."""
+    before = cli.heartbeats()
     stack.start_service(name, "ingestor", env)
-    log = stack.log(name)
     wait_until(
-        lambda: "`OnNew` waiting for messages" in log.read_text(),
-        timeout=60,
-        what=f"{name} reading (log: {log})",
+        lambda: cli.heartbeats() > before, timeout=60, what=f"{name} alive (log: {stack.log(name)})"
     )
 
 
@@ -191,3 +193,14 @@ def test_several_ingestors_share_the_work_and_each_event_is_handled_once(
     wait_until(lambda: cli.pending("data-arrived", "ingestor") == 0, timeout=30, what="acks")
     consumers = cli("XINFO", "CONSUMERS", "data-arrived", "ingestor")
     assert consumers.count("name") == 2, f"one ingestor did all the work: {consumers}"
+
+
+def test_losing_the_consumer_group_stops_the_ingestor_with_a_failure(
+    world: tuple[Stack, Cli, dict[str, str]],
+) -> None:
+    stack, cli, env = world
+    _start(stack, "ingestor", env, cli)
+    cli("FLUSHALL")  # what a Redis restart without persistence does
+    process = stack.processes["ingestor"]
+    wait_until(lambda: process.poll() is not None, timeout=30, what="the ingestor exiting")
+    assert process.returncode == 1, stack.log("ingestor").read_text()[-2000:]

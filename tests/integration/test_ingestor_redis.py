@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 
 from ingestor.app import build_app
 from ingestor.store import FeatureStore
-from shared.settings import IngestorSettings
+from shared.settings import BUNDLED_DATASETS, IngestorSettings
+from shared.telemetry import progress_key
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import entries, pending, running, wait_for_entries
 from tests.support.waiting import eventually
@@ -45,6 +46,10 @@ async def test_a_raw_xadd_yields_a_version_a_quarantine_and_a_readable_event(
         assert event["new_version"] is True
         await eventually(lambda: _none_pending(client), what="the event acked")
     store = FeatureStore(settings.common.feature_store_root)
+    # The last progress report says the whole file was read (what `streamops ingest` shows).
+    size = (BUNDLED_DATASETS / "churn" / "churn.csv").stat().st_size
+    report = await client.hgetall(progress_key(event["correlation_id"]))
+    assert (int(report[b"done"]), int(report[b"total"])) == (size, size)
     assert store.quarantine("churn", 1).num_rows == 8
 
 

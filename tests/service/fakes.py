@@ -60,3 +60,17 @@ class NoPendingEntries(PEL):
 
     def _remove(self, correlation_id: Any) -> None:
         return None
+
+
+@dataclass
+class FakeStatusBoard:
+    """Records progress and heartbeats instead of writing them to Redis."""
+
+    progress_reports: list[tuple[str, int, int | None]] = field(default_factory=list)
+    heartbeats: list[tuple[str, str]] = field(default_factory=list)
+
+    async def progress(self, flow: str, done: int, total: int | None) -> None:
+        self.progress_reports.append((flow, done, total))
+
+    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None:
+        self.heartbeats.append((service, consumer))

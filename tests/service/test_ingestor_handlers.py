@@ -12,7 +12,7 @@ from faststream.redis import RedisBroker, TestRedisBroker
 from ingestor.app import build_app
 from shared.events import DataArrived
 from shared.settings import IngestorSettings
-from tests.service.fakes import FakeLedger, NoPendingEntries
+from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries
 
 Make = Callable[..., IngestorSettings]
 
@@ -21,7 +21,8 @@ async def _run(
     settings: IngestorSettings, *messages: Any
 ) -> tuple[FakeLedger, dict[str, list[Any]]]:
     ledger = FakeLedger()
-    app = build_app(settings, ledger=ledger)
+    board = FakeStatusBoard()
+    app = build_app(settings, ledger=ledger, board=board)
     broker = cast(RedisBroker, app.broker)
     seen: dict[str, list[Any]] = {"data-ingested": [], "data-rejected": []}
 
@@ -36,6 +37,7 @@ async def _run(
     async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
         for message in messages:
             await test_broker.publish(message, stream="data-arrived")
+    seen["progress"] = board.progress_reports
     return ledger, seen
 
 
@@ -48,6 +50,10 @@ async def test_data_arrived_yields_data_ingested_and_an_ack(make_settings: Make)
     assert (event["dataset"], event["version"], event["rows"]) == ("churn", 1, 4992)
     assert ledger.acked
     assert not ledger.letters
+    # The last progress report is the whole file.
+    flow, done, total = seen["progress"][-1]
+    assert flow == event["correlation_id"]
+    assert done == total
 
 
 @pytest.mark.anyio
@@ -74,4 +80,4 @@ async def test_poison_messages_are_dead_lettered_with_the_reason(
     (letter,) = ledger.letters
     assert words in letter["reason"]
     assert letter["stream"] == "data-arrived"
-    assert seen == {"data-ingested": [], "data-rejected": []}
+    assert seen["data-ingested"] == seen["data-rejected"] == []
