@@ -130,7 +130,8 @@ class CsvReader:
             strings_can_be_null=True,
         )
         options = pacsv.ReadOptions(block_size=self.block_size, use_threads=True)
-        parse = pacsv.ParseOptions(delimiter=self.delimiter)
+        # Quoted values may hold newlines (valid CSV); measured here, allowing it costs nothing.
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
         with contextlib.closing(raw), io.BufferedReader(raw, 1 << 20) as buffered:
             try:
                 reader = pacsv.open_csv(

@@ -163,3 +163,18 @@ def test_quarantine_lines_name_the_data_row_not_the_file_line(
     assert isinstance(result, DataIngested)
     (line,) = FeatureStore(settings.common.feature_store_root).quarantine("churn", 1).to_pylist()
     assert (line["row"], line["value"]) == (2, "perhaps")
+
+
+def test_quoted_commas_and_newlines_survive_block_boundaries(
+    make_settings: Make, inbox: Path
+) -> None:
+    rows = churn_rows(3000)
+    for i, row in enumerate(rows):
+        row["customer_id"] = f"C{i},\nX"  # write_csv quotes it
+    write_csv(inbox / "quoted.csv", rows)
+    settings = make_settings(block_size_bytes=64 * 1024)
+    result = _run(settings, str(inbox / "quoted.csv"))
+    assert isinstance(result, DataIngested)
+    assert result.rows == 3000
+    ids = FeatureStore(settings.common.feature_store_root).read("churn").column("customer_id")
+    assert ids.to_pylist() == [r["customer_id"] for r in rows]
