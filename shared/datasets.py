@@ -35,6 +35,8 @@ from shared.events import DatasetName
 
 ColumnType = Literal["float", "int", "str", "bool", "datetime"]
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 ARROW_TYPES: dict[str, pa.DataType] = {
     "float": pa.float64(),
     "int": pa.int64(),
@@ -170,7 +172,10 @@ def _field_type(col: ColumnSpec) -> Any:
             float, Field(allow_inf_nan=False, ge=col.ge, gt=col.gt, le=col.le, lt=col.lt)
         ]
     elif col.type == "int":
-        base = Annotated[int, Field(ge=col.ge, gt=col.gt, le=col.le, lt=col.lt)]
+        # Stored as int64: a larger value is invalid, and says so, rather than overflowing.
+        ge = INT64_MIN if col.ge is None else max(col.ge, INT64_MIN)
+        le = INT64_MAX if col.le is None else min(col.le, INT64_MAX)
+        base = Annotated[int, Field(ge=ge, gt=col.gt, le=le, lt=col.lt)]
     elif col.type == "str":
         base = Annotated[str, Field(min_length=col.min_length, max_length=col.max_length)]
     elif col.type == "bool":

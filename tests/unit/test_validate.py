@@ -268,3 +268,13 @@ def test_clean_rows_keep_their_order_and_values(rows: int) -> None:
     assert result.accepted.num_rows == rows
     assert result.accepted.column("count").to_pylist() == [i % 50 for i in range(rows)]
     assert result.bad_rows == 0
+
+
+def test_ints_beyond_int64_are_rejected_by_the_schema_not_by_an_overflow() -> None:
+    spec = parse_spec("name: x\ntarget: n\ncolumns: [{name: n, type: int, ge: 0}]")
+    table = pa.table({"n": pa.array(["5", "99999999999999999999", "-1"], pa.string())})
+    result = validate_chunk(spec, table, first_row=1)
+    assert result.accepted.column("n").to_pylist() == [5]
+    reasons = {line["row"]: line["reason"] for line in result.quarantine.to_pylist()}
+    assert "less than or equal to 9223372036854775807" in reasons[2]
+    assert "greater than or equal to 0" in reasons[3]
