@@ -32,7 +32,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def _redis_answers(port: int) -> bool:
+def redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
@@ -51,7 +51,8 @@ class Stack:
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
-    def start_redis(self) -> str:
+    def start_redis(self, persistent: bool = True) -> str:
+        """A redis-server on a free port, its files in `workdir/redis`: the URL."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -61,23 +62,22 @@ class Stack:
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self.spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],
-        )
-        wait_for(lambda: _redis_answers(port), 15, f"redis-server on port {port}")
+        appendonly = "yes" if persistent else "no"
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            appendonly,
+            "--save",
+            "",
+        ]
+        self.spawn("redis", argv)
+        wait_for(lambda: redis_answers(port), 15, f"redis-server on port {port}")
         return f"redis://127.0.0.1:{port}/0"
 
     def start_service(self, name: str, command: str, env: dict[str, str]) -> None:

@@ -19,24 +19,11 @@ from ingestor.service import ingest
 from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested, DataRejected
 from shared.settings import IngestorSettings
-from tests.support.data import churn_rows
+from tests.support.data import COLUMNS, churn_rows
 from tests.support.servers import postgres_dsn
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., IngestorSettings]
-
-COLUMNS = (
-    "customer_id",
-    "tenure_months",
-    "monthly_charges",
-    "support_calls",
-    "usage_gb",
-    "satisfaction",
-    "plan",
-    "autopay",
-    "signup_at",
-    "churned",
-)
 
 
 def _typed(row: dict[str, str]) -> tuple[Any, ...]:
