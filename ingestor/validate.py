@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from shared.datasets import ColumnSpec, DatasetSpec, arrow_schema, row_model
 
@@ -254,14 +254,10 @@ def _slow_path(
             bad += 1
             lines.extend(_quarantine_lines(exc, raw, number))
             continue
-        good.append({**_dump(row), ROW: number})
+        good.append({**row.model_dump(by_alias=True), ROW: number})
     rescued = pa.Table.from_pylist(good, schema=schema)
     quarantine = pa.Table.from_pylist(lines, schema=QUARANTINE_SCHEMA)
     return rescued, quarantine, bad
-
-
-def _dump(row: BaseModel) -> dict[str, Any]:
-    return row.model_dump(by_alias=True)
 
 
 def _quarantine_lines(

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -36,6 +37,7 @@ from shared.events import DatasetName
 ColumnType = Literal["float", "int", "str", "bool", "datetime"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+RESERVED_COLUMNS = frozenset({"version"})
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "float": pa.float64(),
@@ -64,6 +66,16 @@ class ColumnSpec(BaseModel):
     allowed: tuple[str | int, ...] | None = Field(
         default=None, min_length=1, description="The only values allowed (str and int columns)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_COLUMNS or name.startswith("__"):
+            raise ValueError(
+                f"column name {name!r} is reserved (the feature store adds "
+                "`version` when reading several versions)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _constraints_fit_type(self) -> Self:

@@ -219,7 +219,10 @@ class Delivery:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(period)
-                await self.ledger.renew(message_id)
+                try:
+                    await self.ledger.renew(message_id)
+                except Exception:  # a missed renewal is retried; only a lapsed lease costs
+                    log.warning("renewing the lease of %s failed", message_id, exc_info=True)
 
         task = asyncio.create_task(renew())
         try:

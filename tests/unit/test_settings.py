@@ -68,6 +68,10 @@ def test_a_separate_password_goes_into_the_url() -> None:
         ("name: x\ntarget: a\ncolumns: [{name: a, type: decimal}]", "type"),
         ("name: x\ntarget: a\ncolumns: [{name: a, type: int}, {name: a, type: int}]", "unique"),
         ("{not yaml", "invalid dataset spec"),
+        (
+            "name: x\ntarget: a\ncolumns: [{name: a, type: int}, {name: version, type: int}]",
+            "reserved",
+        ),
     ],
 )
 def test_bad_dataset_specs_are_refused_with_the_reason(text: str, words: str) -> None:
