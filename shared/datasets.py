@@ -97,6 +97,80 @@ class ColumnSpec(BaseModel):
         return ARROW_TYPES[self.type]
 
 
+Task = Literal["classification", "regression"]
+METRICS: dict[str, dict[str, bool]] = {
+    # metric -> higher is better
+    "classification": {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": False},
+    "regression": {"rmse": False, "mae": False, "r2": True},
+}
+
+
+class EstimatorSpec(BaseModel):
+    """A scikit-learn estimator by name (see trainer/estimators.py) and its parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="e.g. HistGradientBoostingClassifier")
+    params: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
+
+    def __hash__(self) -> int:  # params is a dict: hash the canonical JSON
+        return hash((self.name, json.dumps(self.params, sort_keys=True, default=str)))
+
+
+class GateSpec(BaseModel):
+    """What a new model must achieve on the hold-out rows to be promoted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    minimum: dict[str, float] = Field(default_factory=dict, description="metric >= value")
+    maximum: dict[str, float] = Field(default_factory=dict, description="metric <= value")
+    champion_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How much worse than the production model, on the decisive metric and the "
+        "same hold-out rows, the new model may be.",
+    )
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.model_dump(), sort_keys=True))
+
+
+class TrainingSpec(BaseModel):
+    """How the trainer builds, judges and promotes a model of the dataset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: Task
+    estimator: EstimatorSpec
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="Registered model name; the dataset's name by default.",
+    )
+    exclude: tuple[str, ...] = Field(default=(), description="Columns that are not features.")
+    train_on: Literal["latest", "all"] = "latest"
+    split: Literal["random", "time"] = Field(
+        default="random", description="time: the newest rows (by the timestamp) are held out."
+    )
+    holdout_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
+    seed: int = 42
+    metric: str = Field(description="The metric that decides (gate and champion comparison).")
+    gate: GateSpec = Field(default_factory=GateSpec)
+    promotion: Literal["auto", "manual"] = "auto"
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> Self:
+        known = METRICS[self.task]
+        for name in (self.metric, *self.gate.minimum, *self.gate.maximum):
+            if name not in known:
+                raise ValueError(f"metric {name!r} is not one of {sorted(known)} ({self.task})")
+        return self
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class DatasetSpec(BaseModel):
     """A dataset: its columns, the target to predict and an optional timestamp column."""
 
@@ -110,6 +184,7 @@ class DatasetSpec(BaseModel):
         default=None, ge=0.0, le=1.0, description="Overrides the ingestor's setting."
     )
     columns: tuple[ColumnSpec, ...] = Field(min_length=1)
+    training: TrainingSpec | None = Field(default=None, description="How to train a model.")
 
     @model_validator(mode="after")
     def _references_exist(self) -> Self:
@@ -123,7 +198,26 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"timestamp {self.timestamp!r} is not a column")
             if self.column(self.timestamp).type != "datetime":
                 raise ValueError(f"timestamp {self.timestamp!r} must be a datetime column")
+        if self.training is not None:
+            unknown = [c for c in self.training.exclude if c not in names]
+            if unknown:
+                raise ValueError(f"training.exclude names unknown columns: {unknown}")
+            if self.training.split == "time" and self.timestamp is None:
+                raise ValueError("training.split 'time' needs a timestamp column")
         return self
+
+    @property
+    def model_name(self) -> str:
+        if self.training is not None and self.training.model_name:
+            return self.training.model_name
+        return self.name
+
+    @property
+    def feature_columns(self) -> tuple[ColumnSpec, ...]:
+        """What a model sees: every column but the target, the timestamp, datetimes and the
+        training spec's exclusions."""
+        skip = {self.target, self.timestamp, *(self.training.exclude if self.training else ())}
+        return tuple(c for c in self.columns if c.name not in skip and c.type != "datetime")
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -136,8 +230,12 @@ class DatasetSpec(BaseModel):
         raise KeyError(name)
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides which rows are valid."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of everything that decides which rows are valid (not descriptions, not the
+        training spec: changing how models are trained does not change the data)."""
+        decisive = self.model_dump(mode="json", include={"columns", "max_bad_fraction"})
+        for col in decisive["columns"]:
+            col.pop("description", None)
+        canonical = json.dumps(decisive, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
