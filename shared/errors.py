@@ -52,3 +52,11 @@ class BatchRejected(StreamopsError):
 
 class VersionNotFound(StreamopsError):
     """A feature-store dataset or version does not exist."""
+
+
+class ModelNotFound(StreamopsError):
+    """A registered model or model version does not exist."""
+
+
+class NothingToRollBack(StreamopsError):
+    """There is no earlier production version to go back to."""

@@ -100,3 +100,13 @@ class IngestorSettings(BaseSettings):
     @classmethod
     def _resolve_roots(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+
+class TrainerSettings(BaseSettings):
+    """The trainer: where it trains."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMOPS_TRAINER_", extra="ignore", frozen=True)
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    # Fits run in worker processes, so a long fit never blocks the service's event loop.
+    workers: int = Field(default=1, ge=1, le=32)

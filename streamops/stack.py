@@ -41,6 +41,16 @@ def redis_answers(port: int) -> bool:
         return False
 
 
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 @dataclass
 class Stack:
     """Processes started here, stopped together (in reverse order) on exit."""
@@ -79,6 +89,36 @@ class Stack:
         self.spawn("redis", argv)
         wait_for(lambda: redis_answers(port), 15, f"redis-server on port {port}")
         return f"redis://127.0.0.1:{port}/0"
+
+    def start_mlflow(self) -> str:
+        """`mlflow server` on a free port: SQLite backend and artifacts in `workdir/mlflow`."""
+        port = free_port()
+        data = self.workdir / "mlflow"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{data / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(data / "artifacts"),
+            "--workers",
+            "1",
+        ]
+        self.spawn("mlflow", argv)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: _http_ok(f"{url}/health"),
+            120,
+            f"mlflow server on port {port} (log: {self.log('mlflow')})",
+        )
+        return url
 
     def start_service(self, name: str, command: str, env: dict[str, str]) -> None:
         """Run `streamops COMMAND` as a process of its own."""

@@ -11,7 +11,7 @@ import redis
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
-from tests.support.servers import INSTALL_HINT, redis_server
+from tests.support.servers import INSTALL_HINT, mlflow_server, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +70,13 @@ def make_settings(tmp_path: Path, inbox: Path) -> Callable[..., IngestorSettings
 def anyio_backend() -> str:
     """Async tests (marked `anyio`) run on asyncio, as the services do."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def mlflow_url() -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend) for the session; this process logs to it."""
+    import mlflow
+
+    with mlflow_server() as url:
+        mlflow.set_tracking_uri(url)
+        yield url

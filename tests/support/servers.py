@@ -56,3 +56,17 @@ def redis_server() -> Iterator[str]:
 def postgres_dsn() -> str:
     """The local PostgreSQL server (POSTGRES_DSN overrides); failing loudly when absent."""
     return os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextlib.contextmanager
+def mlflow_server() -> Iterator[str]:
+    """An MLflow tracking server for the test session: MLFLOW_TRACKING_URI when set, else
+    `mlflow server` on a free port with a SQLite backend and a local artifact root."""
+    if url := os.environ.get("MLFLOW_TRACKING_URI"):
+        yield url
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="streamops-mlflow-") as workdir,
+        local_stack(Path(workdir)) as stack,
+    ):
+        yield stack.start_mlflow()

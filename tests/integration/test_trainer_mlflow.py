@@ -1,0 +1,100 @@
+"""Training, registering, gating and promoting against a real MLflow server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from ingestor.service import ingest
+from ingestor.store import FeatureStore
+from shared.events import DataArrived, DataIngested
+from shared.settings import BUNDLED_DATASETS, IngestorSettings
+from tests.support.data import churn_rows, write_csv
+from trainer.promotion import promote, rollback
+from trainer.registry import MlflowRegistry
+from trainer.service import train_for
+
+pytestmark = pytest.mark.integration
+Make = Callable[..., IngestorSettings]
+
+
+@pytest.fixture
+def datasets(tmp_path: Path) -> tuple[Path, str]:
+    """The churn spec under a model name of this test's own (the MLflow server is shared)."""
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = name
+    (tmp_path / "datasets" / "churn").mkdir(parents=True)
+    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "datasets", name
+
+
+def _ingest(settings: IngestorSettings, uri: str) -> DataIngested:
+    store = FeatureStore(settings.common.feature_store_root)
+    result = ingest(DataArrived(dataset="churn", source=uri), settings, store)
+    assert isinstance(result, DataIngested), result
+    return result
+
+
+def test_train_register_gate_promote_and_roll_back(
+    make_settings: Make, mlflow_url: str, datasets: tuple[Path, str], inbox: Path
+) -> None:
+    spec_dir, name = datasets
+    settings = make_settings(datasets_dir=spec_dir)
+    store = FeatureStore(settings.common.feature_store_root)
+    registry = MlflowRegistry(mlflow_url)
+    client = MlflowClient(tracking_uri=mlflow_url)
+
+    first = _ingest(settings, str(BUNDLED_DATASETS / "churn" / "churn.csv"))
+    outcome = train_for(first, spec_dir, store, registry)
+    trained = outcome.trained
+    assert (trained.model_name, trained.model_version, trained.dataset_version) == (name, 1, 1)
+    assert trained.gate_passed
+    assert trained.metrics["roc_auc"] > 0.75
+    assert outcome.promoted is not None
+    assert (outcome.promoted.version, outcome.promoted.reason) == (1, "auto")
+    assert outcome.promoted.previous_version is None
+    run = client.get_run(trained.run_id)
+    assert run.data.params["estimator"] == "HistGradientBoostingClassifier"
+    assert {"accuracy", "f1", "roc_auc", "log_loss", "training_seconds"} <= set(run.data.metrics)
+    (lineage,) = run.inputs.dataset_inputs
+    assert lineage.dataset.name == "churn@v1"
+    assert lineage.dataset.digest == first.content_hash[:36]
+    version = client.get_model_version(name, "1")
+    assert version.tags["streamops.dataset_version"] == "1"
+    assert version.tags["streamops.content_hash"] == first.content_hash
+    assert "HistGradientBoostingClassifier" in version.tags["streamops.training_spec"]
+    assert set(client.get_registered_model(name).aliases) == {"dev", "staging", "production"}
+
+    # The same event again: no second model version.
+    again = train_for(first, spec_dir, store, registry)
+    assert again.trained.model_version == 1
+    assert again.trained.event_id == trained.event_id
+    assert again.promoted is None
+
+    # A second version whose labels are noise: registered, judged, not promoted.
+    rows = churn_rows(3000, seed=9)
+    shuffled = [r["churned"] for r in rows]
+    shuffled = shuffled[7:] + shuffled[:7]
+    write_csv(
+        inbox / "noise.csv", [{**r, "churned": c} for r, c in zip(rows, shuffled, strict=True)]
+    )
+    second = _ingest(settings, str(inbox / "noise.csv"))
+    bad = train_for(second, spec_dir, store, registry)
+    assert (bad.trained.model_version, bad.trained.gate_passed) == (2, False)
+    assert any("roc_auc" in r for r in bad.trained.gate_reasons)
+    assert bad.promoted is None
+    assert registry.alias(name, "production") == 1
+    assert registry.alias(name, "dev") == 2
+
+    # By hand it can still be promoted; rollback then restores version 1.
+    manual = promote(registry, name, 2, "manual")
+    assert (manual.version, manual.previous_version) == (2, 1)
+    back = rollback(registry, name)
+    assert (back.version, back.previous_version, back.reason) == (1, 2, "rollback")
+    assert registry.alias(name, "production") == 1

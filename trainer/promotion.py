@@ -1,0 +1,48 @@
+"""Moving the `production` alias: promotion and rollback, each one event for serving."""
+
+from __future__ import annotations
+
+from shared.errors import NothingToRollBack
+from shared.events import ModelPromoted, PromotionReason, derived_event_id
+from trainer.registry import Registry
+
+PRODUCTION = "production"
+
+
+def promote(registry: Registry, name: str, version: int, reason: PromotionReason) -> ModelPromoted:
+    """Point `production` at `version` and record it in the model's production history.
+    Promoting the version already in production changes nothing and reports it again."""
+    previous = registry.alias(name, PRODUCTION)
+    if previous != version:
+        registry.set_alias(name, PRODUCTION, version)
+        history = registry.history(name)
+        if not history or history[-1] != version:
+            registry.set_history(name, [*history, version])
+    return ModelPromoted(
+        event_id=derived_event_id(ModelPromoted.stream, name, version, previous, reason),
+        model_name=name,
+        version=version,
+        previous_version=previous if previous != version else None,
+        reason=reason,
+    )
+
+
+def rollback(registry: Registry, name: str) -> ModelPromoted:
+    """Back to the version that was in production before the current one."""
+    current = registry.alias(name, PRODUCTION)
+    history = registry.history(name)
+    if current is not None and history and history[-1] == current:
+        history = history[:-1]
+    earlier = [v for v in history if v != current]
+    if current is None or not earlier:
+        raise NothingToRollBack(f"model {name!r} has no earlier production version")
+    target = earlier[-1]
+    registry.set_alias(name, PRODUCTION, target)
+    registry.set_history(name, history[: len(history) - history[::-1].index(target)])
+    return ModelPromoted(
+        event_id=derived_event_id(ModelPromoted.stream, name, target, current, "rollback"),
+        model_name=name,
+        version=target,
+        previous_version=current,
+        reason="rollback",
+    )

@@ -1,0 +1,148 @@
+"""The model registry port and its MLflow adapter (aliases, not the deprecated stages)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+TAG = "streamops."
+HISTORY_TAG = f"{TAG}production_history"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version as streamops sees it."""
+
+    name: str
+    version: int
+    run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What one training logs: the run, the model and the lineage."""
+
+    experiment: str
+    model_name: str
+    model: Any
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    input_frame: Any  # pandas DataFrame of the training rows (for lineage and schema)
+    input_name: str
+    input_source: str
+    input_digest: str
+    target: str
+    example: Any  # a few feature rows
+    trusted_types: tuple[str, ...]
+
+
+class Registry(Protocol):
+    def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None: ...
+
+    def log(self, record: TrainingRecord) -> RegisteredVersion: ...
+
+    def alias(self, name: str, alias: str) -> int | None: ...
+
+    def set_alias(self, name: str, alias: str, version: int) -> None: ...
+
+    def load(self, name: str, version: int) -> Any: ...
+
+    def history(self, name: str) -> list[int]: ...
+
+    def set_history(self, name: str, versions: list[int]) -> None: ...
+
+    def versions(self, name: str) -> list[RegisteredVersion]: ...
+
+
+class MlflowRegistry:
+    """The Registry on an MLflow tracking server. Runs are logged with MLflow's fluent API,
+    so the process must have called `mlflow.set_tracking_uri` (the trainer's worker does)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
+        found = self.client.search_model_versions(
+            f"name = '{_quote(name)}' and tags.`{tag}` = '{_quote(value)}'"
+        )
+        if not found:
+            return None
+        return self._describe(min(found, key=lambda mv: int(mv.version)))
+
+    def log(self, record: TrainingRecord) -> RegisteredVersion:
+        import mlflow
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.models import infer_signature
+
+        mlflow.set_experiment(record.experiment)
+        with mlflow.start_run(run_name=record.input_name) as run:
+            mlflow.log_params(record.params)
+            mlflow.log_metrics(record.metrics)
+            mlflow.set_tags(record.tags)
+            dataset = from_pandas(
+                record.input_frame,
+                source=record.input_source,
+                name=record.input_name,
+                targets=record.target,
+                digest=record.input_digest[:36],
+            )
+            mlflow.log_input(dataset, context="training")
+            signature = infer_signature(record.example, record.model.predict(record.example))
+            info = mlflow.sklearn.log_model(
+                record.model,
+                name="model",
+                signature=signature,
+                input_example=record.example,
+                registered_model_name=record.model_name,
+                skops_trusted_types=list(record.trusted_types),
+            )
+        version = int(info.registered_model_version)
+        for key, value in record.tags.items():
+            self.client.set_model_version_tag(record.model_name, str(version), key, value)
+        return RegisteredVersion(
+            record.model_name, version, run.info.run_id, dict(record.tags), dict(record.metrics)
+        )
+
+    def alias(self, name: str, alias: str) -> int | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def load(self, name: str, version: int) -> Any:
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+    def history(self, name: str) -> list[int]:
+        tags = self.client.get_registered_model(name).tags
+        return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+    def set_history(self, name: str, versions: list[int]) -> None:
+        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(versions))
+
+    def versions(self, name: str) -> list[RegisteredVersion]:
+        found = self.client.search_model_versions(f"name = '{_quote(name)}'")
+        return sorted((self._describe(mv) for mv in found), key=lambda v: v.version)
+
+    def _describe(self, mv: Any) -> RegisteredVersion:
+        metrics = self.client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        return RegisteredVersion(
+            mv.name, int(mv.version), mv.run_id or "", dict(mv.tags), dict(metrics)
+        )
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")

@@ -1,0 +1,174 @@
+"""The training use case, free of any broker: dataset version → registered, judged model.
+
+`train_for` returns the events to publish next: `model-trained`, and `model-promoted` when the
+gate passed and the spec's promotion policy is auto.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from ingestor.store import FeatureStore
+from shared.datasets import DatasetSpec, load_spec
+from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
+from trainer import estimators
+from trainer.gate import Verdict, judge
+from trainer.promotion import PRODUCTION, promote
+from trainer.registry import TAG, RegisteredVersion, Registry, TrainingRecord
+from trainer.training import Trained, evaluate, fit, training_spec
+
+log = logging.getLogger(__name__)
+
+KEY_TAG = f"{TAG}training_key"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    trained: ModelTrained
+    promoted: ModelPromoted | None
+
+
+def train_for(
+    event: DataIngested, datasets_dir: Path, store: FeatureStore, registry: Registry
+) -> Outcome:
+    """Train on the dataset's newest state (so a burst of versions costs one more training,
+    not one each), unless a model for exactly that state and spec is already registered."""
+    spec = load_spec(datasets_dir, event.dataset)
+    training = training_spec(spec)
+    newest = store.latest(event.dataset)
+    version = newest.version if newest.version > event.version else event.version
+    key = f"{event.dataset}@{version}/{training.fingerprint()[:16]}"
+    existing = registry.find(spec.model_name, KEY_TAG, key)
+    if existing is not None:
+        log.info("%s already trained as %s v%d", key, existing.name, existing.version)
+        return _finish(spec, event, existing, _verdict_of(existing), registry)
+    info = store.get(event.dataset, version)
+    frame = _frame(store, spec, version)
+    trained = fit(spec, frame)
+    verdict = _judge(spec, trained, registry)
+    tags = {
+        f"{TAG}dataset": spec.name,
+        f"{TAG}dataset_version": str(version),
+        f"{TAG}content_hash": info.content_hash,
+        f"{TAG}training_spec": json.dumps(training.model_dump(mode="json"), sort_keys=True),
+        KEY_TAG: key,
+        f"{TAG}gate_passed": str(verdict.passed).lower(),
+        f"{TAG}gate_reasons": json.dumps(list(verdict.reasons)),
+    }
+    record = TrainingRecord(
+        experiment=spec.name,
+        model_name=spec.model_name,
+        model=trained.pipeline,
+        params=_params(spec, version, len(frame)),
+        metrics={**trained.metrics, "training_seconds": trained.seconds},
+        tags=tags,
+        input_frame=frame,
+        input_name=f"{spec.name}@v{version}",
+        input_source=info.path,
+        input_digest=info.content_hash,
+        target=spec.target,
+        example=trained.split.x_test.head(5),
+        trusted_types=estimators.resolve(training.estimator, training.task).trusted_types,
+    )
+    registered = registry.log(record)
+    registry.set_alias(spec.model_name, "dev", registered.version)
+    if verdict.passed:
+        registry.set_alias(spec.model_name, "staging", registered.version)
+    log.info(
+        "%s v%d: %s; gate %s: %s",
+        spec.model_name,
+        registered.version,
+        trained.metrics,
+        "passed" if verdict.passed else "failed",
+        "; ".join(verdict.reasons),
+    )
+    return _finish(spec, event, registered, verdict, registry)
+
+
+def _frame(store: FeatureStore, spec: DatasetSpec, version: int) -> pd.DataFrame:
+    if training_spec(spec).train_on == "all":
+        table = store.dataset(spec.name).to_table(filter=ds.field("version") <= version)
+        frame: pd.DataFrame = table.drop_columns(["version"]).to_pandas()
+    else:
+        frame = store.read(spec.name, version).to_pandas()
+    return frame
+
+
+def _judge(spec: DatasetSpec, trained: Trained, registry: Registry) -> Verdict:
+    """Thresholds, then the production model on the same hold-out rows."""
+    training = training_spec(spec)
+    current = registry.alias(spec.model_name, PRODUCTION)
+    if current is None:
+        return judge(training, trained.metrics)
+    try:
+        champion = registry.load(spec.model_name, current)
+        champion_metrics = evaluate(
+            champion, training.task, trained.split.x_test, trained.split.y_test
+        )
+    except Exception as exc:  # a champion that cannot be scored is no reason to stop
+        log.warning("could not evaluate production v%d: %s", current, exc)
+        verdict = judge(training, trained.metrics)
+        return Verdict(
+            verdict.passed,
+            (*verdict.reasons, f"production v{current} could not be evaluated: {exc}"),
+        )
+    return judge(training, trained.metrics, champion_metrics, current)
+
+
+def _params(spec: DatasetSpec, version: int, rows: int) -> dict[str, object]:
+    training = training_spec(spec)
+    params: dict[str, object] = {
+        "dataset": spec.name,
+        "dataset_version": version,
+        "rows": rows,
+        "task": training.task,
+        "estimator": training.estimator.name,
+        "train_on": training.train_on,
+        "split": training.split,
+        "holdout_fraction": training.holdout_fraction,
+        "seed": training.seed,
+        "metric": training.metric,
+    }
+    params.update({f"estimator.{k}": v for k, v in training.estimator.params.items()})
+    return params
+
+
+def _verdict_of(found: RegisteredVersion) -> Verdict:
+    reasons = tuple(json.loads(found.tags.get(f"{TAG}gate_reasons", "[]")))
+    return Verdict(found.tags.get(f"{TAG}gate_passed") == "true", reasons)
+
+
+def _finish(
+    spec: DatasetSpec,
+    event: DataIngested,
+    registered: RegisteredVersion,
+    verdict: Verdict,
+    registry: Registry,
+) -> Outcome:
+    training = training_spec(spec)
+    trained = ModelTrained(
+        event_id=derived_event_id(ModelTrained.stream, registered.name, registered.version),
+        correlation_id=event.correlation_id,
+        model_name=registered.name,
+        model_version=registered.version,
+        run_id=registered.run_id,
+        dataset=spec.name,
+        dataset_version=int(registered.tags.get(f"{TAG}dataset_version", event.version)),
+        metrics={k: v for k, v in registered.metrics.items() if k != "training_seconds"},
+        gate_passed=verdict.passed,
+        gate_reasons=verdict.reasons,
+    )
+    promoted = None
+    if verdict.passed and training.promotion == "auto":
+        current = registry.alias(registered.name, PRODUCTION)
+        # A redelivered event must not undo a later promotion or a rollback.
+        if current is None or current < registered.version:
+            promoted = promote(registry, registered.name, registered.version, "auto")
+            promoted = promoted.model_copy(update={"correlation_id": event.correlation_id})
+    return Outcome(trained, promoted)
