@@ -62,6 +62,7 @@ def test_train_register_gate_promote_and_roll_back(
     run = client.get_run(trained.run_id)
     assert run.data.params["estimator"] == "HistGradientBoostingClassifier"
     assert {"accuracy", "f1", "roc_auc", "log_loss", "training_seconds"} <= set(run.data.metrics)
+    assert run.inputs is not None
     (lineage,) = run.inputs.dataset_inputs
     assert lineage.dataset.name == "churn@v1"
     assert lineage.dataset.digest == first.content_hash[:36]
