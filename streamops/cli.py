@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("ingestor", help="run the ingestor service")
     run.set_defaults(run=_run_ingestor)
+    run = commands.add_parser("trainer", help="run the trainer service")
+    run.set_defaults(run=_run_trainer)
 
     ingest = commands.add_parser("ingest", help="announce new data for a dataset")
     ingest.add_argument("dataset")
@@ -84,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_ingestor(args: argparse.Namespace) -> int:
     from ingestor.app import build_app
+
+    return _serve(build_app())
+
+
+def _run_trainer(args: argparse.Namespace) -> int:
+    from trainer.app import build_app
 
     return _serve(build_app())
 

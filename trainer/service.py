@@ -34,16 +34,40 @@ class Outcome:
     promoted: ModelPromoted | None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an event asks for: a model of `dataset` at `version`, known by `key`."""
+
+    dataset: str
+    model_name: str
+    version: int
+    key: str
+
+
+def plan_for(event: DataIngested, datasets_dir: Path, store: FeatureStore) -> Plan | None:
+    """Train on the dataset's newest state, so a burst of versions costs one more training,
+    not one each; None when the dataset's spec asks for no training."""
+    spec = load_spec(datasets_dir, event.dataset)
+    if spec.training is None:
+        return None
+    newest = store.latest(event.dataset).version
+    version = max(newest, event.version)
+    key = f"{event.dataset}@{version}/{spec.training.fingerprint()[:16]}"
+    return Plan(event.dataset, spec.model_name, version, key)
+
+
 def train_for(
     event: DataIngested, datasets_dir: Path, store: FeatureStore, registry: Registry
-) -> Outcome:
-    """Train on the dataset's newest state (so a burst of versions costs one more training,
-    not one each), unless a model for exactly that state and spec is already registered."""
+) -> Outcome | None:
+    """Train, register and judge the planned model, unless a model for exactly that state and
+    spec is already registered (then report that one)."""
+    plan = plan_for(event, datasets_dir, store)
+    if plan is None:
+        log.info("dataset %s has no training section: nothing to train", event.dataset)
+        return None
     spec = load_spec(datasets_dir, event.dataset)
     training = training_spec(spec)
-    newest = store.latest(event.dataset)
-    version = newest.version if newest.version > event.version else event.version
-    key = f"{event.dataset}@{version}/{training.fingerprint()[:16]}"
+    version, key = plan.version, plan.key
     existing = registry.find(spec.model_name, KEY_TAG, key)
     if existing is not None:
         log.info("%s already trained as %s v%d", key, existing.name, existing.version)

@@ -52,6 +52,7 @@ def test_train_register_gate_promote_and_roll_back(
 
     first = _ingest(settings, str(BUNDLED_DATASETS / "churn" / "churn.csv"))
     outcome = train_for(first, spec_dir, store, registry)
+    assert outcome is not None
     trained = outcome.trained
     assert (trained.model_name, trained.model_version, trained.dataset_version) == (name, 1, 1)
     assert trained.gate_passed
@@ -74,6 +75,7 @@ def test_train_register_gate_promote_and_roll_back(
 
     # The same event again: no second model version.
     again = train_for(first, spec_dir, store, registry)
+    assert again is not None
     assert again.trained.model_version == 1
     assert again.trained.event_id == trained.event_id
     assert again.promoted is None
@@ -87,6 +89,7 @@ def test_train_register_gate_promote_and_roll_back(
     )
     second = _ingest(settings, str(inbox / "noise.csv"))
     bad = train_for(second, spec_dir, store, registry)
+    assert bad is not None
     assert (bad.trained.model_version, bad.trained.gate_passed) == (2, False)
     assert any("roc_auc" in r for r in bad.trained.gate_reasons)
     assert bad.promoted is None

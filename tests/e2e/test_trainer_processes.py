@@ -1,0 +1,151 @@
+"""Ingestor and trainers as processes against a real Redis and a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from mlflow import MlflowClient
+
+from shared.settings import BUNDLED_DATASETS
+from streamops.stack import Stack, local_stack
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    entries: Any = client.xrange(stream)
+    return [json.loads(fields[b"__data__"]) for _, fields in entries]
+
+
+def _spec_dir(tmp_path: Path, slow: bool) -> tuple[Path, str]:
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    name = f"churn-e2e-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = name
+    if slow:  # a fit of several seconds, to be caught in the middle
+        spec["training"]["estimator"]["params"] = {
+            "max_iter": 1500,
+            "learning_rate": 0.01,
+            "max_leaf_nodes": 63,
+            "early_stopping": False,
+            "random_state": 0,
+        }
+    (tmp_path / "datasets" / "churn").mkdir(parents=True)
+    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "datasets", name
+
+
+@pytest.fixture
+def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stack, dict[str, str]]]:
+    env = {
+        "STREAMOPS_REDIS_URL": redis_db,
+        "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
+        "STREAMOPS_FEATURE_STORE_ROOT": str(tmp_path / "store"),
+        "STREAMOPS_INGESTOR_DATA_ROOTS": str(BUNDLED_DATASETS),
+        "STREAMOPS_CLAIM_INTERVAL_MS": "200",
+    }
+    with local_stack(tmp_path) as stack:
+        yield stack, env
+
+
+def _start(stack: Stack, name: str, command: str, env: dict[str, str]) -> None:
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    before = len(client.keys(f"streamops:heartbeat:{command}:*"))
+    stack.start_service(name, command, env)
+    wait_until(
+        lambda: len(client.keys(f"streamops:heartbeat:{command}:*")) > before,
+        timeout=90,
+        what=f"{name} alive (log: {stack.log(name)})",
+    )
+
+
+def _arrive(client: redis.Redis) -> None:
+    body = json.dumps({"dataset": "churn", "source": "churn/churn.csv"})
+    client.xadd("data-arrived", {"__data__": body})
+
+
+def test_data_arrival_ends_in_a_promoted_model(
+    world: tuple[Stack, dict[str, str]], tmp_path: Path, mlflow_url: str
+) -> None:
+    stack, env = world
+    spec_dir, name = _spec_dir(tmp_path, slow=False)
+    env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir)}
+    _start(stack, "ingestor", "ingestor", env)
+    _start(stack, "trainer", "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    (trained,) = wait_until(
+        lambda: _events(client, "model-trained"),
+        timeout=180,
+        what=f"model-trained (log: {stack.log('trainer')})",
+    )
+    (promoted,) = wait_until(
+        lambda: _events(client, "model-promoted"), timeout=30, what="model-promoted"
+    )
+    assert (trained["model_name"], trained["model_version"], trained["gate_passed"]) == (
+        name,
+        1,
+        True,
+    )
+    assert (promoted["version"], promoted["reason"]) == (1, "auto")
+    registry = MlflowClient(tracking_uri=mlflow_url)
+    assert registry.get_model_version_by_alias(name, "production").version == "1"
+
+
+def test_kill_9_mid_fit_then_another_trainer_trains_it_once(
+    world: tuple[Stack, dict[str, str]], tmp_path: Path, mlflow_url: str
+) -> None:
+    stack, env = world
+    spec_dir, name = _spec_dir(tmp_path, slow=True)
+    env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "3000"}
+    _start(stack, "ingestor", "ingestor", env)
+    _start(stack, "first", "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    wait_until(
+        lambda: client.keys("streamops:training:*"),
+        timeout=60,
+        what="the first trainer fitting",
+        interval=0.02,
+    )
+    stack.kill("first", signal.SIGKILL)
+    registry = MlflowClient(tracking_uri=mlflow_url)
+    assert registry.search_model_versions(f"name = '{name}'") == []
+
+    _start(stack, "second", "trainer", env)
+    wait_until(
+        lambda: _events(client, "model-trained"),
+        timeout=240,
+        what=f"the second trainer's model (log: {stack.log('second')})",
+    )
+    assert [int(v.version) for v in registry.search_model_versions(f"name = '{name}'")] == [1]
+
+
+def test_a_fit_longer_than_the_lease_is_not_trained_twice(
+    world: tuple[Stack, dict[str, str]], tmp_path: Path, mlflow_url: str
+) -> None:
+    stack, env = world
+    spec_dir, name = _spec_dir(tmp_path, slow=True)
+    env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "1000"}
+    _start(stack, "ingestor", "ingestor", env)
+    _start(stack, "one", "trainer", env)
+    _start(stack, "two", "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    wait_until(lambda: _events(client, "model-trained"), timeout=240, what="model-trained")
+    wait_until(
+        lambda: int(client.xpending("data-ingested", "trainer")["pending"]) == 0,
+        timeout=30,
+        what="the event acked",
+    )
+    registry = MlflowClient(tracking_uri=mlflow_url)
+    assert [int(v.version) for v in registry.search_model_versions(f"name = '{name}'")] == [1]
+    assert len(_events(client, "model-trained")) == 1
