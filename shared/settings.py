@@ -110,3 +110,5 @@ class TrainerSettings(BaseSettings):
     common: CommonSettings = Field(default_factory=CommonSettings)
     # Fits run in worker processes, so a long fit never blocks the service's event loop.
     workers: int = Field(default=1, ge=1, le=32)
+    # How often the registry is checked for alias moves made outside streamops (0: never).
+    watch_s: float = Field(default=2.0, ge=0.0, le=3600.0)

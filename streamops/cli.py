@@ -69,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     ingest.set_defaults(run=_ingest)
 
+    promote = commands.add_parser("promote", help="put a model version in production")
+    promote.add_argument("model")
+    promote.add_argument("version", type=int)
+    promote.set_defaults(run=_promote)
+
+    back = commands.add_parser("rollback", help="back to the previous production version")
+    back.add_argument("model")
+    back.set_defaults(run=_rollback)
+
+    models = commands.add_parser("models", help="a model's versions, aliases and metrics")
+    models.add_argument("model", nargs="?")
+    models.set_defaults(run=_models)
+
     versions = commands.add_parser("versions", help="list a dataset's versions")
     versions.add_argument("dataset")
     versions.set_defaults(run=_versions)
@@ -215,6 +228,85 @@ def _report(result: DataIngested | DataRejected) -> int:
     )
     if result.quarantine_path:
         console.print(f"  quarantine: {result.quarantine_path}")
+    return 0
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def _registry() -> Any:
+    import mlflow
+
+    from shared.settings import CommonSettings
+    from trainer.registry import MlflowRegistry
+
+    uri = CommonSettings().mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    return MlflowRegistry(uri)
+
+
+def _announce(event: Any) -> None:
+    """Publish a promotion for serving, and say what happened."""
+    import redis
+
+    from shared.broker import redis_url
+    from shared.settings import CommonSettings
+    from streamops.client import publish
+
+    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
+    before = f"v{event.previous_version}" if event.previous_version else "nothing"
+    console.print(
+        f"{event.model_name}: production is v{event.version} (was {before}); "
+        f"model-promoted published ({event.reason})"
+    )
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from trainer.promotion import promote
+
+    registry = _registry()
+    if args.version not in [v.version for v in registry.versions(args.model)]:
+        err.print(f"model {args.model!r} has no version {args.version}")
+        return 1
+    _announce(promote(registry, args.model, args.version, "manual"))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from shared.errors import NothingToRollBack
+    from trainer.promotion import rollback
+
+    try:
+        _announce(rollback(_registry(), args.model))
+    except NothingToRollBack as exc:
+        err.print(str(exc))
+        return 1
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    registry = _registry()
+    names = [args.model] if args.model else registry.model_names()
+    for name in names:
+        aliases = registry.aliases(name)
+        by_version: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(version, []).append(alias)
+        table = Table("version", "aliases", "dataset v", "gate", "metrics", title=name)
+        for v in registry.versions(name):
+            metrics = ", ".join(
+                f"{k} {val:.4f}" for k, val in sorted(v.metrics.items()) if k != "training_seconds"
+            )
+            table.add_row(
+                str(v.version),
+                " ".join(sorted(by_version.get(v.version, []))),
+                v.tags.get("streamops.dataset_version", ""),
+                {"true": "passed", "false": "failed"}.get(
+                    v.tags.get("streamops.gate_passed", ""), ""
+                ),
+                metrics,
+            )
+        console.print(table)
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from shared.events import DataArrived, DataIngested, DataRejected
+from shared.events import DataArrived, DataIngested, DataRejected, Event
 from shared.telemetry import progress_key
 from shared.wire import DATA_FIELD, entry_fields
 
@@ -29,9 +29,10 @@ def stream_ends(client: redis.Redis, streams: tuple[str, ...]) -> dict[str, str]
     return ends
 
 
-def publish(client: redis.Redis, event: DataArrived) -> str:
+def publish(client: redis.Redis, event: Event) -> str:
+    """XADD `event` to its stream; the entry id."""
     fields: Any = entry_fields(event)
-    return _text(client.xadd(DataArrived.stream, fields))
+    return _text(client.xadd(event.stream, fields))
 
 
 def wait_for_outcome(

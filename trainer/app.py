@@ -1,5 +1,5 @@
 """The trainer service: `data-ingested` (group `trainer`) → MLflow → `model-trained`,
-`model-promoted`."""
+`model-promoted`; and alias moves made outside streamops → `model-promoted`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio.to_thread
 import redis.asyncio as aioredis
@@ -27,6 +29,98 @@ GROUP = "trainer"
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Trainer:
+    """The service's parts; `build_app` wires them to a broker."""
+
+    settings: TrainerSettings
+    client: aioredis.Redis
+    store: FeatureStore
+    board: StatusBoard
+    trained_out: Any
+    promoted_out: Any
+    pool: ProcessPoolExecutor | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def on_data_ingested(self, event: DataIngested) -> None:
+        common = self.settings.common
+        plan = await anyio.to_thread.run_sync(plan_for, event, common.datasets_dir, self.store)
+        if plan is None:
+            log.info("dataset %s has no training section: nothing to train", event.dataset)
+            return
+        lock = f"streamops:training:{plan.key}"
+        # Another trainer already fits this exact state: its own message stays pending until it
+        # is done (and is reclaimed if it dies), so this event is covered.
+        if not await self.client.set(lock, common.consumer_name, nx=True, px=common.lease_ms):
+            log.info("%s is being trained elsewhere: coalesced", plan.key)
+            return
+        assert self.pool is not None, "start() creates the worker pool"
+        try:
+            async with _renewing(self.client, lock, common.lease_ms):
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self.pool, worker.train_in_worker, event.model_dump_json()
+                )
+        finally:
+            await self.client.delete(lock)
+        if result is None:
+            return
+        trained, promoted = worker.decode(result)
+        await self.trained_out.publish(trained)
+        if promoted is not None:
+            await self.promoted_out.publish(promoted)
+
+    async def watch(self) -> None:
+        """Publish alias moves made outside streamops (see trainer/watcher.py)."""
+        from trainer.registry import MlflowRegistry
+        from trainer.watcher import external_moves
+
+        registry = MlflowRegistry(self.settings.common.mlflow_tracking_uri)
+        suspects: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(self.settings.watch_s)
+            try:
+                moves = await anyio.to_thread.run_sync(external_moves, registry, suspects)
+            except Exception:  # the registry being away is no reason to stop watching
+                log.warning("watching the registry failed", exc_info=True)
+                continue
+            for move in moves:
+                log.info(
+                    "production of %s moved outside streamops: v%s -> v%d",
+                    move.model_name,
+                    move.previous_version,
+                    move.version,
+                )
+                await self.promoted_out.publish(move)
+
+    async def start(self) -> None:
+        common = self.settings.common
+        await ensure_group(self.client, DataIngested.stream, GROUP)
+        self.pool = worker.pool(
+            self.settings.workers,
+            common.mlflow_tracking_uri,
+            common.feature_store_root,
+            common.datasets_dir,
+            common.log_level,
+        )
+
+    async def start_background(self) -> None:
+        self.tasks.append(
+            asyncio.create_task(beat(self.board, GROUP, self.settings.common.consumer_name))
+        )
+        if self.settings.watch_s > 0:
+            self.tasks.append(asyncio.create_task(self.watch()))
+
+    async def stop_background(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+        await self.client.aclose()
+
+
 def build_app(
     settings: TrainerSettings | None = None,
     ledger: Ledger | None = None,
@@ -37,86 +131,35 @@ def build_app(
     configure_logging(common.log_level)
     broker = build_broker(common)
     client = redis_client(common)
-    store = FeatureStore(common.feature_store_root)
+    trainer = Trainer(
+        settings=settings,
+        client=client,
+        store=FeatureStore(common.feature_store_root),
+        board=board or RedisStatusBoard(client),
+        trained_out=broker.publisher(
+            stream=ModelTrained.stream, schema=ModelTrained, description=ModelTrained.__doc__
+        ),
+        promoted_out=broker.publisher(
+            stream=ModelPromoted.stream, schema=ModelPromoted, description=ModelPromoted.__doc__
+        ),
+    )
     ledger = ledger or RedisLedger(
         client, DataIngested.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
-    board = board or RedisStatusBoard(client)
     delivery = Delivery(ledger, DataIngested.stream, GROUP, common.consumer_name, common)
-    trained_out = broker.publisher(
-        stream=ModelTrained.stream, schema=ModelTrained, description=ModelTrained.__doc__
-    )
-    promoted_out = broker.publisher(
-        stream=ModelPromoted.stream, schema=ModelPromoted, description=ModelPromoted.__doc__
-    )
-    workers: list[ProcessPoolExecutor] = []
-
-    async def on_data_ingested(event: DataIngested) -> None:
-        plan = await anyio.to_thread.run_sync(plan_for, event, common.datasets_dir, store)
-        if plan is None:
-            log.info("dataset %s has no training section: nothing to train", event.dataset)
-            return
-        lock = f"streamops:training:{plan.key}"
-        # Another trainer already fits this exact state: its own message stays pending until it
-        # is done (and is reclaimed if it dies), so this event is covered.
-        if not await client.set(lock, common.consumer_name, nx=True, px=common.lease_ms):
-            log.info("%s is being trained elsewhere: coalesced", plan.key)
-            return
-        try:
-            async with _renewing(client, lock, common.lease_ms):
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    workers[0], worker.train_in_worker, event.model_dump_json()
-                )
-        finally:
-            await client.delete(lock)
-        if result is None:
-            return
-        trained, promoted = worker.decode(result)
-        await trained_out.publish(trained)
-        if promoted is not None:
-            await promoted_out.publish(promoted)
-
-    subscribe(broker, delivery, DataIngested, on_data_ingested)
-    app = FastStream(
+    subscribe(broker, delivery, DataIngested, trainer.on_data_ingested)
+    return FastStream(
         broker,
         specification=AsyncAPI(
             broker,
             title="streamops trainer",
             description="Trains, registers, judges and promotes models of ingested datasets.",
         ),
+        on_startup=[trainer.start],
+        after_startup=[trainer.start_background],
+        on_shutdown=[trainer.stop_background],
+        after_shutdown=[trainer.close],
     )
-    heartbeat: list[asyncio.Task[None]] = []
-
-    @app.on_startup
-    async def start() -> None:
-        await ensure_group(client, DataIngested.stream, GROUP)
-        workers.append(
-            worker.pool(
-                settings.workers,
-                common.mlflow_tracking_uri,
-                common.feature_store_root,
-                common.datasets_dir,
-                common.log_level,
-            )
-        )
-
-    @app.after_startup
-    async def start_heartbeat() -> None:
-        heartbeat.append(asyncio.create_task(beat(board, GROUP, common.consumer_name)))
-
-    @app.on_shutdown
-    async def stop() -> None:
-        for task in heartbeat:
-            task.cancel()
-
-    @app.after_shutdown
-    async def close() -> None:
-        for pool in workers:
-            pool.shutdown(cancel_futures=True)
-        await client.aclose()
-
-    return app
 
 
 @contextlib.asynccontextmanager

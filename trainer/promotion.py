@@ -14,10 +14,12 @@ def promote(registry: Registry, name: str, version: int, reason: PromotionReason
     Promoting the version already in production changes nothing and reports it again."""
     previous = registry.alias(name, PRODUCTION)
     if previous != version:
-        registry.set_alias(name, PRODUCTION, version)
+        # History first: the watcher (trainer.watcher) reads "alias differs from the history"
+        # as a move made outside streamops, and waits a poll before believing it.
         history = registry.history(name)
         if not history or history[-1] != version:
             registry.set_history(name, [*history, version])
+        registry.set_alias(name, PRODUCTION, version)
     return ModelPromoted(
         event_id=derived_event_id(ModelPromoted.stream, name, version, previous, reason),
         model_name=name,
@@ -37,8 +39,8 @@ def rollback(registry: Registry, name: str) -> ModelPromoted:
     if current is None or not earlier:
         raise NothingToRollBack(f"model {name!r} has no earlier production version")
     target = earlier[-1]
-    registry.set_alias(name, PRODUCTION, target)
     registry.set_history(name, history[: len(history) - history[::-1].index(target)])
+    registry.set_alias(name, PRODUCTION, target)
     return ModelPromoted(
         event_id=derived_event_id(ModelPromoted.stream, name, target, current, "rollback"),
         model_name=name,

@@ -57,6 +57,10 @@ class Registry(Protocol):
 
     def versions(self, name: str) -> list[RegisteredVersion]: ...
 
+    def aliases(self, name: str) -> dict[str, int]: ...
+
+    def model_names(self) -> list[str]: ...
+
 
 class MlflowRegistry:
     """The Registry on an MLflow tracking server. Runs are logged with MLflow's fluent API,
@@ -136,6 +140,14 @@ class MlflowRegistry:
     def versions(self, name: str) -> list[RegisteredVersion]:
         found = self.client.search_model_versions(f"name = '{_quote(name)}'")
         return sorted((self._describe(mv) for mv in found), key=lambda v: v.version)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return {
+            alias: int(v) for alias, v in self.client.get_registered_model(name).aliases.items()
+        }
+
+    def model_names(self) -> list[str]:
+        return sorted(m.name for m in self.client.search_registered_models())
 
     def _describe(self, mv: Any) -> RegisteredVersion:
         metrics = self.client.get_run(mv.run_id).data.metrics if mv.run_id else {}

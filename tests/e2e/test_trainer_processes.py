@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from mlflow import MlflowClient
 
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Stack, local_stack
+from tests.support.data import churn_rows, write_csv
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,9 +53,11 @@ def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stac
         "STREAMOPS_REDIS_URL": redis_db,
         "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
         "STREAMOPS_FEATURE_STORE_ROOT": str(tmp_path / "store"),
-        "STREAMOPS_INGESTOR_DATA_ROOTS": str(BUNDLED_DATASETS),
+        "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{tmp_path / 'inbox'}",
+        "STREAMOPS_TRAINER_WATCH_S": "0.5",
         "STREAMOPS_CLAIM_INTERVAL_MS": "200",
     }
+    (tmp_path / "inbox").mkdir()
     with local_stack(tmp_path) as stack:
         yield stack, env
 
@@ -64,6 +70,17 @@ def _start(stack: Stack, name: str, command: str, env: dict[str, str]) -> None:
         lambda: len(client.keys(f"streamops:heartbeat:{command}:*")) > before,
         timeout=90,
         what=f"{name} alive (log: {stack.log(name)})",
+    )
+
+
+def _streamops(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamops.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "COLUMNS": "200"},
+        timeout=120,
+        check=False,
     )
 
 
@@ -98,6 +115,37 @@ def test_data_arrival_ends_in_a_promoted_model(
     assert (promoted["version"], promoted["reason"]) == (1, "auto")
     registry = MlflowClient(tracking_uri=mlflow_url)
     assert registry.get_model_version_by_alias(name, "production").version == "1"
+
+    # A second dataset version makes model version 2 (promoted or not, by its gate).
+    write_csv(tmp_path / "inbox" / "more.csv", churn_rows(3000, seed=5))
+    client.xadd(
+        "data-arrived",
+        {
+            "__data__": json.dumps(
+                {"dataset": "churn", "source": str(tmp_path / "inbox" / "more.csv")}
+            )
+        },
+    )
+    wait_until(
+        lambda: len(_events(client, "model-trained")) == 2, timeout=180, what="the second model"
+    )
+    # By hand: promote 2, roll back to 1; each is one model-promoted event.
+    assert _streamops("promote", name, "2", env=env).returncode == 0
+    rolled = _streamops("rollback", name, env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert registry.get_model_version_by_alias(name, "production").version == "1"
+    assert _events(client, "model-promoted")[-1]["reason"] == "rollback"
+    listing = _streamops("models", name, env=env)
+    assert "production" in listing.stdout
+    assert "roc_auc" in listing.stdout
+    # Someone moves the alias in the MLflow UI: serving hears of it.
+    registry.set_registered_model_alias(name, "production", "2")
+    external = wait_until(
+        lambda: [e for e in _events(client, "model-promoted") if e["reason"] == "external"],
+        timeout=30,
+        what="the watcher reporting the external move",
+    )
+    assert (external[0]["version"], external[0]["previous_version"]) == (2, 1)
 
 
 def test_kill_9_mid_fit_then_another_trainer_trains_it_once(
