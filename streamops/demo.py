@@ -1,12 +1,14 @@
 """`make demo`: the main job, end to end, as far as it exists.
 
-Starts a local Redis (unless STREAMOPS_REDIS_URL or REDIS_URL names one) and the ingestor as a
-process of its own, then, as an outside producer with a plain Redis client would:
+Starts a local Redis and MLflow server (unless STREAMOPS_REDIS_URL / REDIS_URL and
+STREAMOPS_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI name them), the ingestor and the trainer
+as processes of their own, then, as an outside producer with a plain Redis client would:
 
 1. announces the bundled churn sample (5,000 rows, 8 broken on purpose) on `data-arrived`;
-2. announces it again: the same content makes no second version;
-3. announces a CSV with a column missing: the batch is rejected, no version;
-4. sends a message that is not an event: it lands on the dead-letter stream;
+2. watches the trainer train on it, register the model in MLflow, judge it and promote it;
+3. announces it again: the same content makes no second version, and no second training;
+4. announces a CSV with a column missing: the batch is rejected, no version;
+5. sends a message that is not an event: it lands on the dead-letter stream;
 
 printing what happened after each step and where to look, then stops what it started.
 Everything it writes is under var/demo/ (wiped at the start, kept at the end).
@@ -15,11 +17,13 @@ Everything it writes is under var/demo/ (wiped at the start, kept at the end).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,8 @@ console = Console()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="streamops demo")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "var" / "demo")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--keep", action="store_true", help="keep everything running at the end")
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -48,21 +53,36 @@ def main(argv: list[str] | None = None) -> int:
         if url is None:
             url = stack.start_redis()
             console.print(f"[bold]Redis[/bold] started at {url} (data in {workdir / 'redis'})")
+        mlflow_url = os.environ.get("STREAMOPS_MLFLOW_TRACKING_URI") or os.environ.get(
+            "MLFLOW_TRACKING_URI"
+        )
+        if mlflow_url is None:
+            console.print("[bold]MLflow[/bold] starting (SQLite backend) ...")
+            mlflow_url = stack.start_mlflow()
+            console.print(f"[bold]MLflow[/bold] at {mlflow_url} (data in {workdir / 'mlflow'})")
         env = {
             "STREAMOPS_REDIS_URL": url,
+            "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
             "STREAMOPS_FEATURE_STORE_ROOT": str(workdir / "feature-store"),
             "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
         }
-        stack.start_service("ingestor", "ingestor", env)
         client = redis.Redis.from_url(url)
-        wait_for(
-            lambda: client.keys("streamops:heartbeat:ingestor:*"),
-            60,
-            f"the ingestor (see {stack.log('ingestor')})",
-        )
-        console.print(f"[bold]ingestor[/bold] running (log: {stack.log('ingestor')})\n")
+        for service in ("ingestor", "trainer"):
+            stack.start_service(service, service, env)
+            wait_for(
+                lambda s=service: client.keys(f"streamops:heartbeat:{s}:*"),
+                90,
+                f"the {service} (see {stack.log(service)})",
+            )
+            console.print(f"[bold]{service}[/bold] running (log: {stack.log(service)})")
+        console.print()
         ok = _story(client, workdir, args.timeout)
-        _where_to_look(url, workdir, stack)
+        _where_to_look(url, mlflow_url, workdir, stack)
+        if ok and args.keep:
+            console.print("\nall running; Ctrl-C stops everything")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
     return 0 if ok else 1
 
 
@@ -83,8 +103,10 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
     _show_quarantine(first)
     console.print("the event, as `XRANGE data-ingested - +` shows it:")
     console.print_json(first.model_dump_json())
+    if not _training(client, first, timeout):
+        return False
 
-    _step(2, "announce the same file again")
+    _step(3, "announce the same file again (no new version, so nothing to retrain)")
     again = ingest_and_wait(client, DataArrived(dataset="churn", source="churn/churn.csv"), timeout)
     if not isinstance(again, DataIngested):
         return _failed(again)
@@ -94,7 +116,7 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
         f" (versions on disk: {', '.join(versions)})"
     )
 
-    _step(3, "announce a CSV whose 'plan' column is missing")
+    _step(4, "announce a CSV whose 'plan' column is missing")
     broken = workdir / "inbox" / "churn-no-plan.csv"
     _drop_column(BUNDLED_DATASETS / "churn" / "churn.csv", broken, "plan")
     rejected = ingest_and_wait(client, DataArrived(dataset="churn", source=str(broken)), timeout)
@@ -105,7 +127,7 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
         f"{'; '.join(rejected.details)}"
     )
 
-    _step(4, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
+    _step(5, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
     before = client.xlen(dead_letter_stream("data-arrived"))
     client.xadd("data-arrived", {"__data__": b"hello"})
     wait_for(
@@ -118,6 +140,48 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
         f"-> [red]data-arrived.dlq[/red]: {letter['reason']} (payload kept: {letter['payload']})"
     )
     return True
+
+
+def _training(client: redis.Redis, ingested: DataIngested, timeout: float) -> bool:
+    """The trainer reacts to data-ingested: show its verdict and the promotion."""
+    _step(2, "the trainer trains on the new version, registers it in MLflow and judges it")
+    trained = _wait_event(client, "model-trained", ingested.correlation_id, timeout)
+    if trained is None:
+        return _failed("no model-trained event")
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained["metrics"].items()))
+    verdict = "passed" if trained["gate_passed"] else "failed"
+    console.print(
+        f"-> [green]model-trained[/green]: {trained['model_name']} "
+        f"v{trained['model_version']} (run {trained['run_id'][:8]}): {metrics}"
+    )
+    console.print(f"   gate {verdict}: {'; '.join(trained['gate_reasons'])}")
+    promoted = _wait_event(client, "model-promoted", ingested.correlation_id, 30)
+    if promoted is None:
+        console.print("-> not promoted")
+        return not trained["gate_passed"]
+    console.print(
+        f"-> [green]model-promoted[/green]: {promoted['model_name']} "
+        f"v{promoted['version']} is in production ({promoted['reason']})"
+    )
+    return True
+
+
+def _wait_event(
+    client: redis.Redis, stream: str, correlation_id: str, timeout: float
+) -> dict[str, Any] | None:
+    found: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        entries: Any = client.xrange(stream)
+        found[:] = [json.loads(f[b"__data__"]) for _, f in entries]
+        found[:] = [e for e in found if e.get("correlation_id") == correlation_id]
+        return bool(found)
+
+    try:
+        wait_for(arrived, timeout, stream)
+    except TimeoutError:
+        return None
+    return found[-1]
 
 
 def _show_quarantine(result: DataIngested) -> None:
@@ -153,15 +217,17 @@ def _failed(result: object) -> bool:
     return False
 
 
-def _where_to_look(url: str, workdir: Path, stack: Stack) -> None:
+def _where_to_look(url: str, mlflow_url: str, workdir: Path, stack: Stack) -> None:
     port = url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
     console.rule("[bold]where to look[/bold]")
     console.print(
+        f"MLflow UI:       {mlflow_url} (experiment 'churn', model 'churn'; while the demo "
+        f"runs: `python -m streamops.demo --keep` keeps it up)\n"
         f"feature store:   {workdir / 'feature-store' / 'churn'} (manifest.json, versions/)\n"
-        f"service log:     {stack.log('ingestor')}\n"
-        f"events:          redis-cli -p {port} XRANGE data-ingested - +\n"
-        f"                 (Redis keeps running only while the demo does; its AOF stays in "
-        f"{workdir / 'redis'})\n"
+        f"service logs:    {stack.log('ingestor').parent}\n"
+        f"events:          redis-cli -p {port} XRANGE model-promoted - +\n"
+        f"models:          STREAMOPS_MLFLOW_TRACKING_URI={mlflow_url} "
+        f".venv/bin/streamops models churn\n"
         f"versions:        STREAMOPS_FEATURE_STORE_ROOT={workdir / 'feature-store'} "
         f".venv/bin/streamops versions churn"
     )
