@@ -34,7 +34,7 @@ lint: bootstrap
 	$(VENV)/bin/mypy .
 
 demo: bootstrap
-	$(PY) -m streamops.demo
+	$(PY) -m streamops.demo $(ARGS)
 
 bench: bootstrap
 	$(PY) bench/ingest.py

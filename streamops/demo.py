@@ -69,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis.from_url(url)
         for service in ("ingestor", "trainer"):
             stack.start_service(service, service, env)
-            wait_for(
-                lambda s=service: client.keys(f"streamops:heartbeat:{s}:*"),
-                90,
-                f"the {service} (see {stack.log(service)})",
-            )
+            _wait_alive(client, service, stack)
             console.print(f"[bold]{service}[/bold] running (log: {stack.log(service)})")
         console.print()
         ok = _story(client, workdir, args.timeout)
@@ -84,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(1)
     return 0 if ok else 1
+
+
+def _wait_alive(client: redis.Redis, service: str, stack: Stack) -> None:
+    def beating() -> bool:
+        return bool(client.keys(f"streamops:heartbeat:{service}:*"))
+
+    wait_for(beating, 90, f"the {service} (see {stack.log(service)})")
 
 
 def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
@@ -221,8 +224,8 @@ def _where_to_look(url: str, mlflow_url: str, workdir: Path, stack: Stack) -> No
     port = url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
     console.rule("[bold]where to look[/bold]")
     console.print(
-        f"MLflow UI:       {mlflow_url} (experiment 'churn', model 'churn'; while the demo "
-        f"runs: `python -m streamops.demo --keep` keeps it up)\n"
+        f"MLflow UI:       {mlflow_url} (experiment 'churn', model 'churn'; it stops with "
+        f"the demo: `make demo ARGS=--keep` keeps everything up)\n"
         f"feature store:   {workdir / 'feature-store' / 'churn'} (manifest.json, versions/)\n"
         f"service logs:    {stack.log('ingestor').parent}\n"
         f"events:          redis-cli -p {port} XRANGE model-promoted - +\n"
