@@ -90,8 +90,9 @@ class Stack:
         wait_for(lambda: redis_answers(port), 15, f"redis-server on port {port}")
         return f"redis://127.0.0.1:{port}/0"
 
-    def start_mlflow(self) -> str:
-        """`mlflow server` on a free port: SQLite backend and artifacts in `workdir/mlflow`."""
+    def start_mlflow(self, backend_uri: str | None = None) -> str:
+        """`mlflow server` on a free port, artifacts in `workdir/mlflow`; the backend store is
+        `backend_uri`, or SQLite in `workdir/mlflow`."""
         port = free_port()
         data = self.workdir / "mlflow"
         data.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ class Stack:
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{data / 'mlflow.db'}",
+            backend_uri or f"sqlite:///{data / 'mlflow.db'}",
             "--artifacts-destination",
             str(data / "artifacts"),
             "--workers",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
-from tests.support.servers import INSTALL_HINT, mlflow_server, redis_server
+from tests.support.servers import INSTALL_HINT, mlflow_server, postgres_dsn, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +82,23 @@ def mlflow_url() -> Iterator[str]:
     with mlflow_server() as url:
         mlflow.set_tracking_uri(url)
         yield url
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A throwaway database on the local PostgreSQL server."""
+    admin_dsn = postgres_dsn()
+    name = f"streamops_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(admin_dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {admin_dsn} (set POSTGRES_DSN): {exc}")
+    with admin.cursor() as cur:
+        cur.execute(f"create database {name}")
+    url = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {name} with (force)")
+        admin.close()

@@ -6,7 +6,6 @@ import http.server
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested, DataRejected
 from shared.settings import IngestorSettings
 from tests.support.data import COLUMNS, churn_rows
-from tests.support.servers import postgres_dsn
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., IngestorSettings]
@@ -87,26 +85,6 @@ def test_sql_off_the_allow_list_or_not_a_select_is_rejected(
     broken = _ingest(settings, {"kind": "sql", "url": url, "query": "select * from nowhere"})
     assert isinstance(broken, DataRejected)
     assert "no such table" in broken.reason
-
-
-@pytest.fixture
-def postgres_db() -> Iterator[str]:
-    """A throwaway database on the local PostgreSQL server."""
-    admin_dsn = postgres_dsn()
-    name = f"streamops_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(admin_dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {admin_dsn} (set POSTGRES_DSN): {exc}")
-    with admin.cursor() as cur:
-        cur.execute(f"create database {name}")
-    url = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"drop database if exists {name} with (force)")
-        admin.close()
 
 
 def test_a_postgresql_query_becomes_a_version(make_settings: Make, postgres_db: str) -> None:

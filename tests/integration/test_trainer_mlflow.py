@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from ingestor.service import ingest
 from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
+from streamops.stack import local_stack
 from tests.support.data import churn_rows, write_csv
 from trainer.promotion import promote, rollback
 from trainer.registry import MlflowRegistry
@@ -102,3 +103,36 @@ def test_train_register_gate_promote_and_roll_back(
     back = rollback(registry, name)
     assert (back.version, back.previous_version, back.reason) == (1, 2, "rollback")
     assert registry.alias(name, "production") == 1
+
+
+@pytest.fixture
+def postgres_mlflow(tmp_path: Path, postgres_db: str) -> Iterator[str]:
+    """An MLflow server whose backend store is a throwaway PostgreSQL database."""
+    with local_stack(tmp_path / "pg-mlflow") as stack:
+        yield stack.start_mlflow(
+            backend_uri=postgres_db.replace("postgresql://", "postgresql+psycopg://")
+        )
+
+
+def test_the_registry_flow_on_a_postgresql_backend(
+    make_settings: Make, postgres_mlflow: str, datasets: tuple[Path, str]
+) -> None:
+    import mlflow
+
+    spec_dir, name = datasets
+    settings = make_settings(datasets_dir=spec_dir)
+    store = FeatureStore(settings.common.feature_store_root)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(postgres_mlflow)
+    try:
+        registry = MlflowRegistry(postgres_mlflow)
+        event = _ingest(settings, str(BUNDLED_DATASETS / "churn" / "churn.csv"))
+        outcome = train_for(event, spec_dir, store, registry)
+        assert outcome is not None
+        assert outcome.promoted is not None
+        assert registry.alias(name, "production") == 1
+        assert registry.find(name, "streamops.dataset_version", "1") is not None
+        manual = promote(registry, name, 1, "manual")
+        assert manual.previous_version is None
+    finally:
+        mlflow.set_tracking_uri(previous)
