@@ -59,7 +59,7 @@ class Trainer:
             async with _renewing(self.client, lock, common.lease_ms):
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(
-                    self.pool, worker.train_in_worker, event.model_dump_json()
+                    self.pool, worker.train_in_worker, event.model_dump_json(), plan
                 )
         finally:
             await self.client.delete(lock)

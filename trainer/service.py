@@ -57,11 +57,15 @@ def plan_for(event: DataIngested, datasets_dir: Path, store: FeatureStore) -> Pl
 
 
 def train_for(
-    event: DataIngested, datasets_dir: Path, store: FeatureStore, registry: Registry
+    event: DataIngested,
+    datasets_dir: Path,
+    store: FeatureStore,
+    registry: Registry,
+    plan: Plan | None = None,
 ) -> Outcome | None:
-    """Train, register and judge the planned model, unless a model for exactly that state and
-    spec is already registered (then report that one)."""
-    plan = plan_for(event, datasets_dir, store)
+    """Train, register and judge the planned model (`plan`, or planned now), unless a model for
+    exactly that state and spec is already registered (then report that one)."""
+    plan = plan or plan_for(event, datasets_dir, store)
     if plan is None:
         log.info("dataset %s has no training section: nothing to train", event.dataset)
         return None

@@ -19,6 +19,7 @@ from typing import cast
 
 from shared.errors import ConfigError, PermanentError
 from shared.events import DataIngested, ModelPromoted, ModelTrained
+from trainer.service import Plan, train_for
 
 _PR_SET_PDEATHSIG = 1
 _state: dict[str, object] = {}
@@ -52,18 +53,18 @@ def _init(
     _state["datasets_dir"] = Path(datasets_dir)
 
 
-def train_in_worker(event_json: str) -> tuple[str, str | None] | None:
-    """Runs in a worker: the events to publish, as JSON (None when there is nothing to train)."""
+def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | None:
+    """Runs in a worker: the events to publish, as JSON (None when there is nothing to train).
+    The plan was made (and locked) by the service: the worker trains exactly that state."""
     from ingestor.store import FeatureStore
     from trainer.registry import MlflowRegistry
-    from trainer.service import train_for
 
     event = DataIngested.model_validate_json(event_json)
     store = cast(FeatureStore, _state["store"])
     registry = cast(MlflowRegistry, _state["registry"])
     datasets_dir = cast(Path, _state["datasets_dir"])
     try:
-        outcome = train_for(event, datasets_dir, store, registry)
+        outcome = train_for(event, datasets_dir, store, registry, plan)
     except ConfigError as exc:
         raise InvalidTrainingSpec(str(exc)) from None
     if outcome is None:

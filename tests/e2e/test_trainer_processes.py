@@ -197,3 +197,41 @@ def test_a_fit_longer_than_the_lease_is_not_trained_twice(
     registry = MlflowClient(tracking_uri=mlflow_url)
     assert [int(v.version) for v in registry.search_model_versions(f"name = '{name}'")] == [1]
     assert len(_events(client, "model-trained")) == 1
+
+
+def test_a_burst_of_versions_during_a_fit_costs_one_more_training(
+    world: tuple[Stack, dict[str, str]], tmp_path: Path, mlflow_url: str
+) -> None:
+    stack, env = world
+    spec_dir, name = _spec_dir(tmp_path, slow=True)
+    env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir)}
+    _start(stack, "ingestor", "ingestor", env)
+    _start(stack, "trainer", "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    wait_until(lambda: client.keys("streamops:training:*"), timeout=60, what="the first fit")
+    for n in range(5):  # five new versions while the first fit runs
+        part = tmp_path / "inbox" / f"burst{n}.csv"
+        write_csv(part, churn_rows(2000, seed=100 + n))
+        client.xadd(
+            "data-arrived", {"__data__": json.dumps({"dataset": "churn", "source": str(part)})}
+        )
+    wait_until(lambda: len(_events(client, "data-ingested")) == 6, timeout=60, what="6 versions")
+    wait_until(
+        lambda: (
+            int(client.xpending("data-ingested", "trainer")["pending"]) == 0
+            and client.xlen("data-ingested") == 6
+            and not client.keys("streamops:training:*")
+            and len(_events(client, "model-trained")) >= 2
+        ),
+        timeout=300,
+        what="the trainer done with the burst",
+    )
+    registry = MlflowClient(tracking_uri=mlflow_url)
+    versions = sorted(
+        (int(v.version), v.tags["streamops.dataset_version"])
+        for v in registry.search_model_versions(f"name = '{name}'")
+    )
+    assert versions == [(1, "1"), (2, "6")]
+    # Events repeated for the coalesced versions carry the same ids: two distinct facts.
+    assert len({e["event_id"] for e in _events(client, "model-trained")}) == 2
