@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import yaml
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
@@ -102,3 +103,14 @@ def postgres_db() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f"drop database if exists {name} with (force)")
         admin.close()
+
+
+@pytest.fixture
+def datasets(tmp_path: Path) -> tuple[Path, str]:
+    """The churn spec under a model name of this test's own (the MLflow server is shared)."""
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = name
+    (tmp_path / "datasets" / "churn").mkdir(parents=True)
+    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "datasets", name

@@ -77,7 +77,7 @@ def train_for(
         log.info("%s already trained as %s v%d", key, existing.name, existing.version)
         return _finish(spec, event, existing, _verdict_of(existing), registry)
     info = store.get(event.dataset, version)
-    frame = _frame(store, spec, version)
+    frame = training_frame(store, spec, version)
     trained = fit(spec, frame)
     verdict = _judge(spec, trained, registry)
     tags = {
@@ -119,7 +119,8 @@ def train_for(
     return _finish(spec, event, registered, verdict, registry)
 
 
-def _frame(store: FeatureStore, spec: DatasetSpec, version: int) -> pd.DataFrame:
+def training_frame(store: FeatureStore, spec: DatasetSpec, version: int) -> pd.DataFrame:
+    """The rows to train on: version `version`, or every version up to it (train_on: all)."""
     if training_spec(spec).train_on == "all":
         table = store.dataset(spec.name).to_table(filter=ds.field("version") <= version)
         frame: pd.DataFrame = table.drop_columns(["version"]).to_pandas()

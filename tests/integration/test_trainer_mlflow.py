@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
@@ -22,17 +20,6 @@ from trainer.service import train_for
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., IngestorSettings]
-
-
-@pytest.fixture
-def datasets(tmp_path: Path) -> tuple[Path, str]:
-    """The churn spec under a model name of this test's own (the MLflow server is shared)."""
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    name = f"churn-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = name
-    (tmp_path / "datasets" / "churn").mkdir(parents=True)
-    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
-    return tmp_path / "datasets", name
 
 
 def _ingest(settings: IngestorSettings, uri: str) -> DataIngested:

@@ -112,3 +112,26 @@ def test_metrics_must_suit_the_task() -> None:
         TrainingSpec.model_validate(
             {"task": "regression", "estimator": {"name": "Ridge"}, "metric": "roc_auc"}
         )
+
+
+def test_train_on_all_takes_every_version_up_to_the_planned_one(
+    make_settings: object, churn_spec: DatasetSpec, inbox: object
+) -> None:
+    from pathlib import Path
+
+    from tests.support.data import churn_rows, write_csv
+    from trainer.service import training_frame
+
+    settings: IngestorSettings = make_settings()  # type: ignore[operator]
+    store = FeatureStore(settings.common.feature_store_root)
+    folder = Path(str(inbox))
+    for n, rows in enumerate((100, 200, 300)):
+        write_csv(folder / f"v{n}.csv", churn_rows(rows, seed=n))
+        ingest(DataArrived(dataset="churn", source=str(folder / f"v{n}.csv")), settings, store)
+    assert churn_spec.training is not None
+    every = churn_spec.model_copy(
+        update={"training": churn_spec.training.model_copy(update={"train_on": "all"})}
+    )
+    assert len(training_frame(store, every, 2)) == 300
+    assert len(training_frame(store, churn_spec, 2)) == 200
+    assert "version" not in training_frame(store, every, 3).columns
