@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,13 @@ class Trainer:
                 result = await loop.run_in_executor(
                     self.pool, worker.train_in_worker, event.model_dump_json(), plan
                 )
+        except BrokenProcessPool:
+            # A worker died (out of memory, killed): the pool is unusable from now on. Start a
+            # fresh one; this message is retried once its lease runs out.
+            log.error("a training worker died; starting new workers")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            raise
         finally:
             await self.client.delete(lock)
         if result is None:
@@ -94,9 +102,12 @@ class Trainer:
                 await self.promoted_out.publish(move)
 
     async def start(self) -> None:
-        common = self.settings.common
         await ensure_group(self.client, DataIngested.stream, GROUP)
-        self.pool = worker.pool(
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        common = self.settings.common
+        return worker.pool(
             self.settings.workers,
             common.mlflow_tracking_uri,
             common.feature_store_root,

@@ -235,3 +235,49 @@ def test_a_burst_of_versions_during_a_fit_costs_one_more_training(
     assert versions == [(1, "1"), (2, "6")]
     # Events repeated for the coalesced versions carry the same ids: two distinct facts.
     assert len({e["event_id"] for e in _events(client, "model-trained")}) == 2
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The trainer's training workers (spawned children running multiprocessing's spawn_main)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
+        )
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_killed_mid_fit_is_replaced_and_the_training_retried(
+    world: tuple[Stack, dict[str, str]], tmp_path: Path, mlflow_url: str
+) -> None:
+    stack, env = world
+    spec_dir, name = _spec_dir(tmp_path, slow=True)
+    env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "2000"}
+    _start(stack, "ingestor", "ingestor", env)
+    _start(stack, "trainer", "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    trainer = stack.processes["trainer"]
+
+    def fitting_worker() -> list[int]:
+        return _workers_of(trainer.pid) if client.keys("streamops:training:*") else []
+
+    (worker,) = wait_until(fitting_worker, timeout=60, what="a fitting worker")
+    os.kill(worker, signal.SIGKILL)
+    wait_until(
+        lambda: _events(client, "model-trained"),
+        timeout=240,
+        what=f"the retried training (log: {stack.log('trainer')})",
+    )
+    assert trainer.poll() is None, "the trainer itself kept running"
+    registry = MlflowClient(tracking_uri=mlflow_url)
+    assert [int(v.version) for v in registry.search_model_versions(f"name = '{name}'")] == [1]
