@@ -239,6 +239,17 @@ class DatasetSpec(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def feature_frame(spec: DatasetSpec, frame: Any) -> Any:
+    """The model's input: the feature columns of `frame` (a pandas DataFrame), booleans as 0/1
+    floats. Training and serving both call this, so they cannot disagree."""
+    names = [c.name for c in spec.feature_columns]
+    out = frame[names].copy()
+    for col in spec.feature_columns:
+        if col.type == "bool":
+            out[col.name] = out[col.name].astype("float64")
+    return out
+
+
 def spec_path(datasets_dir: Path, name: str) -> Path:
     return datasets_dir / name / "spec.yaml"
 

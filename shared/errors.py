@@ -60,3 +60,11 @@ class ModelNotFound(StreamopsError):
 
 class NothingToRollBack(StreamopsError):
     """There is no earlier production version to go back to."""
+
+
+class NoModelInService(StreamopsError):
+    """A predictor has no model loaded under that name (yet)."""
+
+
+class ModelLoadFailed(StreamopsError):
+    """A model version could not be loaded, checked or warmed up; the old one keeps serving."""

@@ -237,8 +237,8 @@ def _report(result: DataIngested | DataRejected) -> int:
 def _registry() -> Any:
     import mlflow
 
+    from shared.registry import MlflowRegistry
     from shared.settings import CommonSettings
-    from trainer.registry import MlflowRegistry
 
     uri = CommonSettings().mlflow_tracking_uri
     mlflow.set_tracking_uri(uri)

@@ -80,7 +80,7 @@ class Trainer:
 
     async def watch(self) -> None:
         """Publish alias moves made outside streamops (see trainer/watcher.py)."""
-        from trainer.registry import MlflowRegistry
+        from shared.registry import MlflowRegistry
         from trainer.watcher import external_moves
 
         registry = MlflowRegistry(self.settings.common.mlflow_tracking_uri)

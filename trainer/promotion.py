@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared.errors import NothingToRollBack
 from shared.events import ModelPromoted, PromotionReason, derived_event_id
-from trainer.registry import Registry
+from shared.registry import Registry
 
 PRODUCTION = "production"
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.datasets import METRICS, DatasetSpec, TrainingSpec
+from shared.datasets import METRICS, DatasetSpec, TrainingSpec, feature_frame
 from shared.errors import ConfigError
 from trainer import estimators
 
@@ -38,13 +38,8 @@ def training_spec(spec: DatasetSpec) -> TrainingSpec:
 
 
 def features(spec: DatasetSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The feature columns, bools as 0/1 so every numeric transformer takes them."""
-    names = [c.name for c in spec.feature_columns]
-    out = frame[names].copy()
-    for col in spec.feature_columns:
-        if col.type == "bool":
-            out[col.name] = out[col.name].astype("float64")
-    return out
+    result: pd.DataFrame = feature_frame(spec, frame)
+    return result
 
 
 def split(spec: DatasetSpec, frame: pd.DataFrame) -> Split:

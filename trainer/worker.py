@@ -43,8 +43,8 @@ def _init(
     import mlflow
 
     from ingestor.store import FeatureStore
+    from shared.registry import MlflowRegistry
     from shared.telemetry import configure_logging
-    from trainer.registry import MlflowRegistry
 
     configure_logging(log_level)
     mlflow.set_tracking_uri(tracking_uri)  # this process only exists to log to it
@@ -57,7 +57,7 @@ def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | Non
     """Runs in a worker: the events to publish, as JSON (None when there is nothing to train).
     The plan was made (and locked) by the service: the worker trains exactly that state."""
     from ingestor.store import FeatureStore
-    from trainer.registry import MlflowRegistry
+    from shared.registry import MlflowRegistry
 
     event = DataIngested.model_validate_json(event_json)
     store = cast(FeatureStore, _state["store"])

@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 from ingestor.service import ingest
 from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested
+from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import entries, running, wait_for_entries
 from trainer.app import build_app
-from trainer.registry import MlflowRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 Make = Callable[..., IngestorSettings]
