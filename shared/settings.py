@@ -112,3 +112,22 @@ class TrainerSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=32)
     # How often the registry is checked for alias moves made outside streamops (0: never).
     watch_s: float = Field(default=2.0, ge=0.0, le=3600.0)
+
+
+class PredictorSettings(BaseSettings):
+    """A predictor replica: which models it serves and how it keeps up with the registry."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMOPS_PREDICTOR_", extra="ignore", frozen=True
+    )
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    # Dataset names whose models this replica serves; empty: every dataset with a training spec.
+    datasets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How often the replica compares what it serves with the registry's production aliases.
+    converge_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run_ingestor)
     run = commands.add_parser("trainer", help="run the trainer service")
     run.set_defaults(run=_run_trainer)
+    run = commands.add_parser("predictor", help="run a predictor replica")
+    run.set_defaults(run=_run_predictor)
 
     ingest = commands.add_parser("ingest", help="announce new data for a dataset")
     ingest.add_argument("dataset")
@@ -105,6 +107,12 @@ def _run_ingestor(args: argparse.Namespace) -> int:
 
 def _run_trainer(args: argparse.Namespace) -> int:
     from trainer.app import build_app
+
+    return _serve(build_app())
+
+
+def _run_predictor(args: argparse.Namespace) -> int:
+    from predictor.app import build_app
 
     return _serve(build_app())
 
