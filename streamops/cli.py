@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("predictor", help="run a predictor replica")
     run.set_defaults(run=_run_predictor)
 
+    spec = commands.add_parser("asyncapi", help="print a service's AsyncAPI document")
+    spec.add_argument("service", choices=SERVICES)
+    spec.set_defaults(run=_asyncapi)
+
     ingest = commands.add_parser("ingest", help="announce new data for a dataset")
     ingest.add_argument("dataset")
     ingest.add_argument("source", help="CSV path or file:// URI, http(s) URL, or SQLAlchemy URL")
@@ -97,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # --- services ----------------------------------------------------------------------------------
+
+
+SERVICES = ("ingestor", "trainer", "predictor")
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    """The service's streams and event payloads (with their descriptions), as AsyncAPI 3 JSON."""
+    import importlib
+
+    app = importlib.import_module(f"{args.service}.app").build_app()
+    print(app.schema.to_specification().to_json())
+    return 0
 
 
 def _run_ingestor(args: argparse.Namespace) -> int:

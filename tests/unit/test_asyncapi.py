@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ingestor.app import build_app
 from shared.settings import CommonSettings, IngestorSettings
 
@@ -16,3 +18,17 @@ def test_the_asyncapi_document_describes_what_the_ingestor_publishes() -> None:
     for stream in ("data-arrived", "data-ingested", "data-rejected"):
         assert stream in text
     assert "Rows accepted into the version." in text
+
+
+def test_every_service_prints_its_asyncapi_document(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamops.cli import main
+
+    expected = {
+        "ingestor": "data-ingested",
+        "trainer": "model-trained",
+        "predictor": "model-promoted",
+    }
+    for service, stream in expected.items():
+        assert main(["asyncapi", service]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert stream in json.dumps(document)
