@@ -78,8 +78,8 @@ def run_baseline(csv_path: Path, out: Path) -> int:
 
 def run_streamops(csv_path: Path, out: Path) -> int:
     from ingestor.service import ingest
-    from ingestor.store import FeatureStore
     from shared.events import DataArrived, DataIngested
+    from shared.feature_store import FeatureStore
     from shared.settings import CommonSettings, IngestorSettings
 
     common = CommonSettings(feature_store_root=out / "store", datasets_dir=out / "datasets")

@@ -10,10 +10,10 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataArrived, DataIngested, DataRejected
+from shared.feature_store import FeatureStore
 from shared.settings import IngestorSettings
 from shared.telemetry import (
     ProgressRelay,

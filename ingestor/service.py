@@ -14,11 +14,11 @@ from collections import Counter
 import pyarrow.parquet as pq
 
 from ingestor.sources import Progress, SourceReader, content_hasher, open_source
-from ingestor.store import QUARANTINE_FILE, FeatureStore, StagedVersion
 from ingestor.validate import validate_chunk
 from shared.datasets import DatasetSpec, arrow_schema, load_spec
 from shared.errors import BatchRejected, SourceRejected
 from shared.events import DataArrived, DataIngested, DataRejected, derived_event_id, describe_source
+from shared.feature_store import QUARANTINE_FILE, FeatureStore, StagedVersion
 from shared.settings import IngestorSettings
 
 log = logging.getLogger(__name__)

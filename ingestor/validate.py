@@ -29,18 +29,10 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from shared.datasets import ColumnSpec, DatasetSpec, arrow_schema, row_model
+from shared.feature_store import QUARANTINE_SCHEMA
 
 ROW = "__row__"
 
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        pa.field("row", pa.int64(), nullable=False),
-        pa.field("column", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("error_type", pa.string()),
-        pa.field("value", pa.string()),
-    ]
-)
 
 # Spellings that pyarrow converts and pydantic accepts, to the same value. pyarrow accepts more
 # than pydantic for some types ("0x1" as an int, "2024-01-01T00" as a datetime), so those types

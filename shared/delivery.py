@@ -15,12 +15,11 @@ Every consumer runs each message through `Delivery.process`:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,6 +30,7 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker, RedisStreamMessage, StreamSub
 from pydantic import ValidationError
 
+from shared.aio import every
 from shared.errors import InvalidEvent, PermanentError
 from shared.events import Event, dead_letter_stream, derived_event_id
 from shared.settings import CommonSettings
@@ -211,26 +211,13 @@ class Delivery:
         }
         await self.ledger.dead_letter(message_id, letter)
 
-    @contextlib.asynccontextmanager
-    async def _lease(self, message_id: str) -> AsyncIterator[None]:
+    def _lease(self, message_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Renew the message's lease every third of `lease_ms` while the work runs."""
-        period = self.settings.lease_ms / 3000
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(period)
-                try:
-                    await self.ledger.renew(message_id)
-                except Exception:  # a missed renewal is retried; only a lapsed lease costs
-                    log.warning("renewing the lease of %s failed", message_id, exc_info=True)
-
-        task = asyncio.create_task(renew())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return every(
+            self.settings.lease_ms / 3000,
+            lambda: self.ledger.renew(message_id),
+            f"renewing the lease of {message_id}",
+        )
 
 
 def _message_id(msg: RedisStreamMessage) -> str:

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from shared.aio import every
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
 PROGRESS_TTL_S = 3600
@@ -107,20 +109,10 @@ class ProgressRelay:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ProgressRelay]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self._interval)
-                await self._send()
-
-        task = asyncio.create_task(loop())
-        try:
+        async with every(self._interval, self._send, f"reporting progress of {self._flow}"):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
-                await self._send()
+        with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
+            await self._send()
 
 
 async def beat(board: StatusBoard, service: str, consumer: str, interval: float = 5.0) -> None:

@@ -176,7 +176,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _ingest_here(event: DataArrived) -> int:
     from ingestor.service import ingest
-    from ingestor.store import FeatureStore
+    from shared.feature_store import FeatureStore
     from shared.settings import IngestorSettings
 
     settings = IngestorSettings()
@@ -338,7 +338,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from ingestor.store import FeatureStore
+    from shared.feature_store import FeatureStore
     from shared.settings import CommonSettings
 
     found = FeatureStore(CommonSettings().feature_store_root).versions(args.dataset)
@@ -360,8 +360,8 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _quarantine(args: argparse.Namespace) -> int:
-    from ingestor.store import FeatureStore
     from shared.errors import VersionNotFound
+    from shared.feature_store import FeatureStore
     from shared.settings import CommonSettings
 
     store = FeatureStore(CommonSettings().feature_store_root)

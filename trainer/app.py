@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -17,10 +15,11 @@ import redis.asyncio as aioredis
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 
-from ingestor.store import FeatureStore
+from shared.aio import every
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataIngested, ModelPromoted, ModelTrained
+from shared.feature_store import FeatureStore
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
 from trainer import worker
@@ -57,7 +56,11 @@ class Trainer:
             return
         assert self.pool is not None, "start() creates the worker pool"
         try:
-            async with _renewing(self.client, lock, common.lease_ms):
+            async with every(
+                common.lease_ms / 3000,
+                lambda: self.client.pexpire(lock, common.lease_ms),
+                f"renewing {lock}",
+            ):
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(
                     self.pool, worker.train_in_worker, event.model_dump_json(), plan
@@ -171,21 +174,3 @@ def build_app(
         on_shutdown=[trainer.stop_background],
         after_shutdown=[trainer.close],
     )
-
-
-@contextlib.asynccontextmanager
-async def _renewing(client: aioredis.Redis, key: str, lease_ms: int) -> AsyncIterator[None]:
-    """Keep a lock key alive while a fit runs."""
-
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(lease_ms / 3000)
-            await client.pexpire(key, lease_ms)
-
-    task = asyncio.create_task(renew())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from ingestor.store import FeatureStore
 from shared.datasets import DatasetSpec, load_spec
 from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
+from shared.feature_store import FeatureStore
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
 from trainer import estimators
 from trainer.gate import Verdict, judge

@@ -42,7 +42,7 @@ def _init(
         os._exit(1)
     import mlflow
 
-    from ingestor.store import FeatureStore
+    from shared.feature_store import FeatureStore
     from shared.registry import MlflowRegistry
     from shared.telemetry import configure_logging
 
@@ -56,7 +56,7 @@ def _init(
 def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | None:
     """Runs in a worker: the events to publish, as JSON (None when there is nothing to train).
     The plan was made (and locked) by the service: the worker trains exactly that state."""
-    from ingestor.store import FeatureStore
+    from shared.feature_store import FeatureStore
     from shared.registry import MlflowRegistry
 
     event = DataIngested.model_validate_json(event_json)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ingestor.store import FeatureStore
+from shared.feature_store import FeatureStore
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Stack, local_stack
 from tests.support.waiting import wait_until

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingestor.app import build_app
-from ingestor.store import FeatureStore
+from shared.feature_store import FeatureStore
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from shared.telemetry import progress_key
 from tests.support.data import churn_rows, write_csv

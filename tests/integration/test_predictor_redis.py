@@ -13,13 +13,13 @@ import redis.asyncio as aioredis
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from predictor.app import build_app
 from predictor.cache import ModelCache
 from predictor.loader import example_frame
 from predictor.service import Predictor
 from shared.datasets import load_spec
 from shared.events import DataArrived, DataIngested, ModelPromoted
+from shared.feature_store import FeatureStore
 from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, PredictorSettings
 from tests.support.data import churn_rows, write_csv

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested, DataRejected
+from shared.feature_store import FeatureStore
 from shared.settings import IngestorSettings
 from tests.support.data import COLUMNS, churn_rows
 

@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested
+from shared.feature_store import FeatureStore
 from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from streamops.stack import local_stack

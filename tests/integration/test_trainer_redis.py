@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.events import DataArrived, DataIngested
+from shared.feature_store import FeatureStore
 from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
 from tests.support.data import churn_rows, write_csv

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.errors import UnknownDataset
 from shared.events import DataArrived, DataIngested, DataRejected
+from shared.feature_store import FeatureStore
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from tests.support.data import BROKEN, churn_rows, write_csv
 

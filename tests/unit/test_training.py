@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from ingestor.service import ingest
-from ingestor.store import FeatureStore
 from shared.datasets import DatasetSpec, TrainingSpec
 from shared.errors import ConfigError
 from shared.events import DataArrived
+from shared.feature_store import FeatureStore
 from shared.settings import IngestorSettings
 from trainer import estimators
 from trainer.gate import judge

@@ -36,8 +36,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from ingestor.validate import QUARANTINE_SCHEMA
 from shared.errors import VersionNotFound
+
+# One line per failing (row, column) of a version: what the ingestor refused, and why.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("column", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("error_type", pa.string()),
+        pa.field("value", pa.string()),
+    ]
+)
 
 COMPRESSION = "zstd"
 DATA_FILE = "data.parquet"

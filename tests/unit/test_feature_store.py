@@ -9,9 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from ingestor.store import FeatureStore
-from ingestor.validate import QUARANTINE_SCHEMA
 from shared.errors import VersionNotFound
+from shared.feature_store import QUARANTINE_SCHEMA, FeatureStore
 
 SCHEMA = pa.schema([pa.field("x", pa.int64(), nullable=False), pa.field("y", pa.string())])
 
