@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -42,13 +42,6 @@ def _consumer(
         await client.aclose()
 
     return FastStream(broker, on_startup=[create_group], after_shutdown=[close])
-
-
-@pytest.fixture
-async def client(redis_db: str) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(redis_db)
-    yield connection
-    await connection.aclose()
 
 
 async def test_work_longer_than_the_lease_is_not_claimed_by_another_consumer(

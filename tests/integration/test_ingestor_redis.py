@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,6 @@ from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 Make = Callable[..., IngestorSettings]
-
-
-@pytest.fixture
-async def client(redis_db: str) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(redis_db)
-    yield connection
-    await connection.aclose()
 
 
 def _arrived(uri: str, **extra: object) -> Any:
