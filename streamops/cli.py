@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("predictor", help="run a predictor replica")
     run.set_defaults(run=_run_predictor)
 
+    up = commands.add_parser("up", help="run the whole stack as local processes until Ctrl-C")
+    up.add_argument("--workdir", type=Path, default=Path("var/up"))
+    up.set_defaults(run=_up)
+
     spec = commands.add_parser("asyncapi", help="print a service's AsyncAPI document")
     spec.add_argument("service", choices=SERVICES)
     spec.set_defaults(run=_asyncapi)
@@ -112,6 +116,31 @@ def _asyncapi(args: argparse.Namespace) -> int:
 
     app = importlib.import_module(f"{args.service}.app").build_app()
     print(app.schema.to_specification().to_json())
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    """Redis (unless one is configured), MLflow and the services, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from streamops.stack import bring_up, local_stack
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    workdir = args.workdir.resolve()
+    with local_stack(workdir) as stack:
+        running = bring_up(stack, SERVICES)
+        exports = " ".join(f"{k}={v}" for k, v in running.env.items())
+        console.print(
+            f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
+            f"  MLflow UI: {running.mlflow_url}\n  services:  {', '.join(SERVICES)} "
+            f"(logs in {stack.log('x').parent})\n  CLI:       export {exports}\n"
+            "Ctrl-C stops everything."
+        )
+        stop.wait()
+        console.print("stopping ...")
     return 0
 
 

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import shutil
 import sys
 import time
@@ -34,7 +33,7 @@ from rich.table import Table
 from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
 from streamops.client import ingest_and_wait
-from streamops.stack import Stack, local_stack, wait_for
+from streamops.stack import Stack, bring_up, local_stack, wait_for
 
 console = Console()
 
@@ -47,30 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
-    (workdir / "inbox").mkdir(parents=True)
     with local_stack(workdir) as stack:
-        url = os.environ.get("STREAMOPS_REDIS_URL") or os.environ.get("REDIS_URL")
-        if url is None:
-            url = stack.start_redis()
-            console.print(f"[bold]Redis[/bold] started at {url} (data in {workdir / 'redis'})")
-        mlflow_url = os.environ.get("STREAMOPS_MLFLOW_TRACKING_URI") or os.environ.get(
-            "MLFLOW_TRACKING_URI"
+        console.print("starting Redis, MLflow, the ingestor and the trainer ...")
+        running = bring_up(stack, ("ingestor", "trainer"))
+        url, mlflow_url = running.redis_url, running.mlflow_url
+        console.print(
+            f"[bold]Redis[/bold] {url}, [bold]MLflow[/bold] {mlflow_url}, "
+            f"services' logs in {stack.log('ingestor').parent}"
         )
-        if mlflow_url is None:
-            console.print("[bold]MLflow[/bold] starting (SQLite backend) ...")
-            mlflow_url = stack.start_mlflow()
-            console.print(f"[bold]MLflow[/bold] at {mlflow_url} (data in {workdir / 'mlflow'})")
-        env = {
-            "STREAMOPS_REDIS_URL": url,
-            "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
-            "STREAMOPS_FEATURE_STORE_ROOT": str(workdir / "feature-store"),
-            "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
-        }
         client = redis.Redis.from_url(url)
-        for service in ("ingestor", "trainer"):
-            stack.start_service(service, service, env)
-            _wait_alive(client, service, stack)
-            console.print(f"[bold]{service}[/bold] running (log: {stack.log(service)})")
         console.print()
         ok = _story(client, workdir, args.timeout)
         _where_to_look(url, mlflow_url, workdir, stack)
@@ -80,13 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(1)
     return 0 if ok else 1
-
-
-def _wait_alive(client: redis.Redis, service: str, stack: Stack) -> None:
-    def beating() -> bool:
-        return bool(client.keys(f"streamops:heartbeat:{service}:*"))
-
-    wait_for(beating, 90, f"the {service} (see {stack.log(service)})")
 
 
 def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:

@@ -151,6 +151,48 @@ class Stack:
                     proc.wait()
 
 
+@dataclass(frozen=True)
+class Running:
+    """What `bring_up` started, and the environment that points a client at it."""
+
+    redis_url: str
+    mlflow_url: str
+    env: dict[str, str]
+
+
+def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) -> Running:
+    """Redis and MLflow (unless the environment names them) and `services` as processes, each
+    waited for until its heartbeat says it is up."""
+    import redis
+
+    from shared.settings import BUNDLED_DATASETS
+
+    workdir = stack.workdir
+    url = os.environ.get("STREAMOPS_REDIS_URL") or os.environ.get("REDIS_URL")
+    url = url or stack.start_redis()
+    mlflow_url = os.environ.get("STREAMOPS_MLFLOW_TRACKING_URI") or os.environ.get(
+        "MLFLOW_TRACKING_URI"
+    )
+    mlflow_url = mlflow_url or stack.start_mlflow()
+    (workdir / "inbox").mkdir(parents=True, exist_ok=True)
+    env = {
+        "STREAMOPS_REDIS_URL": url,
+        "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
+        "STREAMOPS_FEATURE_STORE_ROOT": str(workdir / "feature-store"),
+        "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
+    }
+    client = redis.Redis.from_url(url)
+    for service in services:
+        stack.start_service(service, service, env)
+
+        def beating(name: str = service) -> bool:
+            return bool(client.keys(f"streamops:heartbeat:{name}:*"))
+
+        wait_for(beating, timeout, f"the {service} (log: {stack.log(service)})")
+    client.close()
+    return Running(url, mlflow_url, env)
+
+
 @contextlib.contextmanager
 def local_stack(workdir: Path) -> Iterator[Stack]:
     stack = Stack(workdir)
