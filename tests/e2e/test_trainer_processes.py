@@ -84,6 +84,18 @@ def _streamops(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+def _pipeline(
+    stack: Stack, env: dict[str, str], trainers: tuple[str, ...] = ("trainer",)
+) -> redis.Redis:
+    """Start the ingestor and `trainers`, announce the churn sample; a client of the streams."""
+    _start(stack, "ingestor", "ingestor", env)
+    for name in trainers:
+        _start(stack, name, "trainer", env)
+    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
+    _arrive(client)
+    return client
+
+
 def _arrive(client: redis.Redis) -> None:
     body = json.dumps({"dataset": "churn", "source": "churn/churn.csv"})
     client.xadd("data-arrived", {"__data__": body})
@@ -95,10 +107,7 @@ def test_data_arrival_ends_in_a_promoted_model(
     stack, env = world
     spec_dir, name = _spec_dir(tmp_path, slow=False)
     env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir)}
-    _start(stack, "ingestor", "ingestor", env)
-    _start(stack, "trainer", "trainer", env)
-    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    _arrive(client)
+    client = _pipeline(stack, env)
     (trained,) = wait_until(
         lambda: _events(client, "model-trained"),
         timeout=180,
@@ -154,10 +163,7 @@ def test_kill_9_mid_fit_then_another_trainer_trains_it_once(
     stack, env = world
     spec_dir, name = _spec_dir(tmp_path, slow=True)
     env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "3000"}
-    _start(stack, "ingestor", "ingestor", env)
-    _start(stack, "first", "trainer", env)
-    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    _arrive(client)
+    client = _pipeline(stack, env, ("first",))
     wait_until(
         lambda: client.keys("streamops:training:*"),
         timeout=60,
@@ -183,11 +189,7 @@ def test_a_fit_longer_than_the_lease_is_not_trained_twice(
     stack, env = world
     spec_dir, name = _spec_dir(tmp_path, slow=True)
     env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "1000"}
-    _start(stack, "ingestor", "ingestor", env)
-    _start(stack, "one", "trainer", env)
-    _start(stack, "two", "trainer", env)
-    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    _arrive(client)
+    client = _pipeline(stack, env, ("one", "two"))
     wait_until(lambda: _events(client, "model-trained"), timeout=240, what="model-trained")
     wait_until(
         lambda: int(client.xpending("data-ingested", "trainer")["pending"]) == 0,
@@ -205,10 +207,7 @@ def test_a_burst_of_versions_during_a_fit_costs_one_more_training(
     stack, env = world
     spec_dir, name = _spec_dir(tmp_path, slow=True)
     env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir)}
-    _start(stack, "ingestor", "ingestor", env)
-    _start(stack, "trainer", "trainer", env)
-    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    _arrive(client)
+    client = _pipeline(stack, env)
     wait_until(lambda: client.keys("streamops:training:*"), timeout=60, what="the first fit")
     for n in range(5):  # five new versions while the first fit runs
         part = tmp_path / "inbox" / f"burst{n}.csv"
@@ -262,10 +261,7 @@ def test_a_worker_killed_mid_fit_is_replaced_and_the_training_retried(
     stack, env = world
     spec_dir, name = _spec_dir(tmp_path, slow=True)
     env = {**env, "STREAMOPS_DATASETS_DIR": str(spec_dir), "STREAMOPS_LEASE_MS": "2000"}
-    _start(stack, "ingestor", "ingestor", env)
-    _start(stack, "trainer", "trainer", env)
-    client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    _arrive(client)
+    client = _pipeline(stack, env)
     trainer = stack.processes["trainer"]
 
     def fitting_worker() -> list[int]:
