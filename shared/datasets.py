@@ -323,3 +323,23 @@ def row_model(spec: DatasetSpec) -> type[BaseModel]:
         **fields,
     )
     return model
+
+
+@cache
+def feature_row_model(spec: DatasetSpec) -> type[BaseModel]:
+    """The pydantic model of one row a model predicts on: the feature columns with the spec's
+    types and constraints. Other columns are ignored, so whole records can be sent as they are."""
+    fields: dict[str, Any] = {
+        f"c{i}": (
+            _field_type(col),
+            # A nullable feature may be left out: missing is what null means to the model.
+            Field(None if col.nullable else ..., alias=col.name, description=col.description),
+        )
+        for i, col in enumerate(spec.feature_columns)
+    }
+    model: type[BaseModel] = create_model(
+        f"{spec.model_name.replace('-', '_')}_features",
+        __config__=ConfigDict(extra="ignore", frozen=True, populate_by_name=False),
+        **fields,
+    )
+    return model

@@ -68,3 +68,31 @@ class NoModelInService(StreamopsError):
 
 class ModelLoadFailed(StreamopsError):
     """A model version could not be loaded, checked or warmed up; the old one keeps serving."""
+
+
+class ScoreInputRejected(StreamopsError):
+    """A scoring job is refused: its input, its model or its size (the reason says which)."""
+
+
+class NoPredictor(StreamopsError):
+    """No predictor replica is alive to answer."""
+
+
+class PredictorTimeout(StreamopsError):
+    """No predictor answered before the deadline."""
+
+
+class InvalidRows(StreamopsError):
+    """Rows a model cannot predict on (wrong columns or values the validation let through)."""
+
+
+class PayloadTooLarge(StreamopsError):
+    """A request body or a batch is larger than the configured limit."""
+
+
+class Unauthorized(StreamopsError):
+    """A mutating request without the configured API key."""
+
+
+class JobNotFound(StreamopsError):
+    """No scoring job has that id (or it has not been planned yet, or it expired)."""

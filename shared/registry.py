@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,9 +127,18 @@ class MlflowRegistry:
         self.client.set_registered_model_alias(name, alias, str(version))
 
     def load(self, name: str, version: int) -> Any:
+        # Through this registry's server, not MLflow's global tracking URI (which a service
+        # configured with STREAMOPS_MLFLOW_TRACKING_URI alone never sets): `models:/...`
+        # would silently look in a local ./mlflow.db instead.
+        import mlflow.artifacts
         import mlflow.sklearn
 
-        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        uri = self.client.get_model_version_download_uri(name, str(version))
+        with tempfile.TemporaryDirectory(prefix="streamops-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            return mlflow.sklearn.load_model(local)
 
     def history(self, name: str) -> list[int]:
         tags = self.client.get_registered_model(name).tags

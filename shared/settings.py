@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -126,8 +126,71 @@ class PredictorSettings(BaseSettings):
     datasets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How often the replica compares what it serves with the registry's production aliases.
     converge_s: float = Field(default=10.0, gt=0, le=3600)
+    # Threads a model may use to predict (OpenMP, BLAS). One: a replica is one core's worth of
+    # work, and run more replicas for more cores; several threads per replica on a busy host
+    # spin against each other (a 1-row predict went from 1 ms to 50 ms here).
+    threads: int = Field(default=1, ge=1, le=256)
+    # Predict batches taken per read; batches of one model read together are predicted in one
+    # call. Small enough that one replica does not take what another could be doing.
+    read_batches: int = Field(default=4, ge=1, le=256)
+    # Batch scoring: rows per chunk of a file job (chunks are shared by all replicas).
+    score_chunk_rows: int = Field(default=100_000, ge=100, le=50_000_000)
+    # Batch scoring: the most rows a score-requested event may carry inline.
+    max_inline_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Batch scoring: events come from outside, so only Parquet files under these directories
+    # may be read (and results are written beside them).
+    score_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [BUNDLED_DATASETS, Path("var/inbox")]
+    )
 
-    @field_validator("datasets", mode="before")
+    @field_validator("datasets", "score_roots", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("score_roots")
+    @classmethod
+    def _resolve_roots(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+
+class GatewaySettings(BaseSettings):
+    """The HTTP gateway: limits, coalescing of predict requests, and who may change things."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMOPS_GATEWAY_", extra="ignore", frozen=True)
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Worker processes under gunicorn (`streamops gateway`); each coalesces on its own.
+    workers: int = Field(default=1, ge=1, le=64)
+    # "production" refuses to start without an API key.
+    environment: str = Field(default="development", pattern=r"^(development|production)$")
+    # Required (header `X-API-Key` or `Authorization: Bearer ...`) by every mutating endpoint
+    # when set.
+    api_key: SecretStr | None = None
+    # Coalescing: a predict batch leaves when it holds `batch_rows` rows, when `batch_wait_ms`
+    # have passed since its first row, or at once when no batch of that model is in flight.
+    batch_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    batch_rows: int = Field(default=256, ge=1, le=100_000)
+    # Answers later than this are a 504.
+    predict_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    max_rows_per_request: int = Field(default=1_000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=1 << 20, ge=1 << 10)
+    max_upload_bytes: int = Field(default=256 << 20, ge=1 << 10)
+    # Where uploaded CSV files are kept for the ingestor (must be one of its data roots).
+    inbox: Path = Path("var/inbox")
+
+    @field_validator("inbox")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _key_outside_development(self) -> GatewaySettings:
+        if self.environment == "production" and self.api_key is None:
+            raise ValueError(
+                "STREAMOPS_GATEWAY_API_KEY must be set when STREAMOPS_GATEWAY_ENVIRONMENT "
+                "is production"
+            )
+        return self

@@ -9,10 +9,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -61,7 +61,9 @@ class StatusBoard(Protocol):
 
     async def progress(self, flow: str, done: int, total: int | None) -> None: ...
 
-    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None: ...
+    async def heartbeat(
+        self, service: str, consumer: str, ttl_s: int, details: dict[str, Any] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,16 @@ class RedisStatusBoard:
             pipe.expire(key, PROGRESS_TTL_S)
             await pipe.execute()
 
-    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None:
+    async def heartbeat(
+        self, service: str, consumer: str, ttl_s: int, details: dict[str, Any] | None = None
+    ) -> None:
         value = json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "at": datetime.now(UTC).isoformat(),
+                **(details or {}),
+            }
         )
         await self.client.set(heartbeat_key(service, consumer), value, ex=ttl_s)
 
@@ -115,12 +124,20 @@ class ProgressRelay:
             await self._send()
 
 
-async def beat(board: StatusBoard, service: str, consumer: str, interval: float = 5.0) -> None:
-    """Say `consumer` of `service` is alive, every `interval` seconds, until cancelled."""
+async def beat(
+    board: StatusBoard,
+    service: str,
+    consumer: str,
+    interval: float = 5.0,
+    details: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Say `consumer` of `service` is alive, every `interval` seconds, until cancelled;
+    `details` adds what the service wants others to know (a predictor: the versions it serves)."""
     log = logging.getLogger(__name__)
     while True:
         try:
-            await board.heartbeat(service, consumer, ttl_s=int(interval * 3) + 1)
+            extra = details() if details is not None else None
+            await board.heartbeat(service, consumer, ttl_s=int(interval * 3) + 1, details=extra)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
         await asyncio.sleep(interval)

@@ -20,7 +20,7 @@ from shared.feature_store import FeatureStore
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
 from trainer import estimators
 from trainer.gate import Verdict, judge
-from trainer.promotion import PRODUCTION, promote
+from shared.promotion import PRODUCTION, promote
 from trainer.training import Trained, evaluate, fit, training_spec
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from shared.events import ModelPromoted, derived_event_id
 from shared.registry import Registry
-from trainer.promotion import PRODUCTION
+from shared.promotion import PRODUCTION
 
 
 def external_moves(registry: Registry, suspects: dict[str, int]) -> list[ModelPromoted]:

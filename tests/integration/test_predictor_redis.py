@@ -25,7 +25,7 @@ from shared.settings import BUNDLED_DATASETS, IngestorSettings, PredictorSetting
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import running
 from tests.support.waiting import eventually
-from trainer.promotion import promote
+from shared.promotion import promote
 from trainer.service import train_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -15,7 +15,7 @@ from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from streamops.stack import local_stack
 from tests.support.data import churn_rows, write_csv
-from trainer.promotion import promote, rollback
+from shared.promotion import promote, rollback
 from trainer.service import train_for
 
 pytestmark = pytest.mark.integration

@@ -72,5 +72,7 @@ class FakeStatusBoard:
     async def progress(self, flow: str, done: int, total: int | None) -> None:
         self.progress_reports.append((flow, done, total))
 
-    async def heartbeat(self, service: str, consumer: str, ttl_s: int) -> None:
+    async def heartbeat(
+        self, service: str, consumer: str, ttl_s: int, details: dict[str, Any] | None = None
+    ) -> None:
         self.heartbeats.append((service, consumer))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -14,74 +13,13 @@ from predictor.service import Predictor
 from shared.datasets import DatasetSpec
 from shared.errors import ModelLoadFailed, NoModelInService
 from shared.events import ModelPromoted
-from shared.registry import RegisteredVersion, TrainingRecord
-from trainer.training import fit
-
-
-@dataclass
-class ModelShelf:
-    """A registry with models in memory: versions, a production alias, and broken versions."""
-
-    models: dict[int, Any] = field(default_factory=dict)
-    production: int | None = None
-    loads: list[int] = field(default_factory=list)
-
-    def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
-        return None
-
-    def log(self, record: TrainingRecord) -> RegisteredVersion:
-        raise NotImplementedError
-
-    def alias(self, name: str, alias: str) -> int | None:
-        return self.production if alias == "production" else None
-
-    def set_alias(self, name: str, alias: str, version: int) -> None:
-        self.production = version
-
-    def load(self, name: str, version: int) -> Any:
-        self.loads.append(version)
-        model = self.models[version]
-        if isinstance(model, Exception):
-            raise model
-        return model
-
-    def history(self, name: str) -> list[int]:
-        return []
-
-    def set_history(self, name: str, versions: list[int]) -> None:
-        return None
-
-    def versions(self, name: str) -> list[RegisteredVersion]:
-        return []
-
-    def aliases(self, name: str) -> dict[str, int]:
-        return {}
-
-    def model_names(self) -> list[str]:
-        return ["churn"]
+from tests.support.shelf import ModelShelf, two_pipelines
 
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[Any, Any]:
     """Two real pipelines (fitting is the slow part: once per module)."""
-    from shared.datasets import load_spec
-    from shared.settings import BUNDLED_DATASETS
-    from tests.support.data import churn_rows
-
-    spec = load_spec(BUNDLED_DATASETS, "churn")
-    frame = pd.DataFrame(churn_rows(600, seed=4))
-    frame = frame.astype(
-        {
-            "tenure_months": int,
-            "monthly_charges": float,
-            "support_calls": int,
-            "usage_gb": float,
-            "churned": int,
-        }
-    )
-    frame["satisfaction"] = pd.to_numeric(frame["satisfaction"].replace("", None))
-    frame["autopay"] = frame["autopay"] == "true"
-    return (fit(spec, frame).pipeline, fit(spec, frame.sample(frac=1.0, random_state=3)).pipeline)
+    return two_pipelines()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import NothingToRollBack
 from shared.registry import RegisteredVersion, TrainingRecord
-from trainer.promotion import promote, rollback
+from shared.promotion import promote, rollback
 from trainer.watcher import external_moves
 
 

@@ -1,0 +1,233 @@
+"""Coalescing: concurrent predict requests for one model become one batch on the stream.
+
+A forest predicts 100 rows in about the time it takes for one, and a round trip over Redis
+costs the same for one row as for a hundred, so a gateway process gathers the requests that
+arrive together. A batch leaves when it holds `batch_rows` rows, when `batch_wait_ms` have
+passed since its first request, or at once when no batch of that model is in flight: a lone
+request never waits for company it will not get, and under load the wait fills batches while
+the previous ones are being predicted.
+
+Answers come back on one Pub/Sub channel per gateway process, matched by the batch's event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from shared.errors import InvalidRows, NoModelInService, NoPredictor, PredictorTimeout
+from shared.events import BatchPredicted, PredictionRequested
+from shared.settings import GatewaySettings
+from shared.wire import entry_fields
+
+log = logging.getLogger(__name__)
+# Predict entries are read without acks and are worthless after their deadline: the stream
+# only needs to hold what is waiting, so it is trimmed (approximately, which is cheap).
+STREAM_MAXLEN = 10_000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The rows of one request, cut out of its batch's answer."""
+
+    batch: BatchPredicted
+    start: int
+    stop: int
+
+    @property
+    def predictions(self) -> list[Any]:
+        return self.batch.predictions[self.start : self.stop]
+
+    @property
+    def probabilities(self) -> list[list[float]] | None:
+        probabilities = self.batch.probabilities
+        return None if probabilities is None else probabilities[self.start : self.stop]
+
+
+@dataclass
+class _Part:
+    columns: dict[str, list[Any]]
+    rows: int
+    future: asyncio.Future[Answer]
+
+
+@dataclass
+class _Batch:
+    parts: list[_Part] = field(default_factory=list)
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    model_name: str
+    parts: tuple[tuple[asyncio.Future[Answer], int, int], ...]
+
+
+class Coalescer:
+    """One per gateway process."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: GatewaySettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        # Several gunicorn workers may share a consumer name (settings read before the fork).
+        self.channel = f"streamops:replies:{settings.common.consumer_name}:{uuid.uuid4().hex[:12]}"
+        self._open: dict[str, _Batch] = {}
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._sent: dict[uuid.UUID, _Sent] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+
+    async def start(self) -> None:
+        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel)
+        self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
+        """The predictions for `rows` rows (given column by column); raises PredictorTimeout,
+        NoModelInService, InvalidRows or NoPredictor."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._add(model_name, _Part(columns, rows, future))
+        try:
+            return await asyncio.wait_for(future, self.settings.predict_timeout_s)
+        except TimeoutError:
+            raise PredictorTimeout(
+                f"no predictor answered for {model_name!r} within "
+                f"{self.settings.predict_timeout_s:g} s"
+            ) from None
+
+    def _add(self, model_name: str, part: _Part) -> None:
+        batch = self._open.get(model_name)
+        if batch is not None and batch.rows + part.rows > self.settings.batch_rows:
+            self._flush(model_name)
+            batch = None
+        if batch is None:
+            batch = self._open[model_name] = _Batch()
+            # call_later(0) still runs after the requests already parsed in this loop turn.
+            wait = self.settings.batch_wait_ms / 1000 if self._in_flight[model_name] else 0.0
+            batch.timer = asyncio.get_running_loop().call_later(wait, self._flush, model_name)
+        batch.parts.append(part)
+        batch.rows += part.rows
+        if batch.rows >= self.settings.batch_rows:
+            self._flush(model_name)
+
+    def _flush(self, model_name: str) -> None:
+        batch = self._open.pop(model_name, None)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        parts = [p for p in batch.parts if not p.future.done()]  # timed out while waiting
+        if not parts:
+            return
+        request = PredictionRequested(
+            model_name=model_name,
+            reply_to=self.channel,
+            deadline=self.clock() + self.settings.predict_timeout_s,
+            columns=_merge([p.columns for p in parts]),
+        )
+        offsets, start = [], 0
+        for part in parts:
+            offsets.append((part.future, start, start + part.rows))
+            start += part.rows
+        self._sent[request.event_id] = _Sent(model_name, tuple(offsets))
+        self._in_flight[model_name] += 1
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.predict_timeout_s + 1, self._forget, request.event_id)
+        task = asyncio.create_task(self._send(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, request: PredictionRequested) -> None:
+        try:
+            await self.client.xadd(
+                request.stream,
+                entry_fields(request),  # type: ignore[arg-type]
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        except Exception as exc:
+            sent = self._forget(request.event_id)
+            error = NoPredictor(f"cannot reach Redis to ask a predictor: {exc}")
+            for future, _, _ in sent.parts if sent else ():
+                if not future.done():
+                    future.set_exception(error)
+
+    def _forget(self, request_id: uuid.UUID) -> _Sent | None:
+        sent = self._sent.pop(request_id, None)
+        if sent is not None:
+            self._in_flight[sent.model_name] -= 1
+        return sent
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    self._on_reply(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reply channel %s failed; resubscribing", self.channel)
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(Exception):
+                    await self._pubsub.subscribe(self.channel)
+
+    def _on_reply(self, data: bytes) -> None:
+        try:
+            batch = BatchPredicted.model_validate_json(data)
+        except ValidationError as exc:
+            log.warning("ignoring a malformed answer on %s: %s", self.channel, exc)
+            return
+        sent = self._forget(batch.request_id)
+        if sent is None:
+            return  # answered after its deadline: the requests have had their 504
+        for future, start, stop in sent.parts:
+            if future.done():
+                continue
+            if batch.failure is None:
+                future.set_result(Answer(batch, start, stop))
+            else:
+                future.set_exception(_failure(batch))
+
+
+def _failure(batch: BatchPredicted) -> Exception:
+    if batch.failure == "no_model":
+        return NoModelInService(batch.error or f"no version of {batch.model_name} in service")
+    if batch.failure == "invalid":
+        return InvalidRows(batch.error or "the model cannot predict these rows")
+    return RuntimeError(batch.error or "the predictor failed")
+
+
+def _merge(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, list[Any]] = {name: [] for name in parts[0]}
+    for part in parts:
+        for name, values in part.items():
+            merged[name].extend(values)
+    return merged

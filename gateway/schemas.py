@@ -1,0 +1,116 @@
+"""HTTP bodies. The predict request of each model is generated from its dataset spec
+(`predict_request`), so the OpenAPI document shows the real feature names, types and limits."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from shared.datasets import DatasetSpec, feature_row_model
+from shared.events import FeatureStoreInput, ParquetInput, Source
+
+
+@cache
+def predict_request(spec: DatasetSpec, max_rows: int) -> type[BaseModel]:
+    row = feature_row_model(spec)
+    model: type[BaseModel] = create_model(
+        f"{row.__name__}_predict_request",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"Rows to predict with model {spec.model_name!r}.",
+        rows=(
+            list[row],  # type: ignore[valid-type]
+            Field(
+                min_length=1,
+                description=f"One or more rows (at most {max_rows}); columns that are not "
+                "features are ignored.",
+            ),
+        ),
+    )
+    return model
+
+
+class PredictResponse(BaseModel):
+    model_name: str = Field(description="Registered model name.")
+    model_version: int = Field(description="Version that predicted (also in `X-Model-Version`).")
+    request_id: str = Field(description="Id of this request (also in `X-Request-Id`).")
+    predictions: list[Any] = Field(description="One prediction per row, in order.")
+    classes: list[Any] | None = Field(default=None, description="Class labels (classifiers).")
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Per row, the probability of each class in `classes` order."
+    )
+
+
+class IngestRequest(BaseModel):
+    """Name a source for the ingestor (to upload a file, send it as `text/csv` instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Source
+
+
+class Accepted(BaseModel):
+    event_id: str = Field(description="Id of the event published.")
+    correlation_id: str = Field(description="Id that follows the work through every stream.")
+    stream: str = Field(description="Stream the event was published on.")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="Version to put in production.")
+
+
+class Promoted(BaseModel):
+    model_name: str
+    version: int = Field(description="Version now in production.")
+    previous_version: int | None
+    reason: str
+    event_id: str = Field(description="Id of the model-promoted event published.")
+
+
+class VersionInfo(BaseModel):
+    version: int
+    run_id: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+class ModelInfo(BaseModel):
+    model_name: str
+    aliases: dict[str, int] = Field(description="Alias → version.")
+    versions: list[VersionInfo]
+    serving: dict[str, int] = Field(description="Predictor replica → version it serves now.")
+
+
+class ScoreRequest(BaseModel):
+    """A batch job: rows inline (answered on the `scored` stream and here), or a Parquet file
+    or feature-store version (results written to a Parquet file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1, max_length=200)
+    job_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Client-chosen id (submitting the same id twice runs the job once); "
+        "generated when absent.",
+    )
+    rows: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    input: ParquetInput | FeatureStoreInput | None = Field(default=None, discriminator="kind")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Self:
+        if (self.rows is None) == (self.input is None):
+            raise ValueError("give exactly one of `rows` and `input`")
+        return self
+
+
+class ScoreAccepted(BaseModel):
+    job_id: str
+    status_url: str
+    event_id: str

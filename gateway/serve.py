@@ -1,0 +1,35 @@
+"""The gateway's production entry point: gunicorn with uvicorn workers.
+
+gunicorn supervises the workers (restarts one that dies, replaces them one by one on SIGHUP,
+drains them on SIGTERM within `--graceful-timeout`); each worker builds its own app with
+`gateway.app:build_app()`, so each has its own Redis connections and coalescer.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shared.settings import GatewaySettings
+
+GRACEFUL_TIMEOUT_S = 20
+
+
+def gunicorn_argv(settings: GatewaySettings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "gateway.app:build_app()",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--workers",
+        str(settings.workers),
+        "--bind",
+        f"{settings.host}:{settings.port}",
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT_S),
+        "--keep-alive",
+        "5",
+        "--log-level",
+        settings.common.log_level.lower(),
+    ]

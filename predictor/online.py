@@ -1,0 +1,213 @@
+"""Online predictions: batches from `predict-requests`, answered on each gateway's channel.
+
+The gateway coalesces concurrent HTTP requests into one `PredictionRequested` entry; every
+replica reads the stream in group `predictor`, so the replicas share the load. Entries are
+read with NOACK: an answer is worth something only before its deadline, and a replica that
+dies holding a batch costs those requests a 504 from the gateway's timeout; redelivering the
+batch later would answer nobody. So nothing is ever pending here, and nothing is reclaimed.
+
+This is a plain redis-py loop rather than a FastStream subscriber: FastStream hands a handler
+one message at a time (about 3k messages/s here), and several batches of the same model taken
+in one read are predicted in one call, which is what makes a forest cheap per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+import pandas as pd
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from predictor.service import Prediction, Predictor
+from shared.broker import ensure_group
+from shared.errors import NoModelInService
+from shared.events import BatchPredicted, PredictionRequested, dead_letter_stream
+from shared.wire import DATA_FIELD, entry_body
+
+GROUP = "predictor"
+STREAM = PredictionRequested.stream
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An entry that is not a PredictionRequested: it goes to the dead-letter stream."""
+
+    message_id: str
+    reason: str
+    payload: dict[str, str]
+
+
+def parse(message_id: str, fields: dict[bytes, bytes]) -> PredictionRequested | Rejected:
+    try:
+        return PredictionRequested.model_validate_json(entry_body(fields))
+    except (ValidationError, ValueError) as exc:
+        payload = {
+            k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()
+        }
+        return Rejected(message_id, f"not a valid {STREAM} entry: {exc}", payload)
+
+
+def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> list[BatchPredicted]:
+    """Answers for `requests` (all for one model): one predict call for all of them; when that
+    fails, each request alone, so one bad batch does not fail its neighbours."""
+    name = requests[0].model_name
+    try:
+        merged = predictor.predict(name, _frame(requests))
+    except NoModelInService as exc:
+        return [_failure(r, "no_model", str(exc)) for r in requests]
+    except Exception:
+        if len(requests) == 1:
+            return [_alone(predictor, requests[0])]
+        return [_alone(predictor, r) for r in requests]
+    return _split(merged, requests)
+
+
+def _frame(requests: Sequence[PredictionRequested]) -> pd.DataFrame:
+    if len(requests) == 1:
+        return pd.DataFrame(requests[0].columns)
+    names = requests[0].columns.keys()
+    return pd.DataFrame({n: [v for r in requests for v in r.columns.get(n, ())] for n in names})
+
+
+def _alone(predictor: Predictor, request: PredictionRequested) -> BatchPredicted:
+    try:
+        return _split(predictor.predict(request.model_name, _frame([request])), [request])[0]
+    except NoModelInService as exc:
+        return _failure(request, "no_model", str(exc))
+    except (KeyError, ValueError, TypeError) as exc:
+        return _failure(request, "invalid", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        log.exception("predicting %s failed", request.model_name)
+        return _failure(request, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def _split(merged: Prediction, requests: Sequence[PredictionRequested]) -> list[BatchPredicted]:
+    classes = None if merged.classes is None else np.asarray(merged.classes).tolist()
+    answers, start = [], 0
+    for request in requests:
+        stop = start + request.rows
+        probabilities = merged.probabilities[start:stop] if merged.probabilities else None
+        answers.append(
+            BatchPredicted(
+                request_id=request.event_id,
+                model_name=merged.model_name,
+                model_version=merged.model_version,
+                predictions=merged.predictions[start:stop],
+                probabilities=probabilities,
+                classes=classes,
+            )
+        )
+        start = stop
+    return answers
+
+
+def _failure(request: PredictionRequested, failure: Any, error: str) -> BatchPredicted:
+    return BatchPredicted(
+        request_id=request.event_id, model_name=request.model_name, failure=failure, error=error
+    )
+
+
+class OnlinePredictor:
+    """Reads predict batches for this replica until cancelled."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        predictor: Predictor,
+        consumer: str,
+        read_batches: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.predictor = predictor
+        self.consumer = consumer
+        self.read_batches = read_batches
+        self.clock = clock
+
+    async def run(self) -> None:
+        await ensure_group(self.client, STREAM, GROUP)
+        while True:
+            try:
+                await self.once(block_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis gone for a moment: keep trying; the heartbeat says whether we are up.
+                log.exception("reading %s failed; retrying", STREAM)
+                await asyncio.sleep(0.5)
+
+    async def once(self, block_ms: int | None = None) -> int:
+        """One read and its answers; how many batches were answered."""
+        reply: Any = await self.client.xreadgroup(
+            GROUP,
+            self.consumer,
+            {STREAM: ">"},
+            count=self.read_batches,
+            block=block_ms,
+            noack=True,
+        )
+        entries = [(mid.decode(), fields) for _, items in reply or () for mid, fields in items]
+        if not entries:
+            return 0
+        live, rejected = self._sort(entries)
+        if rejected:
+            await self._dead_letter(rejected)
+        by_model: dict[str, list[PredictionRequested]] = defaultdict(list)
+        for request in live:
+            by_model[request.model_name].append(request)
+        answered = 0
+        for requests in by_model.values():
+            answers = await anyio.to_thread.run_sync(answer, self.predictor, requests)
+            await self._reply(requests, answers)
+            answered += len(answers)
+        return answered
+
+    def _sort(
+        self, entries: list[tuple[str, dict[bytes, bytes]]]
+    ) -> tuple[list[PredictionRequested], list[Rejected]]:
+        now = self.clock()
+        live: list[PredictionRequested] = []
+        rejected: list[Rejected] = []
+        for message_id, fields in entries:
+            parsed = parse(message_id, fields)
+            if isinstance(parsed, Rejected):
+                rejected.append(parsed)
+            elif parsed.deadline >= now:
+                live.append(parsed)
+            else:  # nobody waits for it any more: the gateway has answered 504 already
+                log.debug("dropping expired predict batch %s", parsed.event_id)
+        return live, rejected
+
+    async def _reply(
+        self, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]
+    ) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for request, batch in zip(requests, answers, strict=True):
+                stamped = batch.model_copy(update={"replica": self.consumer})
+                pipe.publish(request.reply_to, stamped.model_dump_json())
+            await pipe.execute()
+
+    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for item in rejected:
+                log.warning("dead-lettering %s %s: %s", STREAM, item.message_id, item.reason)
+                letter = {
+                    "stream": STREAM,
+                    "group": GROUP,
+                    "message_id": item.message_id,
+                    "reason": item.reason,
+                    "payload": item.payload,
+                }
+                pipe.xadd(dead_letter_stream(STREAM), {DATA_FIELD: json.dumps(letter)})
+            await pipe.execute()

@@ -1,0 +1,293 @@
+"""The gateway and a predictor replica in this process, talking over a real Redis: coalesced
+predictions, every error status, auth, ingest, batch submission, readiness, OpenAPI.
+
+The registry is the in-memory shelf (the MLflow side of loading is tested in
+test_predictor_redis.py and the e2e tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.app import build_app as build_gateway
+from predictor.app import build_app as build_predictor
+from predictor.cache import ModelCache
+from shared.datasets import DatasetSpec, feature_frame
+from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
+from tests.support.shelf import ModelShelf, two_pipelines
+from tests.support.streams import entries, running
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+PREDICT = "/v1/models/churn/predict"
+ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "support_calls": 2,
+    "usage_gb": 10.0,
+    "satisfaction": 3.5,
+    "plan": "basic",
+    "autopay": True,
+}
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> tuple[Any, Any]:
+    return two_pipelines()
+
+
+@pytest.fixture
+def shelf(pipelines: tuple[Any, Any]) -> ModelShelf:
+    first, second = pipelines
+    return ModelShelf(models={1: first, 2: second}, production=1, production_history=[1])
+
+
+@pytest.fixture
+def common(redis_db: str, tmp_path: Path) -> CommonSettings:
+    return CommonSettings(
+        redis_url=redis_db,
+        feature_store_root=tmp_path / "store",
+        datasets_dir=BUNDLED_DATASETS,
+        consumer_name="replica-a",
+    )
+
+
+Gateway = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def gateway(common: CommonSettings, shelf: ModelShelf, tmp_path: Path) -> Gateway:
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = GatewaySettings(common=common, inbox=tmp_path / "inbox", **overrides)
+        app = build_gateway(settings, registry=shelf)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                yield client
+
+    return start
+
+
+@contextlib.asynccontextmanager
+async def replica(common: CommonSettings, shelf: ModelShelf) -> AsyncIterator[ModelCache]:
+    cache = ModelCache()
+    settings = PredictorSettings(common=common, converge_s=3600)
+    async with running(build_predictor(settings, cache=cache, registry=shelf)):
+        yield cache
+
+
+async def test_predictions_match_the_model_and_concurrent_requests_share_batches(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway, churn_spec: DatasetSpec
+) -> None:
+    rows = [{**ROW, "tenure_months": i, "monthly_charges": 20.0 + i} for i in range(40)]
+    expected = shelf.models[1].predict_proba(feature_frame(churn_spec, pd.DataFrame(rows)))
+    async with replica(common, shelf), gateway(batch_wait_ms=20) as http:
+        one = await http.post(PREDICT, json={"rows": [ROW, ROW]}, headers={"X-Request-Id": "r-1"})
+        assert one.status_code == 200, one.text
+        body = one.json()
+        assert body["model_name"] == "churn"
+        assert body["model_version"] == 1
+        assert one.headers["X-Model-Version"] == "1"
+        assert one.headers["X-Request-Id"] == body["request_id"] == "r-1"
+        assert body["classes"] == [0, 1]
+        assert len(body["predictions"]) == 2
+        assert sum(body["probabilities"][0]) == pytest.approx(1.0)
+
+        client = aioredis.Redis.from_url(common.redis_url)
+        before = await client.xlen("predict-requests")
+        answers = await asyncio.gather(*(http.post(PREDICT, json={"rows": [r]}) for r in rows))
+        batches = await client.xlen("predict-requests") - before
+        await client.aclose()
+
+    assert all(a.status_code == 200 for a in answers)
+    got = [a.json()["probabilities"][0][1] for a in answers]
+    assert got == pytest.approx(expected[:, 1].tolist())  # each request got its own row's answer
+    assert [a.json()["predictions"][0] for a in answers] == expected.argmax(axis=1).tolist()
+    assert batches < len(rows)  # coalesced
+
+
+async def test_bad_requests_get_precise_statuses(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway
+) -> None:
+    async with replica(common, shelf), gateway(max_rows_per_request=5, max_body_bytes=4096) as http:
+        bad = await http.post(PREDICT, json={"rows": [{**ROW, "tenure_months": -1}]})
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", "rows", 0, "tenure_months"]
+        missing = await http.post(PREDICT, json={"rows": [{"plan": "basic"}]})
+        assert missing.status_code == 422
+        assert {"tenure_months", "usage_gb"} <= {e["loc"][-1] for e in missing.json()["detail"]}
+        assert (await http.post(PREDICT, json={"rows": []})).status_code == 422
+        assert (await http.post(PREDICT, content=b"{not json")).status_code == 422
+        unknown = await http.post("/v1/models/nope/predict", json={"rows": [ROW]})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "ModelNotFound"
+        many = await http.post(PREDICT, json={"rows": [ROW] * 6})
+        assert many.status_code == 413
+        huge = await http.post(PREDICT, json={"rows": [ROW], "pad": "x" * 5000})
+        assert huge.status_code == 413
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b" " * 1000
+
+        streamed = await http.post(PREDICT, content=chunked())
+        assert streamed.status_code == 413
+        extra = await http.post(PREDICT, json={"rows": [{**ROW, "customer_id": "c-1"}]})
+        assert extra.status_code == 200  # whole records are fine: non-features are ignored
+
+
+async def test_no_predictor_is_503_and_a_silent_one_is_504(
+    common: CommonSettings, gateway: Gateway
+) -> None:
+    async with gateway(predict_timeout_s=0.3) as http:
+        none = await http.post(PREDICT, json={"rows": [ROW]})
+        assert none.status_code == 503
+        assert none.json()["error"] == "NoPredictor"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert (await http.get("/healthz")).status_code == 200
+
+        # A replica that beats but never answers (wedged): the request times out.
+        client = aioredis.Redis.from_url(common.redis_url)
+        await client.set("streamops:heartbeat:predictor:wedged", json.dumps({"models": {}}))
+        await client.aclose()
+        app_fleet_refresh = await http.get("/readyz")  # refreshes the gateway's view
+        assert app_fleet_refresh.json()["predictors"] == {}
+        slow = await http.post(PREDICT, json={"rows": [ROW]})
+        assert slow.status_code == 504
+        assert slow.json()["error"] == "PredictorTimeout"
+
+
+async def test_nothing_in_service_is_503(common: CommonSettings, gateway: Gateway) -> None:
+    async with replica(common, ModelShelf()), gateway() as http:
+        answer = await http.post(PREDICT, json={"rows": [ROW]})
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "NoModelInService"
+        assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_ready_once_a_replica_serves(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway
+) -> None:
+    async with replica(common, shelf), gateway() as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["predictors"] == {"replica-a": {"churn": 1}}
+
+
+async def test_promotion_needs_the_key_and_is_served_without_restart(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway
+) -> None:
+    key = {"X-API-Key": "s3cret"}
+    async with replica(common, shelf) as cache, gateway(api_key="s3cret") as http:
+        promote = "/v1/models/churn/promote"
+        assert (await http.post(promote, json={"version": 2})).status_code == 401
+        wrong = await http.post(promote, json={"version": 2}, headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401
+        missing = await http.post(promote, json={"version": 9}, headers=key)
+        assert missing.status_code == 404
+        done = await http.post(promote, json={"version": 2}, headers=key)
+        assert done.status_code == 200, done.text
+        assert done.json()["previous_version"] == 1
+
+        async def serving_2() -> bool:
+            return cache.version("churn") == 2
+
+        await eventually(serving_2, timeout=10, what="v2 in service")
+        answer = await http.post(PREDICT, json={"rows": [ROW]})
+        assert answer.headers["X-Model-Version"] == "2"
+
+        bearer = {"Authorization": "Bearer s3cret"}
+        back = await http.post("/v1/models/churn/rollback", headers=bearer)
+        assert back.status_code == 200, back.text
+        assert back.json()["version"] == 1
+        again = await http.post("/v1/models/churn/rollback", headers=bearer)
+        assert again.status_code == 409  # nothing earlier than v1
+
+        info = await http.get("/v1/models/churn")
+        assert info.status_code == 200
+        assert info.json()["aliases"] == {"production": 1}
+        assert [v["version"] for v in info.json()["versions"]] == [1, 2]
+        assert (await http.get("/v1/models/nope")).status_code == 404
+
+
+async def test_ingest_by_upload_or_by_source(
+    common: CommonSettings, gateway: Gateway, tmp_path: Path
+) -> None:
+    csv = (BUNDLED_DATASETS / "churn" / "churn.csv").read_bytes()[:5000]
+    async with gateway() as http:
+        upload = await http.post(
+            "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
+        )
+        assert upload.status_code == 202, upload.text
+        named = await http.post(
+            "/v1/datasets/churn/ingest", json={"source": {"kind": "csv", "uri": "/data/x.csv"}}
+        )
+        assert named.status_code == 202
+        bad = await http.post("/v1/datasets/churn/ingest", json={"source": {"kind": "ftp"}})
+        assert bad.status_code == 422
+        unknown = await http.post("/v1/datasets/nope/ingest", json={"source": "x"})
+        assert unknown.status_code == 404
+    client = aioredis.Redis.from_url(common.redis_url)
+    arrived = await entries(client, "data-arrived")
+    await client.aclose()
+    assert [e["event_id"] for e in arrived] == [upload.json()["event_id"], named.json()["event_id"]]
+    saved = Path(arrived[0]["source"]["uri"])
+    assert saved.parent == tmp_path / "inbox" / "churn"
+    assert saved.read_bytes() == csv
+    assert arrived[1]["source"]["uri"] == "/data/x.csv"
+
+
+async def test_score_jobs_are_submitted_and_checked(
+    common: CommonSettings, gateway: Gateway
+) -> None:
+    async with gateway() as http:
+        accepted = await http.post(
+            "/v1/score", json={"model_name": "churn", "job_id": "job-1", "rows": [ROW, ROW]}
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["status_url"] == "/v1/score/job-1"
+        bad_row = await http.post(
+            "/v1/score", json={"model_name": "churn", "rows": [{**ROW, "plan": "gold"}]}
+        )
+        assert bad_row.status_code == 422
+        assert bad_row.json()["detail"][0]["loc"][:4] == ["body", "rows", 0, "plan"]
+        both = await http.post(
+            "/v1/score",
+            json={"model_name": "churn", "rows": [ROW], "input": {"kind": "parquet", "uri": "x"}},
+        )
+        assert both.status_code == 422
+        assert (await http.get("/v1/score/no-such-job")).status_code == 404
+    client = aioredis.Redis.from_url(common.redis_url)
+    (requested,) = await entries(client, "score-requested")
+    await client.aclose()
+    assert requested["job_id"] == "job-1"
+    assert len(requested["rows"]) == 2
+
+
+async def test_the_openapi_document_shows_the_real_features(gateway: Gateway) -> None:
+    async with gateway() as http:
+        document = (await http.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    row = schemas["churn_features"]
+    assert set(row["required"]) == {
+        "tenure_months",
+        "monthly_charges",
+        "support_calls",
+        "usage_gb",
+        "plan",
+        "autopay",
+    }  # satisfaction is nullable, so optional
+    assert row["properties"]["tenure_months"]["minimum"] == 0
+    assert "/v1/models/churn/predict" in document["paths"]
+    assert "X-API-Key" in json.dumps(document["components"]["securitySchemes"])

@@ -1,0 +1,79 @@
+"""A model registry in memory, and real pipelines to put in it (for tests without MLflow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from shared.registry import RegisteredVersion, TrainingRecord
+from trainer.training import fit
+
+
+@dataclass
+class ModelShelf:
+    """A registry with models in memory: versions, a production alias, and broken versions."""
+
+    models: dict[int, Any] = field(default_factory=dict)
+    production: int | None = None
+    loads: list[int] = field(default_factory=list)
+    production_history: list[int] = field(default_factory=list)
+
+    def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
+        return None
+
+    def log(self, record: TrainingRecord) -> RegisteredVersion:
+        raise NotImplementedError
+
+    def alias(self, name: str, alias: str) -> int | None:
+        return self.production if alias == "production" else None
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.production = version
+
+    def load(self, name: str, version: int) -> Any:
+        self.loads.append(version)
+        model = self.models[version]
+        if isinstance(model, Exception):
+            raise model
+        return model
+
+    def history(self, name: str) -> list[int]:
+        return list(self.production_history)
+
+    def set_history(self, name: str, versions: list[int]) -> None:
+        self.production_history = list(versions)
+
+    def versions(self, name: str) -> list[RegisteredVersion]:
+        if name != "churn":
+            return []
+        return [RegisteredVersion(name, v, f"run-{v}", {}, {"roc_auc": 0.8}) for v in self.models]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return {} if self.production is None else {"production": self.production}
+
+    def model_names(self) -> list[str]:
+        return ["churn"]
+
+
+def two_pipelines() -> tuple[Any, Any]:
+    """Two real churn pipelines trained on different orders of the same rows."""
+    from shared.datasets import load_spec
+    from shared.settings import BUNDLED_DATASETS
+    from tests.support.data import churn_rows
+
+    spec = load_spec(BUNDLED_DATASETS, "churn")
+    frame = pd.DataFrame(churn_rows(600, seed=4))
+    frame = frame.astype(
+        {
+            "tenure_months": int,
+            "monthly_charges": float,
+            "support_calls": int,
+            "usage_gb": float,
+            "churned": int,
+        }
+    )
+    frame["satisfaction"] = pd.to_numeric(frame["satisfaction"].replace("", None))
+    frame["autopay"] = frame["autopay"] == "true"
+    return (fit(spec, frame).pipeline, fit(spec, frame.sample(frac=1.0, random_state=3)).pipeline)
