@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: bootstrap test test-fast lint typecheck demo bench clean
+.PHONY: bootstrap test test-fast lint typecheck demo bench bench-batch clean
 
 bootstrap: $(STAMP)
 
@@ -38,6 +38,10 @@ demo: bootstrap
 
 bench: bootstrap
 	$(PY) bench/ingest.py
+
+# Batch scoring through Redis Streams (two predictor processes) against in-process predict.
+bench-batch: bootstrap
+	$(PY) bench/batch.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis

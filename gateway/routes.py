@@ -155,7 +155,11 @@ def predict_router(spec: DatasetSpec, max_rows: int) -> APIRouter:
             classes=answer.batch.classes,
             probabilities=answer.probabilities,
         )
-        headers = {"X-Model-Version": str(out.model_version), "X-Request-Id": rid}
+        headers = {
+            "X-Model-Version": str(out.model_version),
+            "X-Request-Id": rid,
+            "X-Served-By": answer.batch.replica,
+        }
         return Response(out.model_dump_json(), media_type="application/json", headers=headers)
 
     # The body's type exists only at run time: FastAPI reads it from the annotations.

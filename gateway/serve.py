@@ -28,6 +28,9 @@ def gunicorn_argv(settings: GatewaySettings) -> list[str]:
         f"{settings.host}:{settings.port}",
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
+        # gunicorn 26 opens a control socket in $HOME by default: several gateways on one
+        # host would fight over it, and nothing here uses it.
+        "--no-control-socket",
         "--keep-alive",
         "5",
         "--log-level",

@@ -96,3 +96,7 @@ class Unauthorized(StreamopsError):
 
 class JobNotFound(StreamopsError):
     """No scoring job has that id (or it has not been planned yet, or it expired)."""
+
+
+class ChunkRefused(PermanentError):
+    """A score-chunks entry names files outside the predictor's roots: dead-lettered at once."""

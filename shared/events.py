@@ -252,6 +252,79 @@ class ModelPromoted(Event):
     reason: PromotionReason = Field(description="auto, manual, rollback or external.")
 
 
+class ModelLoaded(Event):
+    """A predictor replica put a model version in service, or refused it (the version it
+    served before keeps serving)."""
+
+    stream: ClassVar[str] = "model-loads"
+
+    replica: str = Field(description="Consumer name of the replica.")
+    model_name: str = Field(description="Registered model name.")
+    version: int = Field(ge=1, description="Version loaded or refused.")
+    serving: int | None = Field(description="Version the replica serves after this.")
+    loaded: bool = Field(description="True: loaded (in service, or staged for a prefetch).")
+    reason: str = Field(default="", description="Why it was refused.")
+    seconds: float = Field(ge=0, description="Time spent loading, checking and warming up.")
+    trigger: Literal["start", "promotion", "converge", "prefetch"] = Field(
+        description="What made the replica load it (prefetch: a version just trained, loaded "
+        "ahead of its promotion and not in service yet)."
+    )
+
+
+# --- Online prediction ------------------------------------------------------------------------
+
+
+class PredictionRequested(Event):
+    """Rows to predict now: concurrent HTTP requests coalesced by one gateway process into one
+    batch, shared by the predictor replicas (group `predictor`) and answered on `reply_to`."""
+
+    stream: ClassVar[str] = "predict-requests"
+
+    model_name: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    reply_to: str = Field(
+        min_length=1, max_length=200, description="Pub/Sub channel the answer is published on."
+    )
+    deadline: float = Field(
+        description="Unix time (seconds) after which nobody waits for the answer any more."
+    )
+    columns: dict[str, list[Any]] = Field(
+        description="The rows, column by column: every list has the same length."
+    )
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> Self:
+        lengths = {len(values) for values in self.columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns differ in length: {sorted(lengths)}")
+        return self
+
+    @property
+    def rows(self) -> int:
+        return next((len(v) for v in self.columns.values()), 0)
+
+
+PredictFailure = Literal["no_model", "invalid", "failed"]
+
+
+class BatchPredicted(BaseModel):
+    """The answer to a PredictionRequested, one per batch, on its `reply_to` channel (not a
+    stream: nobody needs it after the gateway has it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: uuid.UUID = Field(description="event_id of the PredictionRequested answered.")
+    model_name: str = Field(description="Registered model name.")
+    model_version: int | None = Field(default=None, description="Version that predicted.")
+    predictions: list[Any] = Field(default_factory=list, description="One per row, in order.")
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Class probabilities per row (classifiers), in `classes` order."
+    )
+    classes: list[Any] | None = Field(default=None, description="Class labels (classifiers).")
+    replica: str = Field(default="", description="Consumer name of the replica that answered.")
+    failure: PredictFailure | None = Field(default=None, description="Why there is no answer.")
+    error: str | None = Field(default=None, description="What went wrong, for people.")
+
+
 # --- Batch scoring ------------------------------------------------------------------------------
 
 
@@ -310,14 +383,52 @@ class Scored(Event):
     output_uri: str | None = Field(default=None, description="Parquet file with the results.")
 
 
+class ScoreChunkRequested(Event):
+    """One chunk of a file scoring job: rows [start, stop) of the input, scored by whichever
+    predictor replica (group `predictor`) reads it first, with the version pinned at planning."""
+
+    stream: ClassVar[str] = "score-chunks"
+
+    job_id: str = Field(min_length=1, max_length=200, description="The job this chunk is part of.")
+    model_name: str = Field(min_length=1, description="Registered model name.")
+    model_version: int = Field(ge=1, description="Version pinned for the whole job.")
+    chunk: int = Field(ge=0, description="Index of this chunk, 0 for the first rows.")
+    chunks: int = Field(ge=1, description="Number of chunks in the job.")
+    start: int = Field(ge=0, description="First input row of the chunk (0-based).")
+    stop: int = Field(ge=0, description="One past the last input row of the chunk.")
+    input_path: str = Field(min_length=1, description="Resolved local path of the input Parquet.")
+    output_path: str = Field(min_length=1, description="Where the assembled results go.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.stop < self.start or self.chunk >= self.chunks:
+            raise ValueError("need start <= stop and chunk < chunks")
+        return self
+
+
+class ScoreRejected(Event):
+    """A scoring job was refused (input missing or outside the roots, missing feature columns,
+    unknown model, no model in service, too many inline rows)."""
+
+    stream: ClassVar[str] = "score-rejected"
+
+    job_id: str = Field(description="The job refused.")
+    model_name: str = Field(description="Registered model name the job asked for.")
+    reason: str = Field(description="Why, for people.")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     DataArrived,
     DataIngested,
     DataRejected,
     ModelTrained,
     ModelPromoted,
+    ModelLoaded,
+    PredictionRequested,
     ScoreRequested,
     Scored,
+    ScoreChunkRequested,
+    ScoreRejected,
 )
 STREAMS: dict[str, type[Event]] = {e.stream: e for e in ALL_EVENTS}
 

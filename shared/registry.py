@@ -107,6 +107,9 @@ class MlflowRegistry:
                 input_example=record.example,
                 registered_model_name=record.model_name,
                 skops_trusted_types=list(record.trusted_types),
+                # Given, not inferred: inferring them loads the model in a subprocess, which
+                # took 40 to 90 s of every training here.
+                pip_requirements=_requirements(),
             )
         version = int(info.registered_model_version)
         for key, value in record.tags.items():
@@ -164,6 +167,14 @@ class MlflowRegistry:
         return RegisteredVersion(
             mv.name, int(mv.version), mv.run_id or "", dict(mv.tags), dict(metrics)
         )
+
+
+def _requirements() -> list[str]:
+    """What loading a logged pipeline needs, at the versions that trained it."""
+    from importlib.metadata import version
+
+    packages = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
+    return [f"{name}=={version(name)}" for name in packages]
 
 
 def _quote(text: str) -> str:

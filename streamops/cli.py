@@ -1,8 +1,10 @@
 """`streamops`: run a service, announce data, look at the feature store.
 
     streamops ingestor                          run the ingestor service
+    streamops gateway                           run the HTTP gateway
     streamops ingest DATASET SOURCE [...]       publish data-arrived and wait for the outcome
     streamops ingest --local DATASET SOURCE     ingest in this process, with a progress bar
+    streamops score MODEL INPUT.parquet         batch-score a file on the predictors
     streamops versions DATASET                  list the dataset's versions
     streamops quarantine DATASET [VERSION]      show the rows a version rejected
 
@@ -57,13 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run_trainer)
     run = commands.add_parser("predictor", help="run a predictor replica")
     run.set_defaults(run=_run_predictor)
+    run = commands.add_parser("gateway", help="run the HTTP gateway (gunicorn, uvicorn workers)")
+    run.set_defaults(run=_run_gateway)
 
     up = commands.add_parser("up", help="run the whole stack as local processes until Ctrl-C")
     up.add_argument("--workdir", type=Path, default=Path("var/up"))
     up.set_defaults(run=_up)
 
     spec = commands.add_parser("asyncapi", help="print a service's AsyncAPI document")
-    spec.add_argument("service", choices=SERVICES)
+    spec.add_argument("service", choices=SERVICES[:3])
     spec.set_defaults(run=_asyncapi)
 
     ingest = commands.add_parser("ingest", help="announce new data for a dataset")
@@ -101,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("version", nargs="?", type=int)
     quarantine.add_argument("--limit", type=int, default=50)
     quarantine.set_defaults(run=_quarantine)
+    _add_score(commands)
     return parser
 
 
 # --- services ----------------------------------------------------------------------------------
 
 
-SERVICES = ("ingestor", "trainer", "predictor")
+SERVICES = ("ingestor", "trainer", "predictor", "gateway")
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
@@ -135,7 +140,9 @@ def _up(args: argparse.Namespace) -> int:
         exports = " ".join(f"{k}={v}" for k, v in running.env.items())
         console.print(
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
-            f"  MLflow UI: {running.mlflow_url}\n  services:  {', '.join(SERVICES)} "
+            f"  MLflow UI: {running.mlflow_url}\n"
+            f"  gateway:   {running.gateway_url} (API docs: {running.gateway_url}/docs)\n"
+            f"  services:  {', '.join(SERVICES)} "
             f"(logs in {stack.log('x').parent})\n  CLI:       export {exports}\n"
             "Ctrl-C stops everything."
         )
@@ -160,6 +167,16 @@ def _run_predictor(args: argparse.Namespace) -> int:
     from predictor.app import build_app
 
     return _serve(build_app())
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    import os
+
+    from gateway.serve import gunicorn_argv
+    from shared.settings import GatewaySettings
+
+    argv = gunicorn_argv(GatewaySettings())  # bad settings fail here, before gunicorn starts
+    os.execv(argv[0], argv)  # gunicorn becomes this process: signals reach it directly
 
 
 def _serve(app: Any) -> int:
@@ -315,7 +332,7 @@ def _announce(event: Any) -> None:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from trainer.promotion import promote
+    from shared.promotion import promote
 
     registry = _registry()
     if args.version not in [v.version for v in registry.versions(args.model)]:
@@ -327,7 +344,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from shared.errors import NothingToRollBack
-    from trainer.promotion import rollback
+    from shared.promotion import rollback
 
     try:
         _announce(rollback(_registry(), args.model))
@@ -360,6 +377,61 @@ def _models(args: argparse.Namespace) -> int:
                 metrics,
             )
         console.print(table)
+    return 0
+
+
+# --- batch scoring -----------------------------------------------------------------------------
+
+
+def _add_score(commands: Any) -> None:
+    score = commands.add_parser("score", help="score a Parquet file with a model's production")
+    score.add_argument("model", help="registered model name (its production version scores)")
+    score.add_argument("input", help="Parquet file inside the predictors' score roots")
+    score.add_argument("--job-id", help="job id (default: a new one)")
+    score.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    score.set_defaults(run=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    """Submit a scoring job, show its chunks as a progress bar, then a summary (1: refused)."""
+    import uuid
+
+    import redis
+    from rich.progress import MofNCompleteColumn
+
+    from shared.broker import redis_url
+    from shared.events import ParquetInput, ScoreRequested
+    from shared.jobs import JobStatus
+    from shared.settings import CommonSettings
+    from streamops.client import publish, wait_for_job
+
+    local = Path(args.input).expanduser()
+    uri = str(local.resolve()) if local.exists() else args.input
+    job_id = args.job_id or f"score-{uuid.uuid4().hex[:12]}"
+    event = ScoreRequested(job_id=job_id, model_name=args.model, input=ParquetInput(uri=uri))
+    client = redis.Redis.from_url(redis_url(CommonSettings()))
+    publish(client, event)
+    console.print(f"job {job_id}: score-requested published")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("chunks"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"waiting for a predictor ({args.model})", total=None)
+
+        def show(status: JobStatus) -> None:
+            what = f"scoring {status.rows:,} rows with {status.model_name} v{status.model_version}"
+            bar.update(task, description=what, completed=status.chunks_done, total=status.chunks)
+
+        result = wait_for_job(client, job_id, args.timeout, show)
+    if result is None:
+        err.print(f"no answer within {args.timeout:.0f}s: is a predictor running?")
+        return 3
+    if result.status == "rejected":
+        err.print(f"[red]rejected[/red] {job_id}: {result.error}")
+        return 1
+    console.print(
+        f"[green]{job_id}[/green]: {result.rows:,} rows scored by {result.model_name} "
+        f"v{result.model_version}\n  output: {result.output_uri}"
+    )
     return 0
 
 

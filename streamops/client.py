@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from shared.events import DataArrived, DataIngested, DataRejected, Event
+from shared.jobs import JobStatus, done_key, job_key, parse_status
 from shared.telemetry import progress_key
 from shared.wire import DATA_FIELD, entry_fields
 
@@ -76,3 +77,36 @@ def ingest_and_wait(client: redis.Redis, event: DataArrived, timeout: float) -> 
     after = stream_ends(client, (DataIngested.stream, DataRejected.stream))
     publish(client, event)
     return wait_for_outcome(client, event.correlation_id, after, timeout)
+
+
+# --- batch scoring -----------------------------------------------------------------------------
+
+
+def score_status(client: redis.Redis, job_id: str) -> JobStatus | None:
+    """Where scoring job `job_id` stands (see shared.jobs), or None if there is no such job."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(job_key(job_id))
+        pipe.scard(done_key(job_id))
+        fields, done = pipe.execute()
+    return parse_status(job_id, fields, int(done))
+
+
+def wait_for_job(
+    client: redis.Redis,
+    job_id: str,
+    timeout: float,
+    on_progress: Callable[[JobStatus], None] | None = None,
+    interval: float = 0.2,
+) -> JobStatus | None:
+    """The job's final status (done or rejected), or None if it did not settle in time;
+    `on_progress` gets every status seen on the way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = score_status(client, job_id)
+        if status is not None:
+            if on_progress is not None:
+                on_progress(status)
+            if status.status in ("done", "rejected"):
+                return status
+        time.sleep(interval)
+    return None

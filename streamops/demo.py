@@ -1,14 +1,20 @@
 """`make demo`: the main job, end to end, as far as it exists.
 
 Starts a local Redis and MLflow server (unless STREAMOPS_REDIS_URL / REDIS_URL and
-STREAMOPS_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI name them), the ingestor and the trainer
-as processes of their own, then, as an outside producer with a plain Redis client would:
+STREAMOPS_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI name them), the ingestor, the trainer, a
+predictor and the gateway as processes of their own (what `streamops up` starts), then:
 
-1. announces the bundled churn sample (5,000 rows, 8 broken on purpose) on `data-arrived`;
+1. announces the bundled churn sample (5,000 rows, 8 broken on purpose) on `data-arrived`,
+   as an outside producer with a plain Redis client would;
 2. watches the trainer train on it, register the model in MLflow, judge it and promote it;
-3. announces it again: the same content makes no second version, and no second training;
-4. announces a CSV with a column missing: the batch is rejected, no version;
-5. sends a message that is not an event: it lands on the dead-letter stream;
+3. asks the gateway for predictions over HTTP;
+4. announces the sample again: the same content makes no second version, and no retraining;
+5. announces a CSV with a column missing: the batch is rejected, no version;
+6. sends a message that is not an event: it lands on the dead-letter stream;
+7. uploads a second version through the gateway, watches it train and go into production
+   (promoted by hand through the gateway if the quality gate keeps the first);
+8. predicts again: the new version answers, the predictor was never restarted;
+9. scores a Parquet file through the `score-requested` stream;
 
 printing what happened after each step and where to look, then stops what it started.
 Everything it writes is under var/demo/ (wiped at the start, kept at the end).
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +40,7 @@ from rich.table import Table
 from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
 from streamops.client import ingest_and_wait
+from streamops.demo_serving import predict_step, serving
 from streamops.stack import Stack, bring_up, local_stack, wait_for
 
 console = Console()
@@ -47,17 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     with local_stack(workdir) as stack:
-        console.print("starting Redis, MLflow, the ingestor and the trainer ...")
-        running = bring_up(stack, ("ingestor", "trainer"))
+        console.print("starting Redis, MLflow, the ingestor, the trainer, a predictor, the gateway")
+        running = bring_up(stack, ("ingestor", "trainer", "predictor", "gateway"))
         url, mlflow_url = running.redis_url, running.mlflow_url
         console.print(
             f"[bold]Redis[/bold] {url}, [bold]MLflow[/bold] {mlflow_url}, "
+            f"[bold]gateway[/bold] {running.gateway_url}, "
             f"services' logs in {stack.log('ingestor').parent}"
         )
         client = redis.Redis.from_url(url)
         console.print()
-        ok = _story(client, workdir, args.timeout)
-        _where_to_look(url, mlflow_url, workdir, stack)
+        assert running.gateway_url is not None
+        with httpx.Client(base_url=running.gateway_url, timeout=30) as http:
+            ok = _story(client, http, workdir, args.timeout) and serving(
+                client, http, stack, workdir, args.timeout
+            )
+        _where_to_look(url, mlflow_url, workdir, stack, running.gateway_url)
         if ok and args.keep:
             console.print("\nall running; Ctrl-C stops everything")
             with contextlib.suppress(KeyboardInterrupt):
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
+def _story(client: redis.Redis, http: httpx.Client, workdir: Path, timeout: float) -> bool:
     store = workdir / "feature-store"
     _step(
         1,
@@ -85,8 +98,10 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
     console.print_json(first.model_dump_json())
     if not _training(client, first, timeout):
         return False
+    if not predict_step(3, http):
+        return False
 
-    _step(3, "announce the same file again (no new version, so nothing to retrain)")
+    _step(4, "announce the same file again (no new version, so nothing to retrain)")
     again = ingest_and_wait(client, DataArrived(dataset="churn", source="churn/churn.csv"), timeout)
     if not isinstance(again, DataIngested):
         return _failed(again)
@@ -96,7 +111,7 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
         f" (versions on disk: {', '.join(versions)})"
     )
 
-    _step(4, "announce a CSV whose 'plan' column is missing")
+    _step(5, "announce a CSV whose 'plan' column is missing")
     broken = workdir / "inbox" / "churn-no-plan.csv"
     _drop_column(BUNDLED_DATASETS / "churn" / "churn.csv", broken, "plan")
     rejected = ingest_and_wait(client, DataArrived(dataset="churn", source=str(broken)), timeout)
@@ -107,7 +122,7 @@ def _story(client: redis.Redis, workdir: Path, timeout: float) -> bool:
         f"{'; '.join(rejected.details)}"
     )
 
-    _step(5, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
+    _step(6, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
     before = client.xlen(dead_letter_stream("data-arrived"))
     client.xadd("data-arrived", {"__data__": b"hello"})
     wait_for(
@@ -197,10 +212,13 @@ def _failed(result: object) -> bool:
     return False
 
 
-def _where_to_look(url: str, mlflow_url: str, workdir: Path, stack: Stack) -> None:
+def _where_to_look(
+    url: str, mlflow_url: str, workdir: Path, stack: Stack, gateway_url: str | None
+) -> None:
     port = url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
     console.rule("[bold]where to look[/bold]")
     console.print(
+        f"gateway API:     {gateway_url}/docs (OpenAPI, with the churn model's real features)\n"
         f"MLflow UI:       {mlflow_url} (experiment 'churn', model 'churn'; it stops with "
         f"the demo: `make demo ARGS=--keep` keeps everything up)\n"
         f"feature store:   {workdir / 'feature-store' / 'churn'} (manifest.json, versions/)\n"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -158,11 +159,23 @@ class Running:
     redis_url: str
     mlflow_url: str
     env: dict[str, str]
+    gateway_url: str | None = None
+
+
+def gateway_port() -> int:
+    """8000 when it is free (what the README shows), else any free port."""
+    with contextlib.closing(socket.socket()) as probe:
+        try:
+            probe.bind(("127.0.0.1", 8000))
+        except OSError:
+            return free_port()
+    return 8000
 
 
 def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) -> Running:
     """Redis and MLflow (unless the environment names them) and `services` as processes, each
-    waited for until its heartbeat says it is up."""
+    waited for until it is up: a heartbeat for the stream services, `/healthz` for the
+    gateway. A service named twice runs twice (`predictor-2` is the second replica's log)."""
     import redis
 
     from shared.settings import BUNDLED_DATASETS
@@ -175,22 +188,39 @@ def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) ->
     )
     mlflow_url = mlflow_url or stack.start_mlflow()
     (workdir / "inbox").mkdir(parents=True, exist_ok=True)
+    port = gateway_port()
     env = {
         "STREAMOPS_REDIS_URL": url,
         "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
         "STREAMOPS_FEATURE_STORE_ROOT": str(workdir / "feature-store"),
         "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
+        "STREAMOPS_PREDICTOR_SCORE_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
+        "STREAMOPS_GATEWAY_PORT": str(port),
+        "STREAMOPS_GATEWAY_INBOX": str(workdir / "inbox"),
     }
     client = redis.Redis.from_url(url)
+    gateway_url = None
     for service in services:
-        stack.start_service(service, service, env)
+        name = service
+        count = 1
+        while name in stack.processes:
+            count += 1
+            name = f"{service}-{count}"
+        before = set(client.keys(f"streamops:heartbeat:{service}:*"))
+        stack.start_service(name, service, env)
+        if service == "gateway":
+            gateway_url = f"http://127.0.0.1:{port}"
+            health = f"{gateway_url}/healthz"
+            what = f"the gateway (log: {stack.log(name)})"
+            wait_for(lambda url=health: _http_ok(url), timeout, what)  # type: ignore[misc]
+            continue
 
-        def beating(name: str = service) -> bool:
-            return bool(client.keys(f"streamops:heartbeat:{name}:*"))
+        def beating(kind: str = service, known: set[Any] = before) -> bool:
+            return bool(set(client.keys(f"streamops:heartbeat:{kind}:*")) - known)
 
-        wait_for(beating, timeout, f"the {service} (log: {stack.log(service)})")
+        wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()
-    return Running(url, mlflow_url, env)
+    return Running(url, mlflow_url, env, gateway_url)
 
 
 @contextlib.contextmanager

@@ -17,10 +17,10 @@ import pyarrow.dataset as ds
 from shared.datasets import DatasetSpec, load_spec
 from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
 from shared.feature_store import FeatureStore
+from shared.promotion import PRODUCTION, promote
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
 from trainer import estimators
 from trainer.gate import Verdict, judge
-from shared.promotion import PRODUCTION, promote
 from trainer.training import Trained, evaluate, fit, training_spec
 
 log = logging.getLogger(__name__)

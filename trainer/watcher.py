@@ -13,8 +13,8 @@ id is derived from the move, so consumers drop the copies.
 from __future__ import annotations
 
 from shared.events import ModelPromoted, derived_event_id
-from shared.registry import Registry
 from shared.promotion import PRODUCTION
+from shared.registry import Registry
 
 
 def external_moves(registry: Registry, suspects: dict[str, int]) -> list[ModelPromoted]:

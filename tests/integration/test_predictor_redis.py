@@ -20,12 +20,12 @@ from predictor.service import Predictor
 from shared.datasets import load_spec
 from shared.events import DataArrived, DataIngested, ModelPromoted
 from shared.feature_store import FeatureStore
+from shared.promotion import promote
 from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, PredictorSettings
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import running
 from tests.support.waiting import eventually
-from shared.promotion import promote
 from trainer.service import train_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -11,11 +11,11 @@ from mlflow import MlflowClient
 from ingestor.service import ingest
 from shared.events import DataArrived, DataIngested
 from shared.feature_store import FeatureStore
+from shared.promotion import promote, rollback
 from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from streamops.stack import local_stack
 from tests.support.data import churn_rows, write_csv
-from shared.promotion import promote, rollback
 from trainer.service import train_for
 
 pytestmark = pytest.mark.integration

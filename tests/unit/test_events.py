@@ -70,8 +70,12 @@ def test_every_event_has_its_own_stream_and_a_dead_letter_stream() -> None:
         "data-rejected",
         "model-trained",
         "model-promoted",
+        "model-loads",
+        "predict-requests",
         "score-requested",
         "scored",
+        "score-chunks",
+        "score-rejected",
     }
     assert dead_letter_stream("data-arrived") == "data-arrived.dlq"
 

@@ -91,3 +91,21 @@ def test_nothing_in_service_is_a_named_error(churn_spec: DatasetSpec) -> None:
     assert predictor.converge() == []
     with pytest.raises(NoModelInService):
         predictor.predict("churn", example_frame(churn_spec, 1))
+
+
+def test_a_prefetched_candidate_is_swapped_in_without_loading_again(
+    shelf: ModelShelf, churn_spec: DatasetSpec
+) -> None:
+    cache = ModelCache()
+    predictor = Predictor(shelf, {"churn": churn_spec}, cache)
+    predictor.converge()
+    assert predictor.stage("churn", 2) is not None
+    assert predictor.stage("churn", 2) is None  # staged already
+    assert cache.version("churn") == 1  # staged is not served
+    loads = len(shelf.loads)
+    predictor.promoted(_promoted(2))
+    assert cache.version("churn") == 2
+    assert len(shelf.loads) == loads
+    predictor.promoted(_promoted(1))  # a rollback: the previous version is still loaded
+    assert cache.version("churn") == 1
+    assert len(shelf.loads) == loads

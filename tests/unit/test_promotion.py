@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from shared.errors import NothingToRollBack
-from shared.registry import RegisteredVersion, TrainingRecord
 from shared.promotion import promote, rollback
+from shared.registry import RegisteredVersion, TrainingRecord
 from trainer.watcher import external_moves
 
 

@@ -1,0 +1,262 @@
+"""Batch scoring without a broker: resolve the input, plan chunks, score one chunk to a part
+file, assemble the parts into the output.
+
+Every write is a temporary file renamed into place, so a chunk scored twice (a redelivery after
+a crash) rewrites the same content, and a reader never sees half a file. Scoring is vectorised:
+one model call per chunk, no per-row Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from predictor.cache import Served
+from shared.datasets import DatasetSpec, feature_frame
+from shared.errors import ChunkRefused, ScoreInputRejected, VersionNotFound
+from shared.events import FeatureStoreInput, ParquetInput, derived_event_id
+from shared.feature_store import FeatureStore
+
+_SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved file input: where it is, where its results go, how many rows it has."""
+
+    path: Path
+    output: Path
+    rows: int
+
+
+# --- resolving the input -----------------------------------------------------------------------
+
+
+def confine_parquet(uri: str, roots: Sequence[Path]) -> Path:
+    """The real path of a Parquet input, if it is a regular file inside one of `roots`
+    (symlinks and `..` resolved first). A relative path is looked up in each root in turn."""
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise ScoreInputRejected(f"file URI with a remote host is not allowed: {uri}")
+        raw = Path(unquote(parts.path))
+    elif "://" in uri:
+        raise ScoreInputRejected(f"a Parquet input must be a local path or file:// URI: {uri!r}")
+    else:
+        raw = Path(uri).expanduser()
+    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        real = candidate.resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            continue
+        if real.is_file():
+            return real
+        raise ScoreInputRejected(f"{uri}: no such file")
+    shown = ", ".join(str(r) for r in roots) or "(none configured)"
+    raise ScoreInputRejected(f"{uri} is outside the score roots ({shown})")
+
+
+def check_chunk_paths(input_path: Path, output: Path, roots: Sequence[Path]) -> None:
+    """Chunk entries travel on a stream anyone with Redis access can write: their paths are
+    checked again (the input inside a root, the output beside it or under the store's root)."""
+    real_input, real_output = input_path.resolve(), output.resolve()
+    if not any(real_input.is_relative_to(root) for root in roots):
+        raise ChunkRefused(f"input {input_path} is outside the allowed roots")
+    if not any(real_output.is_relative_to(root) for root in roots):
+        raise ChunkRefused(f"output {output} is outside the allowed roots")
+
+
+def scored_path(path: Path) -> Path:
+    """`x.parquet` → `x.scored.parquet`, beside it."""
+    return path.with_name(f"{path.stem}.scored.parquet")
+
+
+def resolve(
+    job_id: str,
+    source: ParquetInput | FeatureStoreInput,
+    roots: Sequence[Path],
+    store: FeatureStore,
+) -> tuple[Path, Path]:
+    """(input file, output file) of a job; ScoreInputRejected when the input may not be read."""
+    if isinstance(source, ParquetInput):
+        path = confine_parquet(source.uri, roots)
+        return path, scored_path(path)
+    if not _SAFE_JOB_ID.match(job_id):
+        raise ScoreInputRejected(f"job id {job_id!r} cannot name a file (letters, digits, ._-)")
+    try:
+        version = source.version or store.latest(source.dataset).version
+        info = store.get(source.dataset, version)
+    except VersionNotFound as exc:
+        raise ScoreInputRejected(str(exc)) from exc
+    output = store.root / "scores" / source.dataset / f"version={version}" / f"{job_id}.parquet"
+    return Path(info.path) / "data.parquet", output
+
+
+def inspect(path: Path, output: Path, spec: DatasetSpec) -> Source:
+    """Check the file has every feature column and at least one row (footer only)."""
+    try:
+        meta = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ScoreInputRejected(f"{path} is not a readable Parquet file: {exc}") from exc
+    missing = [c.name for c in spec.feature_columns if c.name not in meta.schema_arrow.names]
+    if missing:
+        raise ScoreInputRejected(f"{path} lacks feature columns {missing}")
+    if meta.metadata.num_rows == 0:
+        raise ScoreInputRejected(f"{path} has no rows")
+    return Source(path, output, meta.metadata.num_rows)
+
+
+# --- planning and reading ----------------------------------------------------------------------
+
+
+def plan_chunks(rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of at most `chunk_rows`, covering `rows` in order."""
+    return [(start, min(start + chunk_rows, rows)) for start in range(0, rows, chunk_rows)]
+
+
+def read_range(path: Path, start: int, stop: int, columns: Sequence[str]) -> pa.Table:
+    """Rows [start, stop) of `columns`: only the row groups overlapping the range are read."""
+    parquet = pq.ParquetFile(path)
+    groups: list[int] = []
+    first_row: int | None = None
+    offset = 0
+    for index in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(index).num_rows
+        if offset < stop and offset + size > start:
+            groups.append(index)
+            first_row = offset if first_row is None else first_row
+        offset += size
+    table = parquet.read_row_groups(groups, columns=list(columns))
+    return table.slice(start - (first_row or 0), stop - start)
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def predictions_table(served: Served, features: pd.DataFrame, first_row: int) -> pa.Table:
+    """`row`, `prediction`, `model_version` and, for classifiers, `probability_<class>`.
+
+    For a classifier the prediction is the most probable class, taken from the one
+    `predict_proba` call (scikit-learn's own `predict` does exactly that for its forests,
+    boosting and linear models): one pass over the trees instead of two.
+    """
+    count = len(features)
+    columns: dict[str, Any] = {"row": np.arange(first_row, first_row + count, dtype=np.int64)}
+    if served.classes is not None and hasattr(served.model, "predict_proba"):
+        proba = np.asarray(served.model.predict_proba(features))
+        columns["prediction"] = np.asarray(served.classes)[np.argmax(proba, axis=1)]
+        columns["model_version"] = np.full(count, served.version, dtype=np.int64)
+        for index, label in enumerate(served.classes):
+            columns[f"probability_{label}"] = proba[:, index]
+    else:
+        columns["prediction"] = np.asarray(served.model.predict(features))
+        columns["model_version"] = np.full(count, served.version, dtype=np.int64)
+    return pa.table(columns)
+
+
+def score_chunk(
+    served: Served, spec: DatasetSpec, path: Path, rows: tuple[int, int], part: Path
+) -> int:
+    """Score rows [start, stop) of `path` into the part file `part`; the rows written."""
+    start, stop = rows
+    names = [c.name for c in spec.feature_columns]
+    frame = read_range(path, start, stop, names).to_pandas()
+    table = predictions_table(served, feature_frame(spec, frame), start)
+    write_atomic(table, part)
+    return int(table.num_rows)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: all of it or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- parts and assembly ------------------------------------------------------------------------
+
+
+def parts_dir(output: Path, job_id: str) -> Path:
+    """Where a job's part files wait to be assembled: hidden, beside the output, per job (two
+    jobs on the same input do not mix their parts)."""
+    token = derived_event_id("score-parts", job_id).hex[:16]
+    return output.with_name(f".{output.name}.{token}.parts")
+
+
+def part_path(output: Path, job_id: str, chunk: int) -> Path:
+    return parts_dir(output, job_id) / f"chunk-{chunk:06d}.parquet"
+
+
+def assemble(output: Path, job_id: str, chunks: int) -> int:
+    """Concatenate the job's parts in chunk order into `output` (atomically); the rows.
+
+    Streams part by part, so memory holds one chunk, not the whole result.
+    """
+    parts = [part_path(output, job_id, chunk) for chunk in range(chunks)]
+    schema = pq.read_schema(parts[0])
+    tmp = output.with_name(f".{output.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:
+                table = pq.read_table(part)
+                writer.write_table(table)
+                rows += table.num_rows
+        _fsync(tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+def remove_parts(output: Path, job_id: str) -> None:
+    shutil.rmtree(parts_dir(output, job_id), ignore_errors=True)
+
+
+# --- inline rows -------------------------------------------------------------------------------
+
+
+def score_rows(
+    served: Served, spec: DatasetSpec, rows: Sequence[dict[str, Any]], limit: int
+) -> list[Any]:
+    """One prediction per row, in order, from one model call; ScoreInputRejected when there are
+    too many rows or they lack feature columns or do not fit the model."""
+    if len(rows) > limit:
+        raise ScoreInputRejected(f"{len(rows)} inline rows, at most {limit}: send a file")
+    frame = pd.DataFrame(list(rows))
+    missing = [c.name for c in spec.feature_columns if c.name not in frame.columns]
+    if missing:
+        raise ScoreInputRejected(f"rows lack feature columns {missing}")
+    if frame.empty:
+        return []
+    try:
+        table = predictions_table(served, feature_frame(spec, frame), 0)
+    except (ValueError, TypeError) as exc:
+        raise ScoreInputRejected(f"rows do not fit the model: {exc}") from exc
+    predictions: list[Any] = table.column("prediction").to_pylist()
+    return predictions

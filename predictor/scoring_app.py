@@ -1,0 +1,269 @@
+"""Batch scoring on the predictor replicas: `score-requested` and `score-chunks` (group
+`predictor`) → part files → one output → `scored`, or `score-rejected`.
+
+Handlers are thin: they parse, call the plain functions of predictor/scoring.py in a thread
+(CPU and disk work off the event loop, so leases keep being renewed), and publish the next
+event. Both streams go through shared.delivery: acked only after the effect is durable,
+reclaimed from a dead replica after its lease, dead-lettered after too many failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import redis.asyncio as aioredis
+from faststream.redis import RedisBroker
+from faststream.redis.publisher.usecase import StreamPublisher
+
+from predictor import scoring
+from predictor.cache import Served
+from predictor.scoring_jobs import ChunkLedger, JobBook
+from predictor.service import Predictor
+from shared.broker import ensure_group
+from shared.delivery import Delivery, RedisLedger, subscribe
+from shared.errors import ScoreInputRejected
+from shared.events import (
+    ScoreChunkRequested,
+    Scored,
+    ScoreRejected,
+    ScoreRequested,
+    derived_event_id,
+)
+from shared.feature_store import FeatureStore
+from shared.settings import PredictorSettings
+
+if TYPE_CHECKING:
+    from predictor.app import Replica
+
+GROUP = "predictor"
+SETTLED = ("done", "rejected")
+log = logging.getLogger(__name__)
+
+
+def scored_event_id(job_id: str) -> Any:
+    """The `scored` event of a job always has this id: a retried assembly publishes a copy
+    consumers can drop."""
+    return derived_event_id("scored", job_id)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    replica: Replica
+    settings: PredictorSettings
+    jobs: JobBook
+    scored: StreamPublisher
+    rejected: StreamPublisher
+
+    @property
+    def predictor(self) -> Predictor:
+        assert self.replica.predictor is not None  # set by Replica.start, before subscribers
+        return self.replica.predictor
+
+    # --- score-requested ---------------------------------------------------------------------
+
+    async def on_requested(self, event: ScoreRequested) -> None:
+        if await self.jobs.exists(event.job_id):  # planned (or refused) by an earlier delivery
+            return
+        try:
+            if event.rows is not None:
+                await self._score_inline(event)
+            else:
+                await self._plan(event)
+        except ScoreInputRejected as exc:
+            await self._reject(event, str(exc))
+
+    def _live(self, name: str) -> Served:
+        if name not in self.predictor.specs:
+            raise ScoreInputRejected(f"unknown model {name!r}")
+        if self.predictor.cache.version(name) is None:
+            raise ScoreInputRejected(f"no version of model {name!r} is in service")
+        return self.predictor.cache.get(name)
+
+    async def _score_inline(self, event: ScoreRequested) -> None:
+        assert event.rows is not None
+        served = self._live(event.model_name)
+        spec = self.predictor.specs[event.model_name]
+        work = functools.partial(
+            scoring.score_rows, served, spec, event.rows, self.settings.max_inline_rows
+        )
+        predictions = await anyio.to_thread.run_sync(work)
+        await self.scored.publish(
+            Scored(
+                event_id=scored_event_id(event.job_id),
+                correlation_id=event.correlation_id,
+                job_id=event.job_id,
+                model_name=event.model_name,
+                model_version=served.version,
+                rows=len(predictions),
+                predictions=tuple(predictions),
+            )
+        )
+        await self.jobs.record(
+            {
+                "job_id": event.job_id,
+                "status": "done",
+                "model_name": event.model_name,
+                "model_version": served.version,
+                "rows": len(predictions),
+            }
+        )
+
+    async def _plan(self, event: ScoreRequested) -> None:
+        assert event.input is not None
+        served = self._live(event.model_name)  # the version pinned for every chunk
+        spec = self.predictor.specs[event.model_name]
+        store = FeatureStore(self.settings.common.feature_store_root)
+
+        def inspect() -> scoring.Source:
+            assert event.input is not None
+            path, output = scoring.resolve(
+                event.job_id, event.input, self.settings.score_roots, store
+            )
+            return scoring.inspect(path, output, spec)
+
+        source = await anyio.to_thread.run_sync(inspect)
+        ranges = scoring.plan_chunks(source.rows, self.settings.score_chunk_rows)
+        chunks = [
+            ScoreChunkRequested(
+                event_id=derived_event_id("score-chunk", event.job_id, index),
+                correlation_id=event.correlation_id,
+                job_id=event.job_id,
+                model_name=event.model_name,
+                model_version=served.version,
+                chunk=index,
+                chunks=len(ranges),
+                start=start,
+                stop=stop,
+                input_path=str(source.path),
+                output_path=str(source.output),
+            )
+            for index, (start, stop) in enumerate(ranges)
+        ]
+        plan = {
+            "job_id": event.job_id,
+            "model_name": event.model_name,
+            "model_version": served.version,
+            "rows": source.rows,
+            "chunks": len(chunks),
+            "input_uri": str(source.path),
+        }
+        if await self.jobs.plan(plan, chunks):
+            log.info(
+                "job %s: %d rows in %d chunks, %s v%d",
+                event.job_id,
+                source.rows,
+                len(chunks),
+                event.model_name,
+                served.version,
+            )
+
+    async def _reject(self, event: ScoreRequested, reason: str) -> None:
+        log.warning("job %s refused: %s", event.job_id, reason)
+        await self.rejected.publish(
+            ScoreRejected(
+                event_id=derived_event_id("score-rejected", event.job_id),
+                correlation_id=event.correlation_id,
+                job_id=event.job_id,
+                model_name=event.model_name,
+                reason=reason,
+            )
+        )
+        await self.jobs.record(
+            {
+                "job_id": event.job_id,
+                "status": "rejected",
+                "model_name": event.model_name,
+                "error": reason,
+            }
+        )
+
+    # --- score-chunks ------------------------------------------------------------------------
+
+    async def on_chunk(self, chunk: ScoreChunkRequested) -> None:
+        if await self.jobs.status(chunk.job_id) in SETTLED:  # a copy, or the job failed
+            return
+        output = Path(chunk.output_path)
+        roots = [*self.settings.score_roots, self.settings.common.feature_store_root]
+        scoring.check_chunk_paths(Path(chunk.input_path), output, roots)
+        served = await anyio.to_thread.run_sync(
+            self.predictor.model_for, chunk.model_name, chunk.model_version
+        )
+        work = functools.partial(
+            scoring.score_chunk,
+            served,
+            self.predictor.specs[chunk.model_name],
+            Path(chunk.input_path),
+            (chunk.start, chunk.stop),
+            scoring.part_path(output, chunk.job_id, chunk.chunk),
+        )
+        await anyio.to_thread.run_sync(work)
+        done, status = await self.jobs.chunk_done(chunk.job_id, chunk.chunk)
+        if done >= chunk.chunks and status not in SETTLED:
+            await self._finish(chunk, output)
+
+    async def _finish(self, chunk: ScoreChunkRequested, output: Path) -> None:
+        """Assemble, publish, mark done, tidy up: in that order, so a crash anywhere is repaired
+        by the chunk's redelivery (the parts stay until the job is marked done)."""
+        work = functools.partial(scoring.assemble, output, chunk.job_id, chunk.chunks)
+        rows = await anyio.to_thread.run_sync(work)
+        await self.scored.publish(
+            Scored(
+                event_id=scored_event_id(chunk.job_id),
+                correlation_id=chunk.correlation_id,
+                job_id=chunk.job_id,
+                model_name=chunk.model_name,
+                model_version=chunk.model_version,
+                rows=rows,
+                output_uri=str(output),
+            )
+        )
+        await self.jobs.finish(chunk.job_id, str(output))
+        await anyio.to_thread.run_sync(scoring.remove_parts, output, chunk.job_id)
+        log.info("job %s done: %d rows in %s", chunk.job_id, rows, output)
+
+
+def wire_scoring(
+    broker: RedisBroker,
+    replica: Replica,
+    client: aioredis.Redis,
+    settings: PredictorSettings,
+) -> Callable[[], Awaitable[None]]:
+    """Register batch scoring's subscribers and publishers on `broker`; returns the start-up
+    hook that creates the consumer groups (run it before the broker starts)."""
+    common = settings.common
+    scored = broker.publisher(stream=Scored.stream, schema=Scored, description=Scored.__doc__)
+    rejected = broker.publisher(
+        stream=ScoreRejected.stream, schema=ScoreRejected, description=ScoreRejected.__doc__
+    )
+    # Documented only: chunks are XADDed with the job's hash, in one MULTI (predictor/scoring_jobs).
+    broker.publisher(
+        stream=ScoreChunkRequested.stream,
+        schema=ScoreChunkRequested,
+        description=ScoreChunkRequested.__doc__,
+    )
+    jobs = JobBook(client, common.done_ttl_s)
+    scorer = Scorer(replica, settings, jobs, scored, rejected)
+    handlers: list[tuple[Any, Callable[[Any], Awaitable[None]]]] = [
+        (ScoreRequested, scorer.on_requested),
+        (ScoreChunkRequested, scorer.on_chunk),
+    ]
+    for event_type, work in handlers:
+        args = (client, event_type.stream, GROUP, common.consumer_name, common.done_ttl_s)
+        # A chunk given up on fails its job; a request given up on has no job yet.
+        ledger = (
+            ChunkLedger(*args, jobs) if event_type is ScoreChunkRequested else RedisLedger(*args)
+        )
+        delivery = Delivery(ledger, event_type.stream, GROUP, common.consumer_name, common)
+        subscribe(broker, delivery, event_type, work)
+
+    async def create_groups() -> None:
+        for event_type, _ in handlers:
+            await ensure_group(client, event_type.stream, GROUP)
+
+    return create_groups

@@ -1,0 +1,122 @@
+"""A scoring job's state in Redis, written by the predictor replicas (layout: shared/jobs.py).
+
+- Planning creates the job hash and XADDs every chunk entry in one MULTI, only if the hash does
+  not exist yet (WATCH): a redelivered `score-requested` never makes a second set of chunks.
+- A written chunk is SADDed to the job's done set; the set's size says whether the job is
+  complete, whoever's SADD it was, so a chunk retried after its replica died still finishes
+  the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from shared.delivery import RedisLedger
+from shared.events import ScoreChunkRequested, ScoreRejected, derived_event_id
+from shared.jobs import done_key, job_key
+from shared.wire import DATA_FIELD, entry_fields
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class JobBook:
+    client: aioredis.Redis
+    ttl_s: int
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.client.exists(job_key(job_id)))
+
+    async def status(self, job_id: str) -> str | None:
+        value: Any = await self.client.hget(job_key(job_id), "status")
+        return None if value is None else _text(value)
+
+    async def plan(self, fields: dict[str, Any], chunks: list[ScoreChunkRequested]) -> bool:
+        """Create the job and queue its chunks, atomically; False when the job already exists."""
+        key = job_key(chunks[0].job_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.exists(key):
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                job: Any = {**fields, "status": "planned", "updated_at": _now()}
+                pipe.hset(key, mapping=job)
+                pipe.expire(key, self.ttl_s)
+                for chunk in chunks:
+                    pipe.xadd(chunk.stream, entry_fields(chunk))  # type: ignore[arg-type]
+                await pipe.execute()
+            except WatchError:  # another replica planned it between WATCH and EXEC
+                return False
+        return True
+
+    async def record(self, fields: dict[str, Any]) -> None:
+        """Write a finished or rejected job (one without chunks) in one go."""
+        key = job_key(str(fields["job_id"]))
+        async with self.client.pipeline(transaction=True) as pipe:
+            job: Any = {**fields, "updated_at": _now()}
+            pipe.hset(key, mapping=job)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def chunk_done(self, job_id: str, chunk: int) -> tuple[int, str | None]:
+        """Record chunk `chunk` as written: (chunks done so far, the job's status)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(done_key(job_id), chunk)
+            pipe.expire(done_key(job_id), self.ttl_s)
+            pipe.scard(done_key(job_id))
+            pipe.hget(job_key(job_id), "status")
+            pipe.hset(job_key(job_id), "updated_at", _now())
+            _, _, count, status, _ = await pipe.execute()
+        return int(count), None if status is None else _text(status)
+
+    async def fail(self, chunk: ScoreChunkRequested, reason: str) -> None:
+        """Mark the job rejected and publish `score-rejected` (same id as a refusal would have:
+        one job, one rejection), in one MULTI."""
+        event = ScoreRejected(
+            event_id=derived_event_id("score-rejected", chunk.job_id),
+            correlation_id=chunk.correlation_id,
+            job_id=chunk.job_id,
+            model_name=chunk.model_name,
+            reason=reason,
+        )
+        fields: Any = {"status": "rejected", "error": reason, "updated_at": _now()}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
+            pipe.hset(job_key(chunk.job_id), mapping=fields)
+            await pipe.execute()
+
+    async def finish(self, job_id: str, output_uri: str) -> None:
+        await self.client.hset(
+            job_key(job_id),
+            mapping={"status": "done", "output_uri": output_uri, "updated_at": _now()},
+        )
+
+
+@dataclass(frozen=True)
+class ChunkLedger(RedisLedger):
+    """The ledger of `score-chunks`: a chunk given up on (dead-lettered) fails its job, marked
+    rejected with `score-rejected` published, so nobody waits for it forever."""
+
+    jobs: JobBook | None = None
+
+    async def dead_letter(self, message_id: str, letter: dict[str, Any]) -> None:
+        await super().dead_letter(message_id, letter)
+        try:
+            chunk = ScoreChunkRequested.model_validate_json(letter["payload"][DATA_FIELD])
+        except (KeyError, ValueError):  # not even a chunk: there is no job to fail
+            return
+        if self.jobs is not None:
+            reason = f"chunk {chunk.chunk} failed: {letter['reason']}"
+            await self.jobs.fail(chunk, reason)

@@ -1,0 +1,263 @@
+"""Serving, with every service a process of its own (ingestor, trainer, two predictor replicas,
+the gateway under gunicorn) against a real Redis and a real MLflow server.
+
+One stack for the module, the tests in order: the first trains and promotes v1 through the
+streams, the next promote v2 (trained, refused by the gate, prefetched, timed) and v3
+(registered straight into MLflow, under load), the last a corrupt v4.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from mlflow import MlflowClient
+
+from shared.datasets import load_spec
+from shared.settings import BUNDLED_DATASETS
+from streamops.stack import Running, Stack, bring_up
+from tests.support.data import churn_rows, write_csv
+from tests.support.models import churn_features, fit_model, register
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "support_calls": 2,
+    "usage_gb": 10.0,
+    "satisfaction": 3.5,
+    "plan": "basic",
+    "autopay": True,
+}
+
+
+@dataclass
+class World:
+    stack: Stack
+    running: Running
+    redis: redis.Redis
+    http: httpx.Client
+    model: str
+    datasets: Path
+    mlflow_url: str
+
+    def events(self, stream: str) -> list[dict[str, Any]]:
+        entries: Any = self.redis.xrange(stream)
+        return [json.loads(fields[b"__data__"]) for _, fields in entries]
+
+    def predict(self) -> httpx.Response:
+        return self.http.post(f"/v1/models/{self.model}/predict", json={"rows": [ROW]})
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, mlflow_url: str
+) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("serving")
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    model = f"churn-serve-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = model
+    (workdir / "datasets" / "churn").mkdir(parents=True)
+    (workdir / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STREAMOPS_REDIS_URL", redis_url)
+        env.setenv("STREAMOPS_MLFLOW_TRACKING_URI", mlflow_url)
+        env.setenv("STREAMOPS_DATASETS_DIR", str(workdir / "datasets"))
+        env.setenv("STREAMOPS_CLAIM_INTERVAL_MS", "200")
+        stack = Stack(workdir)
+        try:
+            services = ("ingestor", "trainer", "predictor", "predictor", "gateway")
+            running = bring_up(stack, services)
+            assert running.gateway_url is not None
+            with httpx.Client(base_url=running.gateway_url, timeout=30) as http:
+                yield World(stack, running, client, http, model, workdir / "datasets", mlflow_url)
+        finally:
+            stack.stop()
+            client.close()
+
+
+def test_ingest_train_promote_then_predict_over_http(world: World) -> None:
+    csv = (BUNDLED_DATASETS / "churn" / "churn.csv").read_bytes()
+    accepted = world.http.post(
+        "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
+    )
+    assert accepted.status_code == 202, accepted.text
+    flow = accepted.json()["correlation_id"]
+
+    def promoted() -> list[dict[str, Any]]:
+        return [e for e in world.events("model-promoted") if e["correlation_id"] == flow]
+
+    (event,) = wait_until(promoted, timeout=240, what="model-promoted for the upload")
+    assert event["model_name"] == world.model
+    assert event["version"] == 1
+
+    def both_serve_v1() -> bool:
+        ready = world.http.get("/readyz").json()
+        versions = [m.get(world.model) for m in ready["predictors"].values()]
+        return versions == [1, 1]
+
+    wait_until(both_serve_v1, timeout=30, what="both replicas serving v1")
+    answer = world.predict()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == 1
+    assert answer.headers["X-Model-Version"] == "1"
+    assert answer.json()["predictions"][0] in (0, 1)
+
+
+def test_a_promotion_is_served_by_every_replica_within_a_second(world: World) -> None:
+    # A second version through the streams, with labels shuffled: the gate refuses it, and
+    # it waits for a person to promote it. Meanwhile every replica has loaded it (prefetch).
+    rows = churn_rows(3000, seed=11)
+    labels = [r["churned"] for r in rows]
+    random.Random(5).shuffle(labels)
+    csv = world.stack.workdir / "inbox" / "shuffled.csv"
+    write_csv(csv, [{**r, "churned": label} for r, label in zip(rows, labels, strict=True)])
+    accepted = world.http.post(
+        "/v1/datasets/churn/ingest", content=csv.read_bytes(), headers={"Content-Type": "text/csv"}
+    )
+    flow = accepted.json()["correlation_id"]
+
+    def trained() -> list[dict[str, Any]]:
+        return [e for e in world.events("model-trained") if e["correlation_id"] == flow]
+
+    (candidate,) = wait_until(trained, timeout=240, what="model-trained for the upload")
+    assert candidate["model_version"] == 2
+    assert not candidate["gate_passed"]
+
+    def prefetched() -> set[str]:
+        loads = world.events("model-loads")
+        return {e["replica"] for e in loads if e["version"] == 2 and e["trigger"] == "prefetch"}
+
+    wait_until(lambda: len(prefetched()) == 2, timeout=60, what="both replicas prefetching v2")
+    assert _serving(world) == {1}
+    done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": 2})
+    assert done.status_code == 200, done.text
+    promoted_id = done.json()["event_id"]
+    wait_until(lambda: _serving(world) == {2}, timeout=30, what="v2 everywhere")
+
+    (event,) = [e for e in world.events("model-promoted") if e["event_id"] == promoted_id]
+    at = datetime.fromisoformat(event["occurred_at"])
+    loads = [
+        e
+        for e in world.events("model-loads")
+        if e["version"] == 2 and e["trigger"] == "promotion" and e["loaded"]
+    ]
+    assert len({e["replica"] for e in loads}) == 2
+    lags = [(datetime.fromisoformat(e["occurred_at"]) - at).total_seconds() for e in loads]
+    assert max(lags) < 1.0, lags
+    assert world.predict().headers["X-Model-Version"] == "2"
+
+
+def test_no_request_fails_while_a_promotion_happens_under_load(world: World) -> None:
+    # Registered straight into MLflow: no model-trained, so no prefetch: a real load happens
+    # while the replicas serve.
+    spec = load_spec(world.datasets, "churn")
+    model = fit_model(spec, churn_features(3000, seed=8))
+    assert register(world.mlflow_url, spec, model, production=False) == 3
+    load = Load(world)
+    load.start()
+    try:
+        wait_until(lambda: load.count > 50, timeout=30, what="traffic flowing")
+        done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": 3})
+        assert done.status_code == 200, done.text
+        wait_until(lambda: _serving(world) == {3}, timeout=30, what="v3 everywhere")
+        seen = load.count
+        wait_until(lambda: load.count > seen + 50, timeout=30, what="traffic after the swap")
+    finally:
+        load.stop()
+
+    assert load.failures == []
+    for replica, versions in load.by_replica.items():  # never back to v2 once on v3
+        assert versions == sorted(versions), replica
+    assert len(load.by_replica) == 2  # both replicas took a share
+    assert {v for vs in load.by_replica.values() for v in vs} == {2, 3}
+
+
+def test_a_corrupt_promotion_keeps_the_old_version_serving(world: World) -> None:
+    mlflow = MlflowClient(tracking_uri=world.mlflow_url)
+    run_id = mlflow.get_model_version(world.model, "1").run_id
+    broken = mlflow.create_model_version(
+        world.model, source=f"runs:/{run_id}/no-such-model", run_id=run_id
+    )
+    done = world.http.post(
+        f"/v1/models/{world.model}/promote", json={"version": int(broken.version)}
+    )
+    assert done.status_code == 200, done.text
+
+    def refusals() -> list[dict[str, Any]]:
+        found = [
+            e
+            for e in world.events("model-loads")
+            if e["version"] == int(broken.version) and not e["loaded"]
+        ]
+        return found if len({e["replica"] for e in found}) == 2 else []
+
+    refused = wait_until(refusals, timeout=60, what="both replicas refusing the corrupt version")
+    assert all(e["serving"] == 3 for e in refused)
+    assert all("cannot load" in e["reason"] for e in refused)
+    for _ in range(10):
+        answer = world.predict()
+        assert answer.status_code == 200
+        assert answer.headers["X-Model-Version"] == "3"
+
+
+def _serving(world: World) -> set[int | None]:
+    ready = world.http.get("/readyz").json()
+    return {models.get(world.model) for models in ready["predictors"].values()}
+
+
+class Load:
+    """Constant concurrent traffic from threads, recording every answer."""
+
+    def __init__(self, world: World, threads: int = 6) -> None:
+        self.url = f"{world.running.gateway_url}/v1/models/{world.model}/predict"
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.count = 0
+        self.failures: list[str] = []
+        self.by_replica: dict[str, list[int]] = {}
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    answer = http.post(self.url, json={"rows": [ROW]})
+                except httpx.HTTPError as exc:
+                    self._record(None, f"{type(exc).__name__}: {exc}", started)
+                    continue
+                self._record(answer, None, started)
+
+    def _record(self, answer: httpx.Response | None, error: str | None, started: float) -> None:
+        with self.lock:
+            self.count += 1
+            if answer is None or answer.status_code != 200:
+                self.failures.append(error or f"{answer.status_code}: {answer.text}")  # type: ignore[union-attr]
+                return
+            replica = answer.headers["X-Served-By"]
+            self.by_replica.setdefault(replica, []).append(int(answer.headers["X-Model-Version"]))
