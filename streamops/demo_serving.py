@@ -7,6 +7,7 @@ import importlib.util
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,34 @@ def serving(
         return False
     if not predict_step(8, http):
         return False
-    loads = [e for e in _events(client, "model-loads") if e["loaded"]]
-    newest = loads[-1]
     same = stack.processes["predictor"].pid == pid and stack.processes["predictor"].poll() is None
     console.print(
-        f"-> the predictor (pid {pid}, {'never restarted' if same else 'RESTARTED'}) swapped "
-        f"v{newest['version']} in {newest['seconds']:.2f} s after its model-promoted event"
+        f"-> the predictor (pid {pid}) was {'never' if same else 'RESTARTED, not'} restarted"
     )
+    _swap_timing(client)
     return _score_step(client, workdir, timeout)
+
+
+def _swap_timing(client: redis.Redis) -> None:
+    """How long after its promotion the new version answered, from the events."""
+    promoted = _events(client, "model-promoted")[-1]
+    loads = [e for e in _events(client, "model-loads") if e["version"] == promoted["version"]]
+    swap = next((e for e in loads if e["trigger"] == "promotion" and e["loaded"]), None)
+    if swap is None:
+        return
+    lag = datetime.fromisoformat(swap["occurred_at"]) - datetime.fromisoformat(
+        promoted["occurred_at"]
+    )
+    prefetch = next((e for e in loads if e["trigger"] == "prefetch" and e["loaded"]), None)
+    how = (
+        f"it had loaded it in {prefetch['seconds']:.2f} s when model-trained arrived"
+        if prefetch
+        else f"loading took {swap['seconds']:.2f} s"
+    )
+    console.print(
+        f"   v{promoted['version']} served {lag.total_seconds():.2f} s after its model-promoted "
+        f"event ({how}; see `XRANGE model-loads - +`)"
+    )
 
 
 def _second_version(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -51,10 +52,16 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         for service in ("ingestor", "trainer", "predictor"):
             assert client.keys(f"streamops:heartbeat:{service}:*"), service
         assert re.search(r"MLflow UI:\s+http://127\.0\.0\.1:\d+", text)
+        gateway = re.search(r"gateway:\s+(http://127\.0\.0\.1:\d+)", text)
+        assert gateway is not None, text
+        assert httpx.get(f"{gateway.group(1)}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{gateway.group(1)}/readyz").status_code == 503  # no model yet
         port = int(url.group(1).rsplit(":", 1)[1].split("/")[0])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
         assert not redis_answers(port)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{gateway.group(1)}/healthz")
     finally:
         if proc.poll() is None:
             proc.kill()
