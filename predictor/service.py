@@ -44,7 +44,6 @@ class Predictor:
         self.cache = cache
         # Versions loaded for batch jobs pinned to a version no longer live nor previous.
         self._pinned: dict[tuple[str, int], Served] = {}
-        self._pinned_lock = threading.Lock()
         # Candidates loaded ahead of their promotion (one per model), so a promotion is a swap.
         self._staged: dict[str, Served] = {}
         # One load at a time per version: a promotion arriving while its version is being
@@ -86,7 +85,7 @@ class Predictor:
 
     def model_for(self, name: str, version: int) -> Served:
         """Version `version` of `name`, for a batch job pinned to it: the live one, the previous
-        one, or loaded here (the last two such loads are kept). Blocking: call from a thread.
+        one, the staged candidate, or loaded here (the last two such loads are kept). Blocking: call from a thread.
         NoModelInService when this replica does not serve `name`; ModelLoadFailed."""
         spec = self.specs.get(name)
         if spec is None:
@@ -98,7 +97,10 @@ class Predictor:
         previous = self.cache.previous(name)
         if previous is not None and previous.version == version:
             return previous
-        with self._pinned_lock:  # one load per version, even with two chunks in flight
+        staged = self._staged.get(name)
+        if staged is not None and staged.version == version:
+            return staged
+        with self._lock_for(name, version):  # one load per version, whoever asks
             served = self._pinned.get((name, version))
             if served is None:
                 served = load(self.registry, spec, version)
