@@ -84,9 +84,10 @@ class Predictor:
         return predict_with(served, features)
 
     def model_for(self, name: str, version: int) -> Served:
-        """Version `version` of `name`, for a batch job pinned to it: the live one, the previous
-        one, the staged candidate, or loaded here (the last two such loads are kept). Blocking: call from a thread.
-        NoModelInService when this replica does not serve `name`; ModelLoadFailed."""
+        """Version `version` of `name`, for a batch job pinned to it: the live one, the
+        previous one, the staged candidate, or loaded here (the last two such loads are kept).
+        Blocking: call from a thread. NoModelInService when this replica does not serve
+        `name`; ModelLoadFailed."""
         spec = self.specs.get(name)
         if spec is None:
             raise NoModelInService(f"this replica does not serve model {name!r}")
