@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from shared.broker import redis_url
 from shared.datasets import parse_spec
 from shared.errors import ConfigError
-from shared.settings import CommonSettings, IngestorSettings
+from shared.settings import CommonSettings, GatewaySettings, IngestorSettings, PredictorSettings
 
 
 def test_environment_variables_set_the_values(
@@ -77,3 +77,25 @@ def test_a_separate_password_goes_into_the_url() -> None:
 def test_bad_dataset_specs_are_refused_with_the_reason(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_spec(text)
+
+
+def test_the_gateway_refuses_production_without_an_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMOPS_GATEWAY_ENVIRONMENT", "production")
+    with pytest.raises(ValidationError, match="STREAMOPS_GATEWAY_API_KEY"):
+        GatewaySettings()
+    monkeypatch.setenv("STREAMOPS_GATEWAY_API_KEY", "s3cret")
+    settings = GatewaySettings()
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_serving_limits_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMOPS_GATEWAY_BATCH_ROWS", "0")
+    with pytest.raises(ValidationError, match="batch_rows"):
+        GatewaySettings()
+    monkeypatch.setenv("STREAMOPS_PREDICTOR_THREADS", "0")
+    with pytest.raises(ValidationError, match="threads"):
+        PredictorSettings()
