@@ -23,7 +23,6 @@ from gateway.limits import BodyLimit
 from shared.broker import redis_client
 from shared.datasets import DatasetSpec, load_spec
 from shared.errors import (
-    ConfigError,
     InvalidRows,
     JobNotFound,
     ModelNotFound,
@@ -119,4 +118,3 @@ def _error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(StreamopsError, named)
-    app.add_exception_handler(ConfigError, named)

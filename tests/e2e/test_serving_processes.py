@@ -79,6 +79,8 @@ def world(
         env.setenv("STREAMOPS_MLFLOW_TRACKING_URI", mlflow_url)
         env.setenv("STREAMOPS_DATASETS_DIR", str(workdir / "datasets"))
         env.setenv("STREAMOPS_CLAIM_INTERVAL_MS", "200")
+        # Two gateway workers: each coalesces and gets its answers on its own channel.
+        env.setenv("STREAMOPS_GATEWAY_WORKERS", "2")
         stack = Stack(workdir)
         try:
             services = ("ingestor", "trainer", "predictor", "predictor", "gateway")
@@ -182,10 +184,13 @@ def test_no_request_fails_while_a_promotion_happens_under_load(world: World) -> 
         load.stop()
 
     assert load.failures == []
-    for replica, versions in load.by_replica.items():  # never back to v2 once on v3
-        assert versions == sorted(versions), replica
     assert len(load.by_replica) == 2  # both replicas took a share
-    assert {v for vs in load.by_replica.values() for v in vs} == {2, 3}
+    for replica, answers in load.by_replica.items():
+        assert {version for _, _, version in answers} == {2, 3}, replica
+        # Once a replica has answered with v3, no request sent after that gets v2 from it.
+        first_v3 = min(received for _, received, version in answers if version == 3)
+        late_v2 = [a for a in answers if a[2] == 2 and a[0] > first_v3]
+        assert late_v2 == [], replica
 
 
 def test_a_corrupt_promotion_keeps_the_old_version_serving(world: World) -> None:
@@ -231,7 +236,8 @@ class Load:
         self.lock = threading.Lock()
         self.count = 0
         self.failures: list[str] = []
-        self.by_replica: dict[str, list[int]] = {}
+        # replica → (sent, answered, version) of every answer it gave
+        self.by_replica: dict[str, list[tuple[float, float, int]]] = {}
 
     def start(self) -> None:
         for thread in self.threads:
@@ -254,10 +260,12 @@ class Load:
                 self._record(answer, None, started)
 
     def _record(self, answer: httpx.Response | None, error: str | None, started: float) -> None:
+        received = time.monotonic()
         with self.lock:
             self.count += 1
             if answer is None or answer.status_code != 200:
                 self.failures.append(error or f"{answer.status_code}: {answer.text}")  # type: ignore[union-attr]
                 return
             replica = answer.headers["X-Served-By"]
-            self.by_replica.setdefault(replica, []).append(int(answer.headers["X-Model-Version"]))
+            version = int(answer.headers["X-Model-Version"])
+            self.by_replica.setdefault(replica, []).append((started, received, version))
