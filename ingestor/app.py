@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 
 import anyio.to_thread
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 
+from ingestor.metrics import IngestorMetrics
 from ingestor.service import ingest
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataArrived, DataIngested, DataRejected
 from shared.feature_store import FeatureStore
+from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import IngestorSettings
 from shared.telemetry import (
     ProgressRelay,
@@ -30,12 +33,14 @@ def build_app(
     settings: IngestorSettings | None = None,
     ledger: Ledger | None = None,
     board: StatusBoard | None = None,
+    metrics: IngestorMetrics | None = None,
 ) -> FastStream:
     """The service; `ledger` and `board` replace their Redis versions in handler tests."""
     settings = settings or IngestorSettings()
     common = settings.common
     configure_logging(common.log_level)
-    broker = build_broker(common)
+    metrics = metrics or IngestorMetrics()
+    broker = build_broker(common, [broker_middleware(metrics.registry, GROUP)])
     client = redis_client(common)
     store = FeatureStore(common.feature_store_root)
     ledger = ledger or RedisLedger(
@@ -54,10 +59,12 @@ def build_app(
         # Reading and validating is CPU and disk work: off the event loop, so leases keep
         # being renewed and other messages keep flowing.
         # Progress goes to the status board, where `streamops ingest` shows it as a bar.
+        started = time.monotonic()
         async with ProgressRelay(board, event.correlation_id).running() as relay:
             result = await anyio.to_thread.run_sync(
                 functools.partial(ingest, event, settings, store, relay.report)
             )
+        metrics.record(result, time.monotonic() - started)
         publisher = ingested if isinstance(result, DataIngested) else rejected
         await publisher.publish(result)
 
@@ -74,8 +81,11 @@ def build_app(
 
     heartbeat: list[asyncio.Task[None]] = []
 
+    endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
+
     @app.on_startup
     async def create_groups() -> None:
+        await endpoint.start()
         await ensure_group(client, DataArrived.stream, GROUP)
 
     @app.after_startup
@@ -90,6 +100,7 @@ def build_app(
 
     @app.after_shutdown
     async def close_client() -> None:
+        await endpoint.stop()
         await client.aclose()
 
     return app

@@ -22,6 +22,7 @@ from faststream.redis import RedisStreamMessage, StreamSub
 from faststream.specification import AsyncAPI
 
 from predictor.cache import ModelCache
+from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
 from predictor.scoring_app import wire_scoring
 from predictor.service import Predictor
@@ -30,6 +31,7 @@ from shared.datasets import DatasetSpec, load_spec
 from shared.delivery import parse_event
 from shared.errors import InvalidEvent, ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
+from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.registry import Registry
 from shared.settings import PredictorSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
@@ -55,6 +57,7 @@ class Replica:
     board: StatusBoard
     registry: Registry | None = None
     client: aioredis.Redis | None = None
+    metrics: PredictorMetrics = field(default_factory=PredictorMetrics)
     predictor: Predictor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -122,6 +125,11 @@ class Replica:
         except ModelLoadFailed as exc:
             reason = str(exc)
             log.error("not loading %s v%d (%s): %s", name, version, trigger, exc)
+        seconds = time.monotonic() - started
+        self.metrics.loads.labels(name, trigger, "refused" if reason else "loaded").inc()
+        if not reason:
+            self.metrics.load_seconds.labels(name).observe(seconds)
+        self._export_versions()
         await self._announce(
             ModelLoaded(
                 replica=self.settings.common.consumer_name,
@@ -130,10 +138,16 @@ class Replica:
                 serving=self.cache.version(name),
                 loaded=not reason,
                 reason=reason[:2000],
-                seconds=round(time.monotonic() - started, 4),
+                seconds=round(seconds, 4),
                 trigger=trigger,
             )
         )
+
+    def _export_versions(self) -> None:
+        for name in self.cache.names():
+            version = self.cache.version(name)
+            if version is not None:
+                self.metrics.version.labels(name).set(version)
 
     async def _announce(self, event: ModelLoaded) -> None:
         if self.client is None:
@@ -147,7 +161,9 @@ class Replica:
         """After the models are in and the subscribers read: answer predict batches, beat."""
         assert self.predictor is not None
         consumer = self.settings.common.consumer_name
-        online = OnlinePredictor(client, self.predictor, consumer, self.settings.read_batches)
+        online = OnlinePredictor(
+            client, self.predictor, consumer, self.settings.read_batches, metrics=self.metrics
+        )
         self.tasks.append(asyncio.create_task(online.run()))
         self.tasks.append(
             asyncio.create_task(beat(self.board, SERVICE, consumer, details=self.serving))
@@ -173,14 +189,19 @@ def build_app(
     settings: PredictorSettings | None = None,
     cache: ModelCache | None = None,
     registry: Registry | None = None,
+    metrics: PredictorMetrics | None = None,
 ) -> FastStream:
-    """The replica; `cache` and `registry` can be given to look inside or fake the registry."""
+    """The replica; `cache`, `registry` and `metrics` can be given to look inside or fake the
+    registry."""
     settings = settings or PredictorSettings()
     common = settings.common
     configure_logging(common.log_level)
-    broker = build_broker(common)
+    metrics = metrics or PredictorMetrics()
+    broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)
-    replica = Replica(settings, cache or ModelCache(), RedisStatusBoard(client), registry, client)
+    replica = Replica(
+        settings, cache or ModelCache(), RedisStatusBoard(client), registry, client, metrics
+    )
     promotions = StreamSub(ModelPromoted.stream, last_id="$")
 
     @broker.subscriber(stream=promotions, description=ModelPromoted.__doc__)
@@ -197,7 +218,10 @@ def build_app(
     # Batch scoring (score-requested and its chunks): wired here.
     create_scoring_groups = wire_scoring(broker, replica, client, settings)
 
+    endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
+
     async def close() -> None:
+        await endpoint.stop()
         await client.aclose()
 
     return FastStream(
@@ -207,7 +231,7 @@ def build_app(
             title="streamops predictor",
             description="Serves production models, hot-reloaded.",
         ),
-        on_startup=[create_scoring_groups, replica.start],
+        on_startup=[endpoint.start, create_scoring_groups, replica.start],
         after_startup=[functools.partial(replica.start_background, client)],
         on_shutdown=[replica.stop_background],
         after_shutdown=[close],

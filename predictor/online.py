@@ -28,6 +28,7 @@ import pandas as pd
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from predictor.metrics import PredictorMetrics
 from predictor.service import Prediction, Predictor
 from shared.broker import ensure_group
 from shared.errors import NoModelInService
@@ -127,13 +128,16 @@ class OnlinePredictor:
         predictor: Predictor,
         consumer: str,
         read_batches: int,
+        *,
         clock: Callable[[], float] = time.time,
+        metrics: PredictorMetrics | None = None,
     ) -> None:
         self.client = client
         self.predictor = predictor
         self.consumer = consumer
         self.read_batches = read_batches
         self.clock = clock
+        self.metrics = metrics or PredictorMetrics()
 
     async def run(self) -> None:
         await ensure_group(self.client, STREAM, GROUP)
@@ -167,11 +171,22 @@ class OnlinePredictor:
         for request in live:
             by_model[request.model_name].append(request)
         answered = 0
-        for requests in by_model.values():
+        for name, requests in by_model.items():
+            started = time.perf_counter()
             answers = await anyio.to_thread.run_sync(answer, self.predictor, requests)
+            self.metrics.predict_seconds.labels(name).observe(time.perf_counter() - started)
             await self._reply(requests, answers)
+            self._count(name, requests, answers)
             answered += len(answers)
         return answered
+
+    def _count(
+        self, name: str, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]
+    ) -> None:
+        for request, batch in zip(requests, answers, strict=True):
+            self.metrics.batches.labels(name, batch.failure or "ok").inc()
+            if batch.failure is None:
+                self.metrics.rows.labels(name, "online").inc(request.rows)
 
     def _sort(
         self, entries: list[tuple[str, dict[bytes, bytes]]]
@@ -187,6 +202,7 @@ class OnlinePredictor:
                 live.append(parsed)
             else:  # nobody waits for it any more: the gateway has answered 504 already
                 log.debug("dropping expired predict batch %s", parsed.event_id)
+                self.metrics.expired.inc()
         return live, rejected
 
     async def _reply(

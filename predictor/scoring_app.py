@@ -93,6 +93,7 @@ class Scorer:
             scoring.score_rows, served, spec, event.rows, self.settings.max_inline_rows
         )
         predictions = await anyio.to_thread.run_sync(work)
+        self.replica.metrics.rows.labels(event.model_name, "batch").inc(len(predictions))
         await self.scored.publish(
             Scored(
                 event_id=scored_event_id(event.job_id),
@@ -202,7 +203,8 @@ class Scorer:
             (chunk.start, chunk.stop),
             scoring.part_path(output, chunk.job_id, chunk.chunk),
         )
-        await anyio.to_thread.run_sync(work)
+        rows = await anyio.to_thread.run_sync(work)
+        self.replica.metrics.rows.labels(chunk.model_name, "batch").inc(rows)
         done, status = await self.jobs.chunk_done(chunk.job_id, chunk.chunk)
         if done >= chunk.chunks and status not in SETTLED:
             await self._finish(chunk, output)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -26,12 +28,13 @@ def redis_url(settings: CommonSettings) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(user)}:{secret}@{host}"))
 
 
-def build_broker(settings: CommonSettings) -> RedisBroker:
+def build_broker(settings: CommonSettings, middlewares: Sequence[Any] = ()) -> RedisBroker:
     """A broker that reads and writes plain JSON entries (see shared.wire)."""
     return RedisBroker(
         redis_url(settings),
         message_format=JsonMessageFormat,
         logger=logging.getLogger("streamops.broker"),
+        middlewares=tuple(middlewares),
     )
 
 

@@ -63,6 +63,9 @@ class CommonSettings(BaseSettings):
     # How long "this event was handled" is remembered, for redeliveries.
     done_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Where the service serves Prometheus metrics (`/metrics`); none: not served. Each process
+    # on one host needs its own (`streamops up` picks free ones).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("feature_store_root", "datasets_dir")
     @classmethod

@@ -142,6 +142,7 @@ def _up(args: argparse.Namespace) -> int:
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
             f"  MLflow UI: {running.mlflow_url}\n"
             f"  gateway:   {running.gateway_url} (API docs: {running.gateway_url}/docs)\n"
+            f"  metrics:   {', '.join(f'{n} {u}' for n, u in running.metrics.items())}\n"
             f"  services:  {', '.join(SERVICES)} "
             f"(logs in {stack.log('x').parent})\n  CLI:       export {exports}\n"
             "Ctrl-C stops everything."

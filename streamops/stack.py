@@ -163,6 +163,8 @@ class Running:
     mlflow_url: str
     env: dict[str, str]
     gateway_url: str | None = None
+    # process name → its Prometheus endpoint
+    metrics: dict[str, str] = field(default_factory=dict)
 
 
 def gateway_port() -> int:
@@ -203,6 +205,7 @@ def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) ->
     }
     client = redis.Redis.from_url(url)
     gateway_url = None
+    metrics: dict[str, str] = {}
     for service in services:
         name = service
         count = 1
@@ -210,7 +213,12 @@ def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) ->
             count += 1
             name = f"{service}-{count}"
         before = set(client.keys(f"streamops:heartbeat:{service}:*"))
-        stack.start_service(name, service, env)
+        own = dict(env)
+        if service != "gateway":
+            port_of_metrics = free_port()
+            own["STREAMOPS_METRICS_PORT"] = str(port_of_metrics)
+            metrics[name] = f"http://127.0.0.1:{port_of_metrics}/metrics"
+        stack.start_service(name, service, own)
         if service == "gateway":
             gateway_url = f"http://127.0.0.1:{port}"
             health = f"{gateway_url}/healthz"
@@ -223,7 +231,7 @@ def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) ->
 
         wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()
-    return Running(url, mlflow_url, env, gateway_url)
+    return Running(url, mlflow_url, env, gateway_url, metrics)
 
 
 @contextlib.contextmanager

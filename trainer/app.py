@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataIngested, ModelPromoted, ModelTrained
 from shared.feature_store import FeatureStore
+from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
 from trainer import worker
+from trainer.metrics import TrainerMetrics
 from trainer.service import plan_for
 
 GROUP = "trainer"
@@ -39,6 +42,7 @@ class Trainer:
     board: StatusBoard
     trained_out: Any
     promoted_out: Any
+    metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
     pool: ProcessPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -47,14 +51,17 @@ class Trainer:
         plan = await anyio.to_thread.run_sync(plan_for, event, common.datasets_dir, self.store)
         if plan is None:
             log.info("dataset %s has no training section: nothing to train", event.dataset)
+            self.metrics.trainings.labels(event.dataset, "nothing_to_train").inc()
             return
         lock = f"streamops:training:{plan.key}"
         # Another trainer already fits this exact state: its own message stays pending until it
         # is done (and is reclaimed if it dies), so this event is covered.
         if not await self.client.set(lock, common.consumer_name, nx=True, px=common.lease_ms):
             log.info("%s is being trained elsewhere: coalesced", plan.key)
+            self.metrics.trainings.labels(event.dataset, "coalesced").inc()
             return
         assert self.pool is not None, "start() creates the worker pool"
+        started = time.monotonic()
         try:
             async with every(
                 common.lease_ms / 3000,
@@ -69,16 +76,20 @@ class Trainer:
             # A worker died (out of memory, killed): the pool is unusable from now on. Start a
             # fresh one; this message is retried once its lease runs out.
             log.error("a training worker died; starting new workers")
+            self.metrics.trainings.labels(event.dataset, "worker_died").inc()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new_pool()
             raise
         finally:
             await self.client.delete(lock)
         if result is None:
+            self.metrics.trainings.labels(event.dataset, "nothing_to_train").inc()
             return
         trained, promoted = worker.decode(result)
+        self.metrics.trained(trained, time.monotonic() - started)
         await self.trained_out.publish(trained)
         if promoted is not None:
+            self.metrics.promoted(promoted)
             await self.promoted_out.publish(promoted)
 
     async def watch(self) -> None:
@@ -102,6 +113,7 @@ class Trainer:
                     move.previous_version,
                     move.version,
                 )
+                self.metrics.promoted(move)
                 await self.promoted_out.publish(move)
 
     async def start(self) -> None:
@@ -139,11 +151,13 @@ def build_app(
     settings: TrainerSettings | None = None,
     ledger: Ledger | None = None,
     board: StatusBoard | None = None,
+    metrics: TrainerMetrics | None = None,
 ) -> FastStream:
     settings = settings or TrainerSettings()
     common = settings.common
     configure_logging(common.log_level)
-    broker = build_broker(common)
+    metrics = metrics or TrainerMetrics()
+    broker = build_broker(common, [broker_middleware(metrics.registry, GROUP)])
     client = redis_client(common)
     trainer = Trainer(
         settings=settings,
@@ -156,12 +170,14 @@ def build_app(
         promoted_out=broker.publisher(
             stream=ModelPromoted.stream, schema=ModelPromoted, description=ModelPromoted.__doc__
         ),
+        metrics=metrics,
     )
     ledger = ledger or RedisLedger(
         client, DataIngested.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
     delivery = Delivery(ledger, DataIngested.stream, GROUP, common.consumer_name, common)
     subscribe(broker, delivery, DataIngested, trainer.on_data_ingested)
+    endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
     return FastStream(
         broker,
         specification=AsyncAPI(
@@ -169,8 +185,8 @@ def build_app(
             title="streamops trainer",
             description="Trains, registers, judges and promotes models of ingested datasets.",
         ),
-        on_startup=[trainer.start],
+        on_startup=[endpoint.start, trainer.start],
         after_startup=[trainer.start_background],
         on_shutdown=[trainer.stop_background],
-        after_shutdown=[trainer.close],
+        after_shutdown=[trainer.close, endpoint.stop],
     )

@@ -56,6 +56,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert gateway is not None, text
         assert httpx.get(f"{gateway.group(1)}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{gateway.group(1)}/readyz").status_code == 503  # no model yet
+        exported = dict(re.findall(r"(\w+) (http://127\.0\.0\.1:\d+/metrics)", text))
+        assert set(exported) == {"ingestor", "trainer", "predictor"}, text
+        for service, endpoint in exported.items():
+            scraped = httpx.get(endpoint)
+            assert scraped.status_code == 200, service
+            assert "faststream_received_messages" in scraped.text, service
         port = int(url.group(1).rsplit(":", 1)[1].split("/")[0])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0

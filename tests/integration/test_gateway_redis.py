@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 from gateway.app import build_app as build_gateway
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
+from predictor.metrics import PredictorMetrics
 from shared.datasets import DatasetSpec, feature_frame
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
+from streamops.stack import free_port
 from tests.support.shelf import ModelShelf, two_pipelines
 from tests.support.streams import entries, running
 from tests.support.waiting import eventually
@@ -79,10 +81,13 @@ def gateway(common: CommonSettings, shelf: ModelShelf, tmp_path: Path) -> Gatewa
 
 
 @contextlib.asynccontextmanager
-async def replica(common: CommonSettings, shelf: ModelShelf) -> AsyncIterator[ModelCache]:
+async def replica(
+    common: CommonSettings, shelf: ModelShelf, metrics: PredictorMetrics | None = None
+) -> AsyncIterator[ModelCache]:
     cache = ModelCache()
     settings = PredictorSettings(common=common, converge_s=3600)
-    async with running(build_predictor(settings, cache=cache, registry=shelf)):
+    app = build_predictor(settings, cache=cache, registry=shelf, metrics=metrics)
+    async with running(app):
         yield cache
 
 
@@ -291,3 +296,40 @@ async def test_the_openapi_document_shows_the_real_features(gateway: Gateway) ->
     assert row["properties"]["tenure_months"]["minimum"] == 0
     assert "/v1/models/churn/predict" in document["paths"]
     assert "X-API-Key" in json.dumps(document["components"]["securitySchemes"])
+
+
+async def test_the_predictor_exports_what_it_does(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway
+) -> None:
+    shelf.models[3] = OSError("artifact is corrupt")
+    port = free_port()
+    metrics = PredictorMetrics()
+    exporting = common.model_copy(update={"metrics_port": port})
+    async with replica(exporting, shelf, metrics) as cache, gateway() as http:
+        for _ in range(3):
+            assert (await http.post(PREDICT, json={"rows": [ROW, ROW]})).status_code == 200
+        for version in (2, 3):
+            answer = await http.post("/v1/models/churn/promote", json={"version": version})
+            assert answer.status_code == 200
+
+        def refused() -> float | None:
+            labels = {"model": "churn", "trigger": "promotion", "outcome": "refused"}
+            return metrics.registry.get_sample_value("streamops_model_loads_total", labels)
+
+        async def refusal_counted() -> bool:
+            return refused() == 1.0
+
+        await eventually(refusal_counted, timeout=10, what="the refusal counted")
+        assert cache.version("churn") == 2
+        async with httpx.AsyncClient() as scraper:
+            text = (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
+
+    value = metrics.registry.get_sample_value
+    assert value("streamops_predicted_rows_total", {"model": "churn", "path": "online"}) == 6
+    assert value("streamops_predict_batches_total", {"model": "churn", "outcome": "ok"}) == 3
+    assert value("streamops_model_version_in_service", {"model": "churn"}) == 2
+    loaded = {"model": "churn", "trigger": "start", "outcome": "loaded"}
+    assert value("streamops_model_loads_total", loaded) == 1
+    assert value("streamops_model_load_seconds_count", {"model": "churn"}) == 2
+    assert 'streamops_model_version_in_service{model="churn"} 2.0' in text
+    assert "faststream_received_messages_total" in text  # broker traffic, by FastStream

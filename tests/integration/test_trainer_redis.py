@@ -18,6 +18,7 @@ from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import entries, running, wait_for_entries
 from trainer.app import build_app
+from trainer.metrics import TrainerMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 Make = Callable[..., IngestorSettings]
@@ -46,7 +47,8 @@ async def test_data_ingested_yields_model_trained_and_model_promoted(
     )
     assert isinstance(first, DataIngested)
     settings = TrainerSettings(common=ingest_settings.common, watch_s=0)
-    async with running(build_app(settings)):
+    metrics = TrainerMetrics()
+    async with running(build_app(settings, metrics=metrics)):
         await _announce(client, first)
         (trained,) = await wait_for_entries(client, "model-trained", timeout=120)
         (promoted,) = await wait_for_entries(client, "model-promoted", timeout=30)
@@ -86,3 +88,13 @@ async def test_data_ingested_yields_model_trained_and_model_promoted(
     assert registry.alias(name, "production") == 1
     assert registry.alias(name, "dev") == 2
     assert json.loads(registry.versions(name)[1].tags["streamops.gate_passed"]) is False
+
+    value = metrics.registry.get_sample_value
+    assert value("streamops_trainings_total", {"dataset": "churn", "outcome": "trained"}) == 2
+    assert value("streamops_training_seconds_count", {"dataset": "churn"}) == 2
+    assert value("streamops_gate_verdicts_total", {"model": name, "verdict": "passed"}) == 1
+    assert value("streamops_gate_verdicts_total", {"model": name, "verdict": "failed"}) == 1
+    assert value("streamops_promotions_total", {"model": name, "reason": "auto"}) == 1
+    assert value("streamops_model_newest_version", {"model": name}) == 2
+    holdout = value("streamops_model_holdout_metric", {"model": name, "metric": "roc_auc"})
+    assert holdout == failed["metrics"]["roc_auc"]

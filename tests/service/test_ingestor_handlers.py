@@ -10,6 +10,7 @@ import pytest
 from faststream.redis import RedisBroker, TestRedisBroker
 
 from ingestor.app import build_app
+from ingestor.metrics import IngestorMetrics
 from shared.events import DataArrived
 from shared.settings import IngestorSettings
 from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries
@@ -18,11 +19,11 @@ Make = Callable[..., IngestorSettings]
 
 
 async def _run(
-    settings: IngestorSettings, *messages: Any
+    settings: IngestorSettings, *messages: Any, metrics: IngestorMetrics | None = None
 ) -> tuple[FakeLedger, dict[str, list[Any]]]:
     ledger = FakeLedger()
     board = FakeStatusBoard()
-    app = build_app(settings, ledger=ledger, board=board)
+    app = build_app(settings, ledger=ledger, board=board, metrics=metrics)
     broker = cast(RedisBroker, app.broker)
     seen: dict[str, list[Any]] = {"data-ingested": [], "data-rejected": []}
 
@@ -62,6 +63,29 @@ async def test_a_missing_file_yields_data_rejected(make_settings: Make) -> None:
     (event,) = seen["data-rejected"]
     assert event["kind"] == "source_error"
     assert "no such file" in event["reason"]
+
+
+@pytest.mark.anyio
+async def test_the_outcomes_are_counted(make_settings: Make) -> None:
+    metrics = IngestorMetrics()
+    sample = DataArrived(dataset="churn", source="churn/churn.csv")
+    await _run(
+        make_settings(),
+        sample,
+        DataArrived(dataset="churn", source="churn/churn.csv"),  # same content: unchanged
+        DataArrived(dataset="churn", source="churn/nope.csv"),
+        metrics=metrics,
+    )
+    value = metrics.registry.get_sample_value
+    rows = "streamops_ingested_rows_total"
+    assert value(rows, {"dataset": "churn", "outcome": "accepted"}) == 4992
+    assert value(rows, {"dataset": "churn", "outcome": "quarantined"}) == 8
+    batches = "streamops_ingest_batches_total"
+    assert value(batches, {"dataset": "churn", "outcome": "new_version", "kind": ""}) == 1
+    assert value(batches, {"dataset": "churn", "outcome": "unchanged", "kind": ""}) == 1
+    rejected = {"dataset": "churn", "outcome": "rejected", "kind": "source_error"}
+    assert value(batches, rejected) == 1
+    assert value("streamops_ingest_seconds_count", {"dataset": "churn"}) == 3
 
 
 @pytest.mark.anyio

@@ -1,0 +1,46 @@
+"""What the ingestor exports: rows accepted and quarantined, batches by outcome, and how long
+an ingest takes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shared.events import DataIngested, DataRejected
+from shared.metrics import DURATION_BUCKETS
+
+
+class IngestorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rows = Counter(
+            "streamops_ingested_rows",
+            "Rows read, by outcome: accepted into a version, or quarantined",
+            ["dataset", "outcome"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "streamops_ingest_batches",
+            "Arrivals handled, by outcome (new_version, unchanged, or rejected) and rejection kind",
+            ["dataset", "outcome", "kind"],
+            registry=r,
+        )
+        self.seconds = Histogram(
+            "streamops_ingest_seconds",
+            "Time to read, validate and store one arrival",
+            ["dataset"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+
+    def record(self, result: DataIngested | DataRejected, seconds: float) -> None:
+        dataset = result.dataset
+        self.seconds.labels(dataset).observe(seconds)
+        if isinstance(result, DataRejected):
+            self.batches.labels(dataset, "rejected", result.kind).inc()
+            return
+        outcome = "new_version" if result.new_version else "unchanged"
+        self.batches.labels(dataset, outcome, "").inc()
+        if result.new_version:
+            self.rows.labels(dataset, "accepted").inc(result.rows)
+            self.rows.labels(dataset, "quarantined").inc(result.quarantined_rows)

@@ -1,0 +1,57 @@
+"""What a predictor replica exports: the versions it serves, its loads and refusals, the rows it
+predicts (online and in batch jobs) and how long predicting takes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.metrics import DURATION_BUCKETS, LATENCY_BUCKETS
+
+
+class PredictorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.version = Gauge(
+            "streamops_model_version_in_service",
+            "Version of each model this replica serves",
+            ["model"],
+            registry=r,
+        )
+        self.loads = Counter(
+            "streamops_model_loads",
+            "Model versions loaded (outcome loaded) or refused (outcome refused), by trigger",
+            ["model", "trigger", "outcome"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "streamops_model_load_seconds",
+            "Time to load, check and warm up a model version",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.rows = Counter(
+            "streamops_predicted_rows",
+            "Rows predicted, online (predict-requests) or in batch jobs",
+            ["model", "path"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "streamops_predict_batches",
+            "Online predict batches answered, by outcome (ok, no_model, invalid, failed)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "streamops_predict_batches_expired",
+            "Online predict batches dropped unread because their deadline had passed",
+            registry=r,
+        )
+        self.predict_seconds = Histogram(
+            "streamops_predict_seconds",
+            "Time of one predict call (several coalesced batches of one model)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
