@@ -20,6 +20,7 @@ from gateway import routes
 from gateway.coalesce import Coalescer
 from gateway.fleet import Fleet
 from gateway.limits import BodyLimit
+from gateway.metrics import GatewayMetrics, RequestMetrics
 from shared.broker import redis_client
 from shared.datasets import DatasetSpec, load_spec
 from shared.errors import (
@@ -71,6 +72,7 @@ def build_app(settings: GatewaySettings | None = None, registry: Registry | None
     client = redis_client(settings.common)
     coalescer = Coalescer(client, settings)
     fleet = Fleet(client)
+    metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,12 +90,13 @@ def build_app(settings: GatewaySettings | None = None, registry: Registry | None
         version="1",
         lifespan=lifespan,
     )
-    app.state.context = routes.Context(settings, specs, client, coalescer, fleet, registry)
+    app.state.context = routes.Context(settings, specs, client, coalescer, fleet, metrics, registry)
     app.include_router(routes.health)
     for spec in specs.values():
         app.include_router(routes.predict_router(spec, settings.max_rows_per_request))
     app.include_router(routes.api)
     app.add_middleware(BodyLimit, limit_for=_limits(settings))
+    app.add_middleware(RequestMetrics, metrics=metrics)
     _error_handlers(app)
     return app
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.coalesce import Coalescer
 from gateway.fleet import Fleet
+from gateway.metrics import GatewayMetrics
 from gateway.schemas import (
     Accepted,
     IngestRequest,
@@ -52,6 +53,7 @@ class Context:
     client: aioredis.Redis
     coalescer: Coalescer
     fleet: Fleet
+    metrics: GatewayMetrics
     registry: Registry | None = None
 
     def the_registry(self) -> Registry:
@@ -110,6 +112,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@health.get("/metrics", include_in_schema=False)
+async def metrics(ctx: Ctx) -> Response:
+    body, kind = ctx.metrics.exposition()
+    return Response(body, media_type=kind)
+
+
 @health.get("/readyz", summary="Redis answers and a predictor serves a model")
 async def readyz(ctx: Ctx, response: Response) -> dict[str, Any]:
     try:
@@ -155,6 +163,7 @@ def predict_router(spec: DatasetSpec, max_rows: int) -> APIRouter:
             classes=answer.batch.classes,
             probabilities=answer.probabilities,
         )
+        ctx.metrics.predictions(name, out.model_version, out.predictions, out.probabilities)
         headers = {
             "X-Model-Version": str(out.model_version),
             "X-Request-Id": rid,

@@ -20,6 +20,8 @@ def gunicorn_argv(settings: GatewaySettings) -> list[str]:
         "-m",
         "gunicorn",
         "gateway.app:build_app()",
+        "--config",
+        "python:gateway.gunicorn_conf",
         "--worker-class",
         "uvicorn_worker.UvicornWorker",
         "--workers",
@@ -36,3 +38,18 @@ def gunicorn_argv(settings: GatewaySettings) -> list[str]:
         "--log-level",
         settings.common.log_level.lower(),
     ]
+
+
+def metrics_dir() -> str:
+    """A fresh directory for the workers' multiprocess metrics (stale files from an earlier
+    run would be added to this one's)."""
+    import os
+    import shutil
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        shutil.rmtree(given, ignore_errors=True)
+        os.makedirs(given, exist_ok=True)
+        return given
+    return tempfile.mkdtemp(prefix="streamops-gateway-metrics-")

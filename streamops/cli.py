@@ -173,10 +173,11 @@ def _run_predictor(args: argparse.Namespace) -> int:
 def _run_gateway(args: argparse.Namespace) -> int:
     import os
 
-    from gateway.serve import gunicorn_argv
+    from gateway.serve import gunicorn_argv, metrics_dir
     from shared.settings import GatewaySettings
 
     argv = gunicorn_argv(GatewaySettings())  # bad settings fail here, before gunicorn starts
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir()
     os.execv(argv[0], argv)  # gunicorn becomes this process: signals reach it directly
 
 

@@ -185,6 +185,15 @@ def test_no_request_fails_while_a_promotion_happens_under_load(world: World) -> 
 
     assert load.failures == []
     assert len(load.by_replica) == 2  # both replicas took a share
+    # Two gunicorn workers answered; any scrape adds up both (multiprocess metrics).
+    text = world.http.get("/metrics").text
+    route = f'route="/v1/models/{world.model}/predict",status="200"'
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamops_http_requests_total{") and route in line
+    )
+    assert served >= load.count
     for replica, answers in load.by_replica.items():
         assert {version for _, _, version in answers} == {2, 3}, replica
         # Once a replica has answered with v3, no request sent after that gets v2 from it.

@@ -333,3 +333,27 @@ async def test_the_predictor_exports_what_it_does(
     assert value("streamops_model_load_seconds_count", {"model": "churn"}) == 2
     assert 'streamops_model_version_in_service{model="churn"} 2.0' in text
     assert "faststream_received_messages_total" in text  # broker traffic, by FastStream
+
+
+async def test_the_gateway_exports_requests_and_predictions(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway
+) -> None:
+    async with replica(common, shelf), gateway() as http:
+        for _ in range(3):
+            assert (await http.post(PREDICT, json={"rows": [ROW, ROW]})).status_code == 200
+        assert (await http.post(PREDICT, json={"rows": []})).status_code == 422
+        assert (await http.get("/v1/score/some-job")).status_code == 404
+        text = (await http.get("/metrics")).text
+    predict = 'route="/v1/models/churn/predict"'
+    assert f'streamops_http_requests_total{{method="POST",{predict},status="200"}} 3.0' in text
+    assert f'streamops_http_requests_total{{method="POST",{predict},status="422"}} 1.0' in text
+    # One series for every job id: the route's template, not the path.
+    assert 'route="/v1/score/{job_id}",status="404"} 1.0' in text
+    assert f'streamops_http_request_seconds_count{{method="POST",{predict}}} 4.0' in text
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('streamops_predicted_class_total{label="')
+    ]
+    assert sum(counted) == 6  # every predicted row, whatever its class
+    assert 'streamops_prediction_probability_count{model="churn",version="1"} 6.0' in text
