@@ -21,6 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.registry import Collector
 
 from shared.metrics import LATENCY_BUCKETS
 
@@ -86,15 +87,29 @@ class GatewayMetrics:
             self.classes.labels(model, tag, str(label)).inc()
             self.probability.labels(model, tag).observe(max(row))
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text a scrape gets: this process's registry, or every worker's files."""
+    def exposition(self, *extra: Collector) -> tuple[bytes, str]:
+        """The text a scrape gets: this process's registry, or every worker's files, plus
+        `extra` collectors. Blocking: run it in a thread."""
+        registry = CollectorRegistry()
         if multiprocess():
             from prometheus_client import multiprocess as mp
 
-            registry = CollectorRegistry()
             mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        else:
+            registry.register(_Registry(self.registry))
+        for collector in extra:
+            registry.register(collector)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Registry(Collector):
+    """A registry seen as one collector of another (so per-scrape extras can join it)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Any:
+        return self.registry.collect()
 
 
 class RequestMetrics:

@@ -43,6 +43,7 @@ from shared.errors import (
 from shared.events import CsvSource, DataArrived, Event, ModelPromoted, ScoreRequested
 from shared.registry import Registry
 from shared.settings import GatewaySettings
+from shared.stream_metrics import StreamsCollector
 from shared.wire import entry_fields
 
 
@@ -55,6 +56,7 @@ class Context:
     fleet: Fleet
     metrics: GatewayMetrics
     registry: Registry | None = None
+    _streams: StreamsCollector | None = None
 
     def the_registry(self) -> Registry:
         # Created on first use: importing mlflow costs seconds and most requests never need it.
@@ -63,6 +65,16 @@ class Context:
 
             self.registry = MlflowRegistry(self.settings.common.mlflow_tracking_uri)
         return self.registry
+
+    def streams_collector(self) -> StreamsCollector:
+        if self._streams is None:
+            import redis
+
+            from shared.broker import redis_url
+
+            client = redis.Redis.from_url(redis_url(self.settings.common))
+            self._streams = StreamsCollector(client)
+        return self._streams
 
     async def publish(self, event: Event) -> str:
         message_id = await self.client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
@@ -114,7 +126,8 @@ async def healthz() -> dict[str, str]:
 
 @health.get("/metrics", include_in_schema=False)
 async def metrics(ctx: Ctx) -> Response:
-    body, kind = ctx.metrics.exposition()
+    """The gateway's own metrics and the streams' (XINFO, read at each scrape)."""
+    body, kind = await anyio.to_thread.run_sync(ctx.metrics.exposition, ctx.streams_collector())
     return Response(body, media_type=kind)
 
 

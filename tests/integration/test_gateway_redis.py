@@ -357,3 +357,22 @@ async def test_the_gateway_exports_requests_and_predictions(
     ]
     assert sum(counted) == 6  # every predicted row, whatever its class
     assert 'streamops_prediction_probability_count{model="churn",version="1"} 6.0' in text
+
+
+async def test_the_streams_health_is_scraped_from_redis(
+    common: CommonSettings, gateway: Gateway
+) -> None:
+    client = aioredis.Redis.from_url(common.redis_url)
+    for n in range(3):
+        await client.xadd("data-arrived", {"__data__": f'{{"n": {n}}}'})
+    await client.xgroup_create("data-arrived", "ingestor", id="0")
+    await client.xreadgroup("ingestor", "c1", {"data-arrived": ">"}, count=1)
+    await client.xadd("data-arrived.dlq", {"__data__": "{}"})
+    await client.aclose()
+    async with gateway() as http:
+        text = (await http.get("/metrics")).text
+    assert 'streamops_stream_length{stream="data-arrived"} 3.0' in text
+    assert 'streamops_stream_group_pending{group="ingestor",stream="data-arrived"} 1.0' in text
+    assert 'streamops_stream_group_lag{group="ingestor",stream="data-arrived"} 2.0' in text
+    assert 'streamops_dead_letters{stream="data-arrived"} 1.0' in text
+    assert 'stream="model-trained"' not in text  # streams that do not exist are left out
