@@ -11,40 +11,19 @@ import fnmatch
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from shared.errors import SourceRejected
+from shared.paths import confine_file
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 
 def confine_path(uri: str, roots: list[Path]) -> Path:
-    """The real path of a CSV source, if it is a regular file inside one of `roots`.
-
-    A relative path is looked up in each root in turn.
-    """
-    if uri.startswith("file://"):
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise SourceRejected(f"file URI with a remote host is not allowed: {uri}")
-        raw = Path(unquote(parts.path))
-    elif "://" in uri:
-        raise SourceRejected(f"a CSV source must be a local path or file:// URI, got {uri!r}")
-    else:
-        raw = Path(uri).expanduser()
-    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
-    for candidate in candidates:
-        real = candidate.resolve()
-        if not any(real.is_relative_to(root) for root in roots):
-            continue
-        if real.is_file():
-            return real
-        raise SourceRejected(f"{uri}: no such file")
-    shown = ", ".join(str(r) for r in roots) or "(none configured)"
-    raise SourceRejected(f"{uri} is outside the data roots ({shown})")
+    """The real path of a CSV source, if it is a regular file inside one of `roots`."""
+    return confine_file(uri, roots, "a CSV source", "data roots", SourceRejected)
 
 
 def confine_sql(url: str, query: str, allow: list[str]) -> URL:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ from shared.datasets import DatasetSpec, feature_frame
 from shared.errors import ChunkRefused, ScoreInputRejected, VersionNotFound
 from shared.events import FeatureStoreInput, ParquetInput, derived_event_id
 from shared.feature_store import FeatureStore
+from shared.paths import confine_file
 
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -45,27 +45,8 @@ class Source:
 
 
 def confine_parquet(uri: str, roots: Sequence[Path]) -> Path:
-    """The real path of a Parquet input, if it is a regular file inside one of `roots`
-    (symlinks and `..` resolved first). A relative path is looked up in each root in turn."""
-    if uri.startswith("file://"):
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise ScoreInputRejected(f"file URI with a remote host is not allowed: {uri}")
-        raw = Path(unquote(parts.path))
-    elif "://" in uri:
-        raise ScoreInputRejected(f"a Parquet input must be a local path or file:// URI: {uri!r}")
-    else:
-        raw = Path(uri).expanduser()
-    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
-    for candidate in candidates:
-        real = candidate.resolve()
-        if not any(real.is_relative_to(root) for root in roots):
-            continue
-        if real.is_file():
-            return real
-        raise ScoreInputRejected(f"{uri}: no such file")
-    shown = ", ".join(str(r) for r in roots) or "(none configured)"
-    raise ScoreInputRejected(f"{uri} is outside the score roots ({shown})")
+    """The real path of a Parquet input, if it is a regular file inside one of `roots`."""
+    return confine_file(uri, roots, "a Parquet input", "score roots", ScoreInputRejected)
 
 
 def check_chunk_paths(input_path: Path, output: Path, roots: Sequence[Path]) -> None:
