@@ -40,7 +40,7 @@ from rich.table import Table
 from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
 from streamops.client import ingest_and_wait
-from streamops.demo_serving import predict_step, serving
+from streamops.demo_serving import failed, predict_step, serving, step, wait_event
 from streamops.stack import Stack, bring_up, local_stack, wait_for
 
 console = Console()
@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _story(client: redis.Redis, http: httpx.Client, workdir: Path, timeout: float) -> bool:
     store = workdir / "feature-store"
-    _step(
+    step(
         1,
         "announce the churn sample: XADD data-arrived * __data__ "
         '\'{"dataset":"churn","source":"churn/churn.csv"}\'',
     )
     first = ingest_and_wait(client, DataArrived(dataset="churn", source="churn/churn.csv"), timeout)
     if not isinstance(first, DataIngested):
-        return _failed(first)
+        return failed(first)
     console.print(
         f"-> [green]data-ingested[/green]: churn v{first.version}, {first.rows} rows "
         f"accepted, {first.quarantined_rows} quarantined"
@@ -101,28 +101,28 @@ def _story(client: redis.Redis, http: httpx.Client, workdir: Path, timeout: floa
     if not predict_step(3, http):
         return False
 
-    _step(4, "announce the same file again (no new version, so nothing to retrain)")
+    step(4, "announce the same file again (no new version, so nothing to retrain)")
     again = ingest_and_wait(client, DataArrived(dataset="churn", source="churn/churn.csv"), timeout)
     if not isinstance(again, DataIngested):
-        return _failed(again)
+        return failed(again)
     versions = sorted(p.name for p in (store / "churn" / "versions").iterdir())
     console.print(
         f"-> data-ingested with new_version={again.new_version}: still v{again.version}"
         f" (versions on disk: {', '.join(versions)})"
     )
 
-    _step(5, "announce a CSV whose 'plan' column is missing")
+    step(5, "announce a CSV whose 'plan' column is missing")
     broken = workdir / "inbox" / "churn-no-plan.csv"
     _drop_column(BUNDLED_DATASETS / "churn" / "churn.csv", broken, "plan")
     rejected = ingest_and_wait(client, DataArrived(dataset="churn", source=str(broken)), timeout)
     if not isinstance(rejected, DataRejected):
-        return _failed(rejected)
+        return failed(rejected)
     console.print(
         f"-> [yellow]data-rejected[/yellow] ({rejected.kind}): {rejected.reason}: "
         f"{'; '.join(rejected.details)}"
     )
 
-    _step(6, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
+    step(6, "send something that is not an event: XADD data-arrived * __data__ 'hello'")
     before = client.xlen(dead_letter_stream("data-arrived"))
     client.xadd("data-arrived", {"__data__": b"hello"})
     wait_for(
@@ -139,10 +139,10 @@ def _story(client: redis.Redis, http: httpx.Client, workdir: Path, timeout: floa
 
 def _training(client: redis.Redis, ingested: DataIngested, timeout: float) -> bool:
     """The trainer reacts to data-ingested: show its verdict and the promotion."""
-    _step(2, "the trainer trains on the new version, registers it in MLflow and judges it")
-    trained = _wait_event(client, "model-trained", ingested.correlation_id, timeout)
+    step(2, "the trainer trains on the new version, registers it in MLflow and judges it")
+    trained = wait_event(client, "model-trained", ingested.correlation_id, timeout)
     if trained is None:
-        return _failed("no model-trained event")
+        return failed("no model-trained event")
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained["metrics"].items()))
     verdict = "passed" if trained["gate_passed"] else "failed"
     console.print(
@@ -150,7 +150,7 @@ def _training(client: redis.Redis, ingested: DataIngested, timeout: float) -> bo
         f"v{trained['model_version']} (run {trained['run_id'][:8]}): {metrics}"
     )
     console.print(f"   gate {verdict}: {'; '.join(trained['gate_reasons'])}")
-    promoted = _wait_event(client, "model-promoted", ingested.correlation_id, 30)
+    promoted = wait_event(client, "model-promoted", ingested.correlation_id, 30)
     if promoted is None:
         console.print("-> not promoted")
         return not trained["gate_passed"]
@@ -159,24 +159,6 @@ def _training(client: redis.Redis, ingested: DataIngested, timeout: float) -> bo
         f"v{promoted['version']} is in production ({promoted['reason']})"
     )
     return True
-
-
-def _wait_event(
-    client: redis.Redis, stream: str, correlation_id: str, timeout: float
-) -> dict[str, Any] | None:
-    found: list[dict[str, Any]] = []
-
-    def arrived() -> bool:
-        entries: Any = client.xrange(stream)
-        found[:] = [json.loads(f[b"__data__"]) for _, f in entries]
-        found[:] = [e for e in found if e.get("correlation_id") == correlation_id]
-        return bool(found)
-
-    try:
-        wait_for(arrived, timeout, stream)
-    except TimeoutError:
-        return None
-    return found[-1]
 
 
 def _show_quarantine(result: DataIngested) -> None:
@@ -200,16 +182,6 @@ def _drop_column(source: Path, target: Path, column: str) -> None:
             if i == 100:
                 break
             writer.writerow(row)
-
-
-def _step(n: int, text: str) -> None:
-    console.rule(f"[bold]step {n}[/bold]")
-    console.print(text)
-
-
-def _failed(result: object) -> bool:
-    console.print(f"[red]unexpected outcome:[/red] {result}")
-    return False
 
 
 def _where_to_look(

@@ -48,7 +48,7 @@ ROWS = [
 
 
 def predict_step(n: int, http: httpx.Client) -> bool:
-    _step(n, f"predict over HTTP: POST /v1/models/{MODEL}/predict with two customers")
+    step(n, f"predict over HTTP: POST /v1/models/{MODEL}/predict with two customers")
     answer = _predict(http)
     if answer is None:
         return False
@@ -110,7 +110,7 @@ def _swap_timing(client: redis.Redis) -> None:
 def _second_version(
     client: redis.Redis, http: httpx.Client, workdir: Path, old: int, timeout: float
 ) -> bool:
-    _step(7, "upload a second version through the gateway: POST /v1/datasets/churn/ingest")
+    step(7, "upload a second version through the gateway: POST /v1/datasets/churn/ingest")
     csv = workdir / "inbox" / "churn-week-2.csv"
     _generator().write(csv, _generator().generate(rows=6000, seed=2026, broken=False))
     accepted = http.post(
@@ -119,33 +119,33 @@ def _second_version(
         headers={"Content-Type": "text/csv"},
     )
     if accepted.status_code != 202:
-        return _failed(f"{accepted.status_code} {accepted.text}")
+        return failed(f"{accepted.status_code} {accepted.text}")
     flow = accepted.json()["correlation_id"]
     console.print(f"-> 202, data-arrived published (correlation id {flow})")
-    trained = _wait(client, "model-trained", flow, timeout)
+    trained = wait_event(client, "model-trained", flow, timeout)
     if trained is None:
-        return _failed("no model-trained event for the upload")
+        return failed("no model-trained event for the upload")
     verdict = "passed" if trained["gate_passed"] else "failed"
     console.print(
         f"-> model-trained v{trained['model_version']}: gate {verdict}: "
         f"{'; '.join(trained['gate_reasons'])}"
     )
     new = int(trained["model_version"])
-    if _wait(client, "model-promoted", flow, 10) is None:
+    if wait_event(client, "model-promoted", flow, 10) is None:
         console.print(
             f"   the gate kept v{old} in production; promoting v{new} by hand, through the "
             f"gateway: POST /v1/models/{MODEL}/promote"
         )
         promoted = http.post(f"/v1/models/{MODEL}/promote", json={"version": new})
         if promoted.status_code != 200:
-            return _failed(f"{promoted.status_code} {promoted.text}")
+            return failed(f"{promoted.status_code} {promoted.text}")
     wait_for(lambda: _serving(http) == new, 30, f"the predictor serving v{new}")
     console.print(f"-> [green]model-promoted[/green]: v{new} is in production and in service")
     return True
 
 
 def _score_step(client: redis.Redis, workdir: Path, timeout: float) -> bool:
-    _step(
+    step(
         9,
         "score a Parquet file through the stream: XADD score-requested (what "
         "`streamops score churn FILE` does)",
@@ -167,7 +167,7 @@ def _score_step(client: redis.Redis, workdir: Path, timeout: float) -> bool:
 
         final = wait_for_job(client, job, timeout, on_progress=show)
     if final is None or final.status != "done" or final.output_uri is None:
-        return _failed(f"scoring job {job}: {final}")
+        return failed(f"scoring job {job}: {final}")
     output = pq.read_table(final.output_uri)
     console.print(
         f"-> [green]scored[/green]: {final.rows} rows by v{final.model_version} in "
@@ -184,7 +184,7 @@ def _predict(http: httpx.Client) -> httpx.Response | None:
         if answer.status_code == 200:
             return answer
         if time.monotonic() > deadline:
-            _failed(f"{answer.status_code} {answer.text}")
+            failed(f"{answer.status_code} {answer.text}")
             return None
         time.sleep(0.2)
 
@@ -209,7 +209,7 @@ def _events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
     return [json.loads(fields[b"__data__"]) for _, fields in entries]
 
 
-def _wait(
+def wait_event(
     client: redis.Redis, stream: str, correlation_id: str, timeout: float
 ) -> dict[str, Any] | None:
     found: list[dict[str, Any]] = []
@@ -226,11 +226,11 @@ def _wait(
     return found[-1]
 
 
-def _step(n: int, text: str) -> None:
+def step(n: int, text: str) -> None:
     console.rule(f"[bold]step {n}[/bold]")
     console.print(text)
 
 
-def _failed(result: object) -> bool:
+def failed(result: object) -> bool:
     console.print(f"[red]unexpected outcome:[/red] {result}")
     return False
