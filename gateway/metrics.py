@@ -9,6 +9,7 @@ worker answers the scrape.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Sequence
@@ -83,9 +84,11 @@ class GatewayMetrics:
                 if isinstance(value, int | float):
                     self.values.labels(model, tag).observe(float(value))
             return
-        for label, row in zip(predictions, probabilities, strict=True):
-            self.classes.labels(model, tag, str(label)).inc()
-            self.probability.labels(model, tag).observe(max(row))
+        for label, count in collections.Counter(map(str, predictions)).items():
+            self.classes.labels(model, tag, label).inc(count)
+        histogram = self.probability.labels(model, tag)  # looked up once per request
+        for row in probabilities:
+            histogram.observe(max(row))
 
     def exposition(self, *extra: Collector) -> tuple[bytes, str]:
         """The text a scrape gets: this process's registry, or every worker's files, plus

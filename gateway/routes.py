@@ -59,7 +59,8 @@ class Context:
     _streams: StreamsCollector | None = None
 
     def the_registry(self) -> Registry:
-        # Created on first use: importing mlflow costs seconds and most requests never need it.
+        # Created on first use, in a thread (callers use to_thread): importing mlflow costs
+        # seconds, which the event loop, busy with predictions, must not wait for.
         if self.registry is None:
             from shared.registry import MlflowRegistry
 
@@ -215,7 +216,7 @@ async def predict_unknown(model_name: str, ctx: Ctx) -> None:
 
 @api.get("/v1/models/{model_name}", tags=["models"], response_model=ModelInfo)
 async def model_info(model_name: str, ctx: Ctx) -> ModelInfo:
-    registry = ctx.the_registry()
+    registry = await anyio.to_thread.run_sync(ctx.the_registry)  # first use imports mlflow
     versions = await anyio.to_thread.run_sync(registry.versions, model_name)
     if not versions:
         raise ModelNotFound(f"no registered model {model_name!r}")
@@ -246,7 +247,7 @@ async def model_info(model_name: str, ctx: Ctx) -> ModelInfo:
 async def promote_version(model_name: str, body: PromoteRequest, ctx: Ctx) -> Promoted:
     from shared.promotion import promote
 
-    registry = ctx.the_registry()
+    registry = await anyio.to_thread.run_sync(ctx.the_registry)  # first use imports mlflow
     versions = await anyio.to_thread.run_sync(registry.versions, model_name)
     if body.version not in {v.version for v in versions}:
         raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
@@ -263,7 +264,7 @@ async def promote_version(model_name: str, body: PromoteRequest, ctx: Ctx) -> Pr
 async def rollback_version(model_name: str, ctx: Ctx) -> Promoted:
     from shared.promotion import rollback
 
-    registry = ctx.the_registry()
+    registry = await anyio.to_thread.run_sync(ctx.the_registry)  # first use imports mlflow
     if not await anyio.to_thread.run_sync(registry.versions, model_name):
         raise ModelNotFound(f"no registered model {model_name!r}")
     event = await anyio.to_thread.run_sync(rollback, registry, model_name)
