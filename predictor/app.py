@@ -22,6 +22,7 @@ from faststream.redis import RedisStreamMessage, StreamSub
 from faststream.specification import AsyncAPI
 
 from predictor.cache import ModelCache
+from predictor.drift import DriftMonitor
 from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
 from predictor.scoring_app import wire_scoring
@@ -70,7 +71,9 @@ class Replica:
             from shared.registry import MlflowRegistry
 
             self.registry = MlflowRegistry(self.settings.common.mlflow_tracking_uri)
-        self.predictor = Predictor(self.registry, served_specs(self.settings), self.cache)
+        self.predictor = Predictor(
+            self.registry, served_specs(self.settings), self.cache, drift=self.metrics.drift
+        )
         await self.converge("start")
 
     async def converge(self, trigger: Trigger = "converge") -> None:
@@ -196,7 +199,9 @@ def build_app(
     settings = settings or PredictorSettings()
     common = settings.common
     configure_logging(common.log_level)
-    metrics = metrics or PredictorMetrics()
+    metrics = metrics or PredictorMetrics(
+        drift=DriftMonitor(settings.drift_window, settings.drift_min_rows)
+    )
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)
     replica = Replica(

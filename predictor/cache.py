@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.drift import DriftReference
 from shared.errors import NoModelInService
 
 
@@ -24,6 +25,8 @@ class Served:
     features: tuple[str, ...]
     classes: tuple[Any, ...] | None
     loaded_at: datetime
+    # The training rows' distribution, for live drift; None for a version logged without one.
+    drift: DriftReference | None = None
 
 
 class ModelCache:

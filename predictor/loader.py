@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,8 +10,11 @@ import pandas as pd
 
 from predictor.cache import Served
 from shared.datasets import DatasetSpec, feature_frame
+from shared.drift import DriftReference
 from shared.errors import ModelLoadFailed
 from shared.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 def example_frame(spec: DatasetSpec, rows: int = 8) -> pd.DataFrame:
@@ -54,4 +58,16 @@ def load(registry: Registry, spec: DatasetSpec, version: int) -> Served:
     except Exception as exc:
         raise ModelLoadFailed(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
     classes = tuple(model.classes_) if hasattr(model, "classes_") else None
-    return Served(name, version, model, features, classes, datetime.now(UTC))
+    drift = drift_reference(registry, name, version)
+    return Served(name, version, model, features, classes, datetime.now(UTC), drift)
+
+
+def drift_reference(registry: Registry, name: str, version: int) -> DriftReference | None:
+    """The version's training reference; None (and a warning) when it has none or it cannot be
+    read: no reason to refuse a model that predicts well."""
+    try:
+        raw = registry.drift_reference(name, version)
+        return None if raw is None else DriftReference.model_validate(raw)
+    except Exception as exc:
+        log.warning("%s v%d: no drift reference, drift not measured: %s", name, version, exc)
+        return None

@@ -1,17 +1,23 @@
 """What a predictor replica exports: the versions it serves, its loads and refusals, the rows it
-predicts (online and in batch jobs) and how long predicting takes."""
+predicts (online and in batch jobs), how long predicting takes, and the drift of live rows."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from predictor.drift import DriftMonitor
 from shared.metrics import DURATION_BUCKETS, LATENCY_BUCKETS
 
 
 class PredictorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, drift: DriftMonitor | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # The live windows are state, but they exist only to be exported: they live here.
+        self.drift = drift or DriftMonitor()
+        r.register(self.drift)
         self.version = Gauge(
             "streamops_model_version_in_service",
             "Version of each model this replica serves",

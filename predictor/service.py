@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.cache import ModelCache, Served
+from predictor.drift import DriftMonitor
 from predictor.loader import load
 from shared.datasets import DatasetSpec, feature_frame
 from shared.errors import NoModelInService
@@ -37,11 +38,18 @@ class Predictor:
     """The models named by `specs` (by registered model name), in `cache`."""
 
     def __init__(
-        self, registry: Registry, specs: dict[str, DatasetSpec], cache: ModelCache
+        self,
+        registry: Registry,
+        specs: dict[str, DatasetSpec],
+        cache: ModelCache,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.registry = registry
         self.specs = specs
         self.cache = cache
+        # Online rows are counted against the training reference (batch jobs are not: one big
+        # file would swamp the window that watches live traffic).
+        self.drift = drift
         # Versions loaded for batch jobs pinned to a version no longer live nor previous.
         self._pinned: dict[tuple[str, int], Served] = {}
         # Candidates loaded ahead of their promotion (one per model), so a promotion is a swap.
@@ -81,7 +89,10 @@ class Predictor:
         not split a batch between versions."""
         served = self.cache.get(name)
         features = feature_frame(self.specs[name], rows)
-        return predict_with(served, features)
+        prediction = predict_with(served, features)
+        if self.drift is not None:
+            self.drift.observe(served, features)
+        return prediction
 
     def model_for(self, name: str, version: int) -> Served:
         """Version `version` of `name`, for a batch job pinned to it: the live one, the

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 TAG = "streamops."
 HISTORY_TAG = f"{TAG}production_history"
+# Each feature's training distribution (shared/drift.py), an artifact of the version's run.
+DRIFT_ARTIFACT = "drift_reference.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class TrainingRecord:
     target: str
     example: Any  # a few feature rows
     trusted_types: tuple[str, ...]
+    # Each feature's training distribution (shared/drift.py), logged beside the model.
+    drift_reference: dict[str, Any] | None = None
 
 
 class Registry(Protocol):
@@ -51,6 +56,8 @@ class Registry(Protocol):
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
 
     def load(self, name: str, version: int) -> Any: ...
+
+    def drift_reference(self, name: str, version: int) -> dict[str, Any] | None: ...
 
     def history(self, name: str) -> list[int]: ...
 
@@ -99,6 +106,8 @@ class MlflowRegistry:
                 digest=record.input_digest[:36],
             )
             mlflow.log_input(dataset, context="training")
+            if record.drift_reference is not None:
+                mlflow.log_dict(record.drift_reference, DRIFT_ARTIFACT)
             signature = infer_signature(record.example, record.model.predict(record.example))
             info = mlflow.sklearn.log_model(
                 record.model,
@@ -142,6 +151,19 @@ class MlflowRegistry:
                 artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
             )
             return mlflow.sklearn.load_model(local)
+
+    def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
+        """The reference logged with the version's run; None when there is none (a version
+        registered outside streamops, or before drift existed)."""
+        run_id = self.client.get_model_version(name, str(version)).run_id
+        if not run_id:
+            return None
+        if DRIFT_ARTIFACT not in {f.path for f in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="streamops-drift-") as tmp:
+            local = self.client.download_artifacts(run_id, DRIFT_ARTIFACT, dst_path=tmp)
+            found: dict[str, Any] = json.loads(Path(local).read_text())
+        return found
 
     def history(self, name: str) -> list[int]:
         tags = self.client.get_registered_model(name).tags

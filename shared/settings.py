@@ -136,6 +136,10 @@ class PredictorSettings(BaseSettings):
     # Predict batches taken per read; batches of one model read together are predicted in one
     # call. Small enough that one replica does not take what another could be doing.
     read_batches: int = Field(default=4, ge=1, le=256)
+    # Drift: the live rows (online predictions) each replica compares with the training
+    # reference, and how many the window must hold before PSI is exported at all.
+    drift_window: int = Field(default=5000, ge=100, le=1_000_000)
+    drift_min_rows: int = Field(default=500, ge=1, le=1_000_000)
     # Batch scoring: rows per chunk of a file job (chunks are shared by all replicas).
     score_chunk_rows: int = Field(default=100_000, ge=100, le=50_000_000)
     # Batch scoring: the most rows a score-requested event may carry inline.

@@ -25,25 +25,13 @@ class StreamsCollector(Collector):
         self.client = client
         self.streams = streams or tuple(e.stream for e in ALL_EVENTS)
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without samples: what this collector exports, for the registry (and the
+        tests that check dashboards and alert rules against it) without asking Redis."""
+        yield from _families()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        length = GaugeMetricFamily(
-            "streamops_stream_length", "Entries in the stream (XLEN)", labels=["stream"]
-        )
-        pending = GaugeMetricFamily(
-            "streamops_stream_group_pending",
-            "Entries delivered to the group and not acked yet",
-            labels=["stream", "group"],
-        )
-        lag = GaugeMetricFamily(
-            "streamops_stream_group_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag)",
-            labels=["stream", "group"],
-        )
-        dead = GaugeMetricFamily(
-            "streamops_dead_letters",
-            "Entries in the stream's dead-letter stream",
-            labels=["stream"],
-        )
+        length, pending, lag, dead = _families()
         for stream in self.streams:
             if not self.client.exists(stream):
                 continue
@@ -55,3 +43,25 @@ class StreamsCollector(Collector):
                 if group.get("lag") is not None:  # unknown after some deletions: left out
                     lag.add_metric([stream, name], int(group["lag"]))
         yield from (length, pending, lag, dead)
+
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    length = GaugeMetricFamily(
+        "streamops_stream_length", "Entries in the stream (XLEN)", labels=["stream"]
+    )
+    pending = GaugeMetricFamily(
+        "streamops_stream_group_pending",
+        "Entries delivered to the group and not acked yet",
+        labels=["stream", "group"],
+    )
+    lag = GaugeMetricFamily(
+        "streamops_stream_group_lag",
+        "Entries not yet delivered to the group (XINFO GROUPS lag)",
+        labels=["stream", "group"],
+    )
+    dead = GaugeMetricFamily(
+        "streamops_dead_letters",
+        "Entries in the stream's dead-letter stream",
+        labels=["stream"],
+    )
+    return length, pending, lag, dead

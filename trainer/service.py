@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from shared.datasets import DatasetSpec, load_spec
+from shared.drift import reference_from
 from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
 from shared.feature_store import FeatureStore
 from shared.promotion import PRODUCTION, promote
@@ -103,6 +104,7 @@ def train_for(
         target=spec.target,
         example=trained.split.x_test.head(5),
         trusted_types=estimators.resolve(training.estimator, training.task).trusted_types,
+        drift_reference=reference_from(spec, trained.split.x_train).model_dump(mode="json"),
     )
     registered = registry.log(record)
     registry.set_alias(spec.model_name, "dev", registered.version)

@@ -21,11 +21,13 @@ import redis.asyncio as aioredis
 from gateway.app import build_app as build_gateway
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
+from predictor.drift import DriftMonitor
 from predictor.metrics import PredictorMetrics
 from shared.datasets import DatasetSpec, feature_frame
+from shared.drift import reference_from
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
 from streamops.stack import free_port
-from tests.support.shelf import ModelShelf, two_pipelines
+from tests.support.shelf import ModelShelf, churn_frame, two_pipelines
 from tests.support.streams import entries, running
 from tests.support.waiting import eventually
 
@@ -376,3 +378,46 @@ async def test_the_streams_health_is_scraped_from_redis(
     assert 'streamops_stream_group_lag{group="ingestor",stream="data-arrived"} 2.0' in text
     assert 'streamops_dead_letters{stream="data-arrived"} 1.0' in text
     assert 'stream="model-trained"' not in text  # streams that do not exist are left out
+
+
+def payload(frame: pd.DataFrame) -> dict[str, Any]:
+    features = frame.drop(columns=["customer_id", "churned"], errors="ignore")
+    records = json.loads(features.to_json(orient="records"))  # NaN as null
+    return {"rows": records}
+
+
+async def test_the_predictor_exports_drift_of_the_rows_it_serves(
+    common: CommonSettings, shelf: ModelShelf, gateway: Gateway, churn_spec: DatasetSpec
+) -> None:
+    training = feature_frame(churn_spec, churn_frame(600, seed=4))  # what v1 was fitted on
+    shelf.references[1] = reference_from(churn_spec, training).model_dump(mode="json")
+    port = free_port()
+    metrics = PredictorMetrics(drift=DriftMonitor(window=400, min_rows=200))
+    exporting = common.model_copy(update={"metrics_port": port})
+
+    async def scrape() -> dict[str, float]:
+        async with httpx.AsyncClient() as scraper:
+            text = (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
+        prefix = 'streamops_feature_psi{feature="'
+        return {
+            line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix) and 'model="churn",version="1"' in line
+        }
+
+    async with replica(exporting, shelf, metrics), gateway() as http:
+        live = churn_frame(400, seed=11)
+        for start in range(0, 400, 100):
+            answer = await http.post(PREDICT, json=payload(live.iloc[start : start + 100]))
+            assert answer.status_code == 200, answer.text
+        calm = await scrape()
+        assert set(calm) == {c.name for c in churn_spec.feature_columns}
+        assert max(calm.values()) < 0.25, calm
+        # The same customers, all long-standing now: one feature moved, the others did not.
+        moved = live.assign(tenure_months=70)
+        for start in range(0, 400, 100):
+            answer = await http.post(PREDICT, json=payload(moved.iloc[start : start + 100]))
+            assert answer.status_code == 200, answer.text
+        drifted = await scrape()
+    assert drifted["tenure_months"] > 1.0
+    assert drifted["monthly_charges"] == pytest.approx(calm["monthly_charges"])

@@ -9,6 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
+from shared.datasets import load_spec
+from shared.drift import DriftReference
 from shared.events import DataArrived, DataIngested
 from shared.feature_store import FeatureStore
 from shared.promotion import promote, rollback
@@ -27,6 +29,20 @@ def _ingest(settings: IngestorSettings, uri: str) -> DataIngested:
     result = ingest(DataArrived(dataset="churn", source=uri), settings, store)
     assert isinstance(result, DataIngested), result
     return result
+
+
+def assert_drift_reference_logged(
+    registry: MlflowRegistry, spec_dir: Path, name: str, rows: int
+) -> None:
+    """Each feature's training distribution is logged with version 1, for live drift."""
+    raw = registry.drift_reference(name, 1)
+    assert raw is not None
+    reference = DriftReference.model_validate(raw)
+    spec = load_spec(spec_dir, "churn")
+    assert [f.name for f in reference.features] == [c.name for c in spec.feature_columns]
+    assert 0 < reference.rows < rows  # the training split, not the hold-out rows
+    for feature in reference.features:
+        assert sum(feature.shares) == pytest.approx(1.0)
 
 
 def test_train_register_gate_promote_and_roll_back(
@@ -60,6 +76,7 @@ def test_train_register_gate_promote_and_roll_back(
     assert version.tags["streamops.content_hash"] == first.content_hash
     assert "HistGradientBoostingClassifier" in version.tags["streamops.training_spec"]
     assert set(client.get_registered_model(name).aliases) == {"dev", "staging", "production"}
+    assert_drift_reference_logged(registry, spec_dir, name, first.rows)
 
     # The same event again: no second model version.
     again = train_for(first, spec_dir, store, registry)

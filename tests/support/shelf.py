@@ -19,6 +19,7 @@ class ModelShelf:
     production: int | None = None
     loads: list[int] = field(default_factory=list)
     production_history: list[int] = field(default_factory=list)
+    references: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
         return None
@@ -38,6 +39,9 @@ class ModelShelf:
         if isinstance(model, Exception):
             raise model
         return model
+
+    def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
+        return self.references.get(version)
 
     def history(self, name: str) -> list[int]:
         return list(self.production_history)
@@ -61,10 +65,18 @@ def two_pipelines() -> tuple[Any, Any]:
     """Two real churn pipelines trained on different orders of the same rows."""
     from shared.datasets import load_spec
     from shared.settings import BUNDLED_DATASETS
-    from tests.support.data import churn_rows
 
     spec = load_spec(BUNDLED_DATASETS, "churn")
-    frame = pd.DataFrame(churn_rows(600, seed=4))
+    frame = churn_frame(600, seed=4)
+    return (fit(spec, frame).pipeline, fit(spec, frame.sample(frac=1.0, random_state=3)).pipeline)
+
+
+def churn_frame(rows: int, seed: int) -> pd.DataFrame:
+    """Valid churn rows, typed as the feature store holds them (two_pipelines trains on
+    churn_frame(600, seed=4))."""
+    from tests.support.data import churn_rows
+
+    frame = pd.DataFrame(churn_rows(rows, seed=seed))
     frame = frame.astype(
         {
             "tenure_months": int,
@@ -76,4 +88,4 @@ def two_pipelines() -> tuple[Any, Any]:
     )
     frame["satisfaction"] = pd.to_numeric(frame["satisfaction"].replace("", None))
     frame["autopay"] = frame["autopay"] == "true"
-    return (fit(spec, frame).pipeline, fit(spec, frame.sample(frac=1.0, random_state=3)).pipeline)
+    return frame

@@ -35,6 +35,9 @@ class FakeRegistry:
     def load(self, name: str, version: int) -> Any:
         raise NotImplementedError
 
+    def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
+        return None
+
     def history(self, name: str) -> list[int]:
         return list(self.histories.get(name, []))
 
