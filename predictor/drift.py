@@ -13,12 +13,11 @@ import math
 import threading
 from collections.abc import Iterator
 
-import pandas as pd
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from predictor.cache import Served
-from shared.drift import Window
+from shared.drift import Columns, Window
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,14 @@ class DriftMonitor(Collector):
         self._lock = threading.Lock()
         self._warned: set[tuple[str, int]] = set()
 
-    def observe(self, served: Served, features: pd.DataFrame) -> None:
-        """Count `features` (rows `served` just predicted) in its version's window. Never
-        raises: drift is worth less than the prediction it watches."""
+    def observe(self, served: Served, columns: Columns) -> None:
+        """Count the rows `served` just predicted (column by column: a DataFrame or a dict of
+        lists) in its version's window. Never raises: drift is worth less than the prediction
+        it watches."""
         if served.drift is None:
             return
         try:
-            self._window_for(served).observe(features)
+            self._window_for(served).observe(columns)
         except Exception as exc:
             key = (served.name, served.version)
             if key not in self._warned:  # once per version, not once per batch

@@ -63,8 +63,9 @@ def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> lis
     """Answers for `requests` (all for one model): one predict call for all of them; when that
     fails, each request alone, so one bad batch does not fail its neighbours."""
     name = requests[0].model_name
+    columns = _columns(requests)
     try:
-        merged = predictor.predict(name, _frame(requests))
+        merged = predictor.predict(name, pd.DataFrame(columns), columns)
     except NoModelInService as exc:
         return [_failure(r, "no_model", str(exc)) for r in requests]
     except Exception:
@@ -74,11 +75,15 @@ def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> lis
     return _split(merged, requests)
 
 
-def _frame(requests: Sequence[PredictionRequested]) -> pd.DataFrame:
+def _columns(requests: Sequence[PredictionRequested]) -> dict[str, list[Any]]:
     if len(requests) == 1:
-        return pd.DataFrame(requests[0].columns)
+        return dict(requests[0].columns)
     names = requests[0].columns.keys()
-    return pd.DataFrame({n: [v for r in requests for v in r.columns.get(n, ())] for n in names})
+    return {n: [v for r in requests for v in r.columns.get(n, ())] for n in names}
+
+
+def _frame(requests: Sequence[PredictionRequested]) -> pd.DataFrame:
+    return pd.DataFrame(_columns(requests))
 
 
 def _alone(predictor: Predictor, request: PredictionRequested) -> BatchPredicted:

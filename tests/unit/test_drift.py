@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 
@@ -185,3 +186,19 @@ def test_online_predictions_are_counted_against_the_served_versions_reference(
     predictor.predict("churn", rows(300, seed=10))
     assert monitor.rows("churn") == 300
     assert max(monitor.psi("churn").values()) < 0.1
+
+
+def test_request_columns_as_plain_lists_bin_like_the_frame(
+    spec: DatasetSpec, reference: DriftReference
+) -> None:
+    frame = rows(300, seed=12)
+    from_frame, from_lists = Window(reference, 1000), Window(reference, 1000)
+    from_frame.observe(feature_frame(spec, frame))
+    # As JSON brings them: None for missing, booleans as true/false, numbers in text.
+    columns = json.loads(frame.to_json(orient="columns"))
+    lists = {name: list(values.values()) for name, values in columns.items()}
+    lists["support_calls"] = [str(v) for v in lists["support_calls"]]
+    assert None in lists["satisfaction"]
+    from_lists.observe(lists)
+    assert from_lists.rows == 300
+    assert from_lists.psi() == from_frame.psi()
