@@ -75,7 +75,10 @@ def exported_series() -> frozenset[str]:
 
 
 # Labels the exposition adds to some series of a type, on top of the metric's own.
-SUFFIX_LABELS = {("histogram", "_bucket"): frozenset({"le"}), ("summary", ""): frozenset({"quantile"})}
+SUFFIX_LABELS = {
+    ("histogram", "_bucket"): frozenset({"le"}),
+    ("summary", ""): frozenset({"quantile"}),
+}
 
 # Labels Prometheus attaches to every series it scrapes (the target's).
 TARGET_LABELS = frozenset({"job", "instance"})
