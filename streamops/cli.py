@@ -129,7 +129,7 @@ def _up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streamops.stack import bring_up, local_stack
+    from streamops.stack import bring_up, local_stack, write_prometheus_targets
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,12 +137,16 @@ def _up(args: argparse.Namespace) -> int:
     workdir = args.workdir.resolve()
     with local_stack(workdir) as stack:
         running = bring_up(stack, SERVICES)
+        # For deploy/prometheus/local.yml, which reads var/up/prometheus/ (the default workdir).
+        write_prometheus_targets(running, workdir / "prometheus")
         exports = " ".join(f"{k}={v}" for k, v in running.env.items())
         console.print(
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
             f"  MLflow UI: {running.mlflow_url}\n"
             f"  gateway:   {running.gateway_url} (API docs: {running.gateway_url}/docs)\n"
             f"  metrics:   {', '.join(f'{n} {u}' for n, u in running.metrics.items())}\n"
+            f"  Prometheus: targets in {workdir / 'prometheus'} "
+            "(prometheus --config.file=deploy/prometheus/local.yml)\n"
             f"  services:  {', '.join(SERVICES)} "
             f"(logs in {stack.log('x').parent})\n  CLI:       export {exports}\n"
             "Ctrl-C stops everything."

@@ -6,7 +6,9 @@ Used by `make demo` and the end-to-end tests; `streamops up` (a later issue) gro
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -165,6 +168,35 @@ class Running:
     gateway_url: str | None = None
     # process name → its Prometheus endpoint
     metrics: dict[str, str] = field(default_factory=dict)
+
+
+def prometheus_targets(running: Running) -> dict[str, list[dict[str, Any]]]:
+    """file_sd target groups by scrape job (the service), one group per process. `instance` is
+    the process name (`predictor`, `predictor-2`), not the address: the ports change at every
+    start, the names do not, so graphs and alerts keep one series per replica across restarts."""
+    endpoints = dict(running.metrics)
+    if running.gateway_url is not None:
+        endpoints["gateway"] = f"{running.gateway_url}/metrics"
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for name, url in endpoints.items():
+        service = re.sub(r"-\d+$", "", name)  # predictor-2 is a replica of predictor
+        group = {"targets": [urlsplit(url).netloc], "labels": {"instance": name}}
+        jobs.setdefault(service, []).append(group)
+    return jobs
+
+
+def write_prometheus_targets(running: Running, directory: Path) -> list[Path]:
+    """One file_sd file per job in `directory` (`<job>.json`, what deploy/prometheus/local.yml
+    reads), each replaced in one rename so Prometheus never reads half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for job, groups in prometheus_targets(running).items():
+        path = directory / f"{job}.json"
+        partial = directory / f".{job}.json.partial"
+        partial.write_text(json.dumps(groups, indent=2) + "\n")
+        partial.replace(path)
+        written.append(path)
+    return written
 
 
 def gateway_port() -> int:
