@@ -6,7 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: bootstrap test test-fast lint typecheck demo bench bench-batch clean
+IMAGE ?= streamops:latest
+
+.PHONY: bootstrap test test-fast lint typecheck gate image demo bench bench-batch clean
 
 bootstrap: $(STAMP)
 
@@ -32,6 +34,16 @@ lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+
+# The model quality gate: every bundled dataset with a training section trains on its sample,
+# in-process (no MLflow, no broker), and must pass its spec's thresholds; exit 1 if one fails.
+gate: bootstrap
+	$(PY) -m trainer.quality
+
+# The container image of the four services (Dockerfile). Needs a Docker engine; the compose
+# file builds the same image: docker compose -f deploy/compose.yml up -d --build.
+image:
+	docker build -t $(IMAGE) .
 
 demo: bootstrap
 	$(PY) -m streamops.demo $(ARGS)

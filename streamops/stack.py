@@ -1,6 +1,6 @@
 """Running the topology as local processes: a Redis server and the services, each with a log.
 
-Used by `make demo` and the end-to-end tests; `streamops up` (a later issue) grows from it.
+Used by `make demo`, `streamops up` and the end-to-end tests.
 """
 
 from __future__ import annotations
