@@ -1,7 +1,9 @@
-"""What the ingestor exports: rows accepted and quarantined, batches by outcome, and how long
-an ingest takes."""
+"""What the ingestor exports: rows accepted and quarantined, batches by outcome, the bytes
+each new version takes in the feature store, and how long an ingest takes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -25,6 +27,12 @@ class IngestorMetrics:
             ["dataset", "outcome", "kind"],
             registry=r,
         )
+        self.bytes = Counter(
+            "streamops_ingested_bytes",
+            "Bytes of Parquet written to the feature store for new versions",
+            ["dataset"],
+            registry=r,
+        )
         self.seconds = Histogram(
             "streamops_ingest_seconds",
             "Time to read, validate and store one arrival",
@@ -44,3 +52,9 @@ class IngestorMetrics:
         if result.new_version:
             self.rows.labels(dataset, "accepted").inc(result.rows)
             self.rows.labels(dataset, "quarantined").inc(result.quarantined_rows)
+            self.bytes.labels(dataset).inc(stored_bytes(Path(result.path)))
+
+
+def stored_bytes(version_dir: Path) -> int:
+    """Size of a version's files (a stat per file, once per new version: not a hot path)."""
+    return sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())

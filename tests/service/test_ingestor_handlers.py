@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -69,7 +70,7 @@ async def test_a_missing_file_yields_data_rejected(make_settings: Make) -> None:
 async def test_the_outcomes_are_counted(make_settings: Make) -> None:
     metrics = IngestorMetrics()
     sample = DataArrived(dataset="churn", source="churn/churn.csv")
-    await _run(
+    _, seen = await _run(
         make_settings(),
         sample,
         DataArrived(dataset="churn", source="churn/churn.csv"),  # same content: unchanged
@@ -86,6 +87,11 @@ async def test_the_outcomes_are_counted(make_settings: Make) -> None:
     rejected = {"dataset": "churn", "outcome": "rejected", "kind": "source_error"}
     assert value(batches, rejected) == 1
     assert value("streamops_ingest_seconds_count", {"dataset": "churn"}) == 3
+    (stored,) = seen["data-ingested"][:1]
+    files = [f for f in Path(stored["path"]).rglob("*") if f.is_file()]
+    assert files
+    written = sum(f.stat().st_size for f in files)
+    assert value("streamops_ingested_bytes_total", {"dataset": "churn"}) == written
 
 
 @pytest.mark.anyio
