@@ -40,6 +40,7 @@ from rich.table import Table
 from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
 from streamops.client import ingest_and_wait
+from streamops.demo_metrics import show_metrics
 from streamops.demo_serving import failed, predict_step, serving, step, wait_event
 from streamops.stack import Stack, bring_up, local_stack, wait_for
 
@@ -70,7 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             ok = _story(client, http, workdir, args.timeout) and serving(
                 client, http, stack, workdir, args.timeout
             )
+        endpoints = {**running.metrics, "gateway": f"{running.gateway_url}/metrics"}
+        if ok:
+            console.rule("[bold]what the services' /metrics say[/bold]")
+            ok = show_metrics(console, endpoints)
         _where_to_look(url, mlflow_url, workdir, stack, running.gateway_url)
+        console.print(
+            "metrics:         " + ", ".join(f"{k} {v}" for k, v in endpoints.items()) + "\n"
+            "Prometheus:      `streamops up` writes its targets for deploy/prometheus/local.yml; "
+            "README.md, 'Monitoring the local processes'"
+        )
         if ok and args.keep:
             console.print("\nall running; Ctrl-C stops everything")
             with contextlib.suppress(KeyboardInterrupt):
