@@ -127,6 +127,7 @@ def register(datasets: Path, tracking_uri: str) -> int:
     import mlflow
 
     from shared.datasets import load_spec
+    from shared.drift import reference_from
     from shared.registry import MlflowRegistry, TrainingRecord
     from trainer import estimators
     from trainer.training import evaluate, pipeline
@@ -156,6 +157,8 @@ def register(datasets: Path, tracking_uri: str) -> int:
         target="label",
         example=test[FEATURES].head(5),
         trusted_types=trusted,
+        # As the trainer logs it: the replica then counts every online row for drift.
+        drift_reference=reference_from(spec, train[FEATURES]).model_dump(mode="json"),
     )
     version = registry.log(record).version
     registry.set_alias(spec.model_name, "production", version)
