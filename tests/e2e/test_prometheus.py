@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
 from streamops.stack import free_port
@@ -52,17 +50,6 @@ def repo_like(tmp_path: Path) -> Path:
     (root / "deploy").mkdir(parents=True)
     (root / "deploy" / "prometheus").symlink_to(REPO_ROOT / "deploy" / "prometheus")
     return root
-
-
-@pytest.fixture
-def datasets(tmp_path: Path) -> tuple[Path, str]:
-    """The churn spec under a model name of this test's own (the MLflow server is shared)."""
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    model = f"churn-prom-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = model
-    (tmp_path / "datasets" / "churn").mkdir(parents=True)
-    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
-    return tmp_path / "datasets", model
 
 
 @pytest.fixture
