@@ -22,7 +22,7 @@ from gateway.fleet import Fleet
 from gateway.limits import BodyLimit
 from gateway.metrics import GatewayMetrics, RequestMetrics
 from shared.broker import redis_client
-from shared.datasets import DatasetSpec, load_spec
+from shared.datasets import served_specs
 from shared.errors import (
     InvalidRows,
     JobNotFound,
@@ -58,17 +58,10 @@ STATUS: dict[type[StreamopsError], int] = {
 }
 
 
-def served_specs(settings: GatewaySettings) -> dict[str, DatasetSpec]:
-    """Specs with a training section, by registered model name."""
-    directory = settings.common.datasets_dir
-    specs = (load_spec(directory, p.parent.name) for p in sorted(directory.glob("*/spec.yaml")))
-    return {spec.model_name: spec for spec in specs if spec.training is not None}
-
-
 def build_app(settings: GatewaySettings | None = None, registry: Registry | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     configure_logging(settings.common.log_level)
-    specs = served_specs(settings)
+    specs = served_specs(settings.common.datasets_dir)
     client = redis_client(settings.common)
     coalescer = Coalescer(client, settings)
     fleet = Fleet(client)

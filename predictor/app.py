@@ -28,7 +28,7 @@ from predictor.online import OnlinePredictor
 from predictor.scoring_app import wire_scoring
 from predictor.service import Predictor
 from shared.broker import build_broker, redis_client
-from shared.datasets import DatasetSpec, load_spec
+from shared.datasets import served_specs
 from shared.delivery import parse_event
 from shared.errors import InvalidEvent, ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
@@ -41,14 +41,6 @@ from shared.wire import entry_body, entry_fields
 SERVICE = "predictor"
 Trigger = Literal["start", "promotion", "converge", "prefetch"]
 log = logging.getLogger(__name__)
-
-
-def served_specs(settings: PredictorSettings) -> dict[str, DatasetSpec]:
-    """The specs of the datasets this replica serves, by registered model name."""
-    directory = settings.common.datasets_dir
-    names = settings.datasets or sorted(p.parent.name for p in directory.glob("*/spec.yaml"))
-    specs = (load_spec(directory, name) for name in names)
-    return {spec.model_name: spec for spec in specs if spec.training is not None}
 
 
 @dataclass
@@ -72,7 +64,10 @@ class Replica:
 
             self.registry = MlflowRegistry(self.settings.common.mlflow_tracking_uri)
         self.predictor = Predictor(
-            self.registry, served_specs(self.settings), self.cache, drift=self.metrics.drift
+            self.registry,
+            served_specs(self.settings.common.datasets_dir, self.settings.datasets or None),
+            self.cache,
+            drift=self.metrics.drift,
         )
         await self.converge("start")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -260,6 +260,15 @@ def load_spec(datasets_dir: Path, name: str) -> DatasetSpec:
     if not path.is_file():
         raise UnknownDataset(f"no dataset spec for {name!r} (looked for {path})")
     return parse_spec(path.read_text(), source=str(path), expected_name=name)
+
+
+def served_specs(datasets_dir: Path, names: Sequence[str] | None = None) -> dict[str, DatasetSpec]:
+    """The specs with a training section (the datasets that have a model to serve), by
+    registered model name: those of `names`, or of every dataset in `datasets_dir`."""
+    if names is None:
+        names = sorted(p.parent.name for p in datasets_dir.glob("*/spec.yaml"))
+    specs = (load_spec(datasets_dir, name) for name in names)
+    return {spec.model_name: spec for spec in specs if spec.training is not None}
 
 
 def parse_spec(text: str, source: str = "<spec>", expected_name: str | None = None) -> DatasetSpec:
