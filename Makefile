@@ -1,5 +1,6 @@
 # streamops: `make demo` runs the main job end to end, `make test` runs the whole suite.
-# Both bootstrap a virtualenv in .venv first; nothing needs to be started by hand.
+# Both install what they need first (`make deps`: Debian packages; `make bootstrap`: .venv);
+# nothing needs to be started by hand.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,19 @@ STAMP := $(VENV)/.installed-stamp
 
 IMAGE ?= streamops:latest
 
-.PHONY: bootstrap test test-fast lint typecheck gate image demo bench bench-batch clean
+.PHONY: deps deps-test deps-bench bootstrap test test-fast lint typecheck gate image demo bench bench-batch bench-serve clean
+
+# Machine-level prerequisites, from Debian's packages when missing (as root; otherwise the
+# one command to run): redis-server for the demo; prometheus and chromium for the tests too;
+# wrk for the serving benchmark. See scripts/system-deps.sh.
+deps:
+	bash scripts/system-deps.sh run
+
+deps-test:
+	bash scripts/system-deps.sh run test
+
+deps-bench:
+	bash scripts/system-deps.sh run bench
 
 bootstrap: $(STAMP)
 
@@ -23,12 +36,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The whole suite: unit, service (in-memory broker), integration (real Redis, started by the
 # fixtures) and e2e (services as processes).
-test: bootstrap
+test: deps-test bootstrap
 	$(PY) -m pytest
 
-# Unit and service tests only: seconds, no servers.
-test-fast: bootstrap
-	$(PY) -m pytest tests/unit tests/service
+# Unit, service and deploy-config tests: no servers (the deploy checks run promtool).
+test-fast: deps-test bootstrap
+	$(PY) -m pytest tests/unit tests/service tests/deploy
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .
@@ -45,15 +58,19 @@ gate: bootstrap
 image:
 	docker build -t $(IMAGE) .
 
-demo: bootstrap
+demo: deps bootstrap
 	$(PY) -m streamops.demo $(ARGS)
 
 bench: bootstrap
 	$(PY) bench/ingest.py
 
 # Batch scoring through Redis Streams (two predictor processes) against in-process predict.
-bench-batch: bootstrap
+bench-batch: deps bootstrap
 	$(PY) bench/batch.py
+
+# The gateway against `mlflow models serve` under wrk (docs/benchmarks.md).
+bench-serve: deps-bench bootstrap
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
