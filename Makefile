@@ -51,7 +51,7 @@ lint: bootstrap
 # The model quality gate: every bundled dataset with a training section trains on its sample,
 # in-process (no MLflow, no broker), and must pass its spec's thresholds; exit 1 if one fails.
 gate: bootstrap
-	$(PY) -m trainer.quality
+	$(PY) -m streamops.gate
 
 # The container image of the four services (Dockerfile). Needs a Docker engine; the compose
 # file builds the same image: docker compose -f deploy/compose.yml up -d --build.

@@ -1,4 +1,4 @@
-"""The CI quality gate (`python -m trainer.quality`): the bundled sample passes its spec's
+"""The CI quality gate (`python -m streamops.gate`): the bundled sample passes its spec's
 thresholds; a threshold no model can reach fails the run with exit status 1 and says why."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT
-from trainer import quality
+from streamops import gate as quality
 
 
 def test_the_bundled_datasets_pass_the_gate() -> None:
     # The real entry point, as `make gate` runs it.
     run = subprocess.run(
-        [sys.executable, "-m", "trainer.quality"],
+        [sys.executable, "-m", "streamops.gate"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

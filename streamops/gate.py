@@ -1,4 +1,4 @@
-"""The model quality gate for CI: `python -m trainer.quality` (or `make gate`).
+"""The model quality gate for CI: `python -m streamops.gate` (or `make gate`).
 
 Every dataset under the datasets directory whose spec has a `training:` section is trained on
 its bundled sample, `<datasets dir>/<name>/<name>.csv`, in this process: the sample goes
@@ -113,7 +113,7 @@ def check(spec: DatasetSpec, datasets_dir: Path) -> Result:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer.quality",
+        prog="python -m streamops.gate",
         description="Train every bundled dataset's model on its sample and apply its gate.",
     )
     parser.add_argument(
