@@ -51,10 +51,11 @@ def imported(name: str, path: Path) -> Iterator[str]:
         else:
             continue
         for target in targets:
-            while target and target not in known:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                yield target
+            found = target
+            while found and found not in known:
+                found = found.rpartition(".")[0]
+            if found and found != name:
+                yield found
 
 
 @cache
