@@ -1,1 +1,2 @@
-"""streamops gateway service (see the open issues)."""
+"""streamops gateway: the HTTP face (FastAPI under gunicorn): predict, ingest, promote and
+roll back, batch jobs, health and metrics."""

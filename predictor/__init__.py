@@ -1,1 +1,2 @@
-"""streamops predictor service (see the open issues)."""
+"""streamops predictor: a replica that keeps production models in memory, hot-reloads them on
+promotion, answers coalesced online predictions and scores batch jobs."""

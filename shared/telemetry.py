@@ -1,4 +1,5 @@
-"""Logging, liveness and progress, set up the same way in every service (metrics: issue 5)."""
+"""Logging, liveness and progress, set up the same way in every service (metrics:
+shared/metrics.py)."""
 
 from __future__ import annotations
 

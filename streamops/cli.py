@@ -1,10 +1,17 @@
-"""`streamops`: run a service, announce data, look at the feature store.
+"""`streamops`: run the services, run them all locally, announce data, score, manage models.
 
+    streamops up                                Redis, MLflow and every service as local processes
     streamops ingestor                          run the ingestor service
-    streamops gateway                           run the HTTP gateway
+    streamops trainer                           run the trainer service
+    streamops predictor                         run a predictor replica
+    streamops gateway                           run the HTTP gateway (gunicorn, uvicorn workers)
+    streamops asyncapi SERVICE                  print a service's AsyncAPI document
     streamops ingest DATASET SOURCE [...]       publish data-arrived and wait for the outcome
     streamops ingest --local DATASET SOURCE     ingest in this process, with a progress bar
     streamops score MODEL INPUT.parquet         batch-score a file on the predictors
+    streamops models MODEL                      versions, aliases, gate verdicts, metrics
+    streamops promote MODEL VERSION             production -> VERSION, publishes model-promoted
+    streamops rollback MODEL                    back to the previous production version
     streamops versions DATASET                  list the dataset's versions
     streamops quarantine DATASET [VERSION]      show the rows a version rejected
 
