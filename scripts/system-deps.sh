@@ -13,10 +13,11 @@
 set -euo pipefail
 
 groups=("${@:-run}")
-missing=()   # Debian packages to install
+missing=()   # Debian packages to install, each once
 
 need() {  # need COMMAND PACKAGE: the package, if the command is not on PATH
-    command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+    command -v "$1" >/dev/null 2>&1 && return
+    [[ " ${missing[*]} " == *" $2 "* ]] || missing+=("$2")
 }
 
 for group in "${groups[@]}"; do
@@ -34,8 +35,6 @@ for group in "${groups[@]}"; do
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
-    # Each package once, in a stable order.
-    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "missing: ${missing[*]} (not a Debian system: install them with your package manager)" >&2
         exit 1
