@@ -2,21 +2,26 @@
 
 `build_app(settings)` is the factory (gunicorn runs `gateway.app:build_app()` in every worker).
 Each worker coalesces its own predict requests (gateway.coalesce) and reads the predictors'
-heartbeats (gateway.fleet). Named errors from shared.errors become HTTP statuses here and
-nowhere else.
+heartbeats (gateway.fleet); the endpoints are in gateway.api, one module per resource. Named
+errors from shared.errors become HTTP statuses here, in STATUS, and nowhere else: every error
+answer has the body {"error", "detail"}, except request validation's 422 (FastAPI's own).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from gateway import routes
+from gateway.api import health, ingest, models, predict, scoring
+from gateway.api.deps import Bus, Context, Predictions, Replicas
+from gateway.bus import RedisBus
 from gateway.coalesce import Coalescer
 from gateway.fleet import Fleet
 from gateway.limits import BodyLimit
@@ -31,8 +36,10 @@ from shared.errors import (
     NoPredictor,
     NothingToRollBack,
     PayloadTooLarge,
+    PredictionFailed,
     PredictorTimeout,
     StreamopsError,
+    StreamsUnavailable,
     Unauthorized,
     UnknownDataset,
     VersionNotFound,
@@ -52,29 +59,45 @@ STATUS: dict[type[StreamopsError], int] = {
     NothingToRollBack: 409,
     PayloadTooLarge: 413,
     InvalidRows: 422,
+    # The upstream predictor took the rows and failed: a bad gateway, not the gateway's fault.
+    PredictionFailed: 502,
     NoModelInService: 503,
     NoPredictor: 503,
+    StreamsUnavailable: 503,
     PredictorTimeout: 504,
 }
 
 
-def build_app(settings: GatewaySettings | None = None, registry: Registry | None = None) -> FastAPI:
+def build_app(
+    settings: GatewaySettings | None = None,
+    registry: Registry | None = None,
+    *,
+    coalescer: Predictions | None = None,
+    fleet: Replicas | None = None,
+    bus: Bus | None = None,
+) -> FastAPI:
+    """The app; the parts not given are made on Redis (tests give fakes, which run no Redis)."""
     settings = settings or GatewaySettings()
     configure_logging(settings.common.log_level)
     specs = served_specs(settings.common.datasets_dir)
-    client = redis_client(settings.common)
-    coalescer = Coalescer(client, settings)
-    fleet = Fleet(client)
+    client = redis_client(settings.common)  # connects on first use only
+    started: list[Coalescer | Fleet] = []  # the parts made here, which the lifespan runs
+    if coalescer is None:
+        coalescer = Coalescer(client, settings)
+        started.append(coalescer)
+    if fleet is None:
+        fleet = Fleet(client)
+        started.append(fleet)
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await coalescer.start()
-        await fleet.start()
-        yield
-        await fleet.stop()
-        await coalescer.stop()
-        await client.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(client.aclose)
+            for part in started:
+                await part.start()
+                stack.push_async_callback(part.stop)
+            yield
 
     app = FastAPI(
         title="streamops gateway",
@@ -83,12 +106,16 @@ def build_app(settings: GatewaySettings | None = None, registry: Registry | None
         version="1",
         lifespan=lifespan,
     )
-    app.state.context = routes.Context(settings, specs, client, coalescer, fleet, metrics, registry)
-    app.include_router(routes.health)
+    bus = bus or RedisBus(client)
+    app.state.context = Context(settings, specs, bus, coalescer, fleet, metrics, registry)
+    app.include_router(health.router)
     for spec in specs.values():
-        app.include_router(routes.predict_router(spec, settings.max_rows_per_request))
-    app.include_router(routes.api)
-    app.add_middleware(BodyLimit, limit_for=_limits(settings))
+        app.include_router(predict.predict_router(spec, settings.max_rows_per_request))
+    app.include_router(predict.unknown)  # after the models' own routes
+    app.include_router(models.router)
+    app.include_router(ingest.router)
+    app.include_router(scoring.router)
+    app.add_middleware(BodyLimit, limit_for=_limits(settings), answer=error_response)
     app.add_middleware(RequestMetrics, metrics=metrics)
     _error_handlers(app)
     return app
@@ -103,14 +130,41 @@ def _limits(settings: GatewaySettings) -> Any:
     return limit_for
 
 
+def error_response(exc: StreamopsError) -> JSONResponse:
+    """The answer to a named error: its status from STATUS (500 when it has none)."""
+    status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 500)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return JSONResponse(
+        {"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers
+    )
+
+
 def _error_handlers(app: FastAPI) -> None:
     async def named(request: Request, exc: Exception) -> JSONResponse:
-        status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 500)
-        if status == 500:
+        assert isinstance(exc, StreamopsError)  # registered for StreamopsError only
+        response = error_response(exc)
+        if response.status_code == 500:
             log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
-        headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+        return response
+
+    async def routing(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own answers (no such path, method not allowed), in the same body.
+        assert isinstance(exc, HTTPException)
+        phrase = http.HTTPStatus(exc.status_code).phrase
         return JSONResponse(
-            {"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers
+            {"error": phrase.title().replace(" ", "").replace("-", ""), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: logged with its traceback, answered with the error body but no internals.
+        log.error("unexpected %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": "InternalError", "detail": "unexpected error; the gateway's log says more"},
+            status_code=500,
         )
 
     app.add_exception_handler(StreamopsError, named)
+    app.add_exception_handler(HTTPException, routing)
+    app.add_exception_handler(Exception, unexpected)

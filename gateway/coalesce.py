@@ -25,7 +25,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from shared.errors import InvalidRows, NoModelInService, NoPredictor, PredictorTimeout
+from shared.errors import (
+    InvalidRows,
+    NoModelInService,
+    NoPredictor,
+    PredictionFailed,
+    PredictorTimeout,
+)
 from shared.events import BatchPredicted, PredictionRequested
 from shared.settings import GatewaySettings
 from shared.wire import entry_fields
@@ -110,7 +116,7 @@ class Coalescer:
 
     async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
         """The predictions for `rows` rows (given column by column); raises PredictorTimeout,
-        NoModelInService, InvalidRows or NoPredictor."""
+        NoModelInService, InvalidRows, PredictionFailed or NoPredictor."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._add(model_name, _Part(columns, rows, future))
         try:
@@ -220,7 +226,7 @@ def _failure(batch: BatchPredicted) -> Exception:
         return NoModelInService(batch.error or f"no version of {batch.model_name} in service")
     if batch.failure == "invalid":
         return InvalidRows(batch.error or "the model cannot predict these rows")
-    return RuntimeError(batch.error or "the predictor failed")
+    return PredictionFailed(batch.error or f"the predictor failed to predict {batch.model_name}")
 
 
 def _merge(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:

@@ -2,26 +2,27 @@
 
 A pure ASGI middleware: a declared Content-Length over the limit is refused at once, and a
 body without one (chunked) is counted as it streams in and refused when it passes the limit.
+The refusal is the app's own answer to PayloadTooLarge (`answer`: gateway.app's STATUS table).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
-from shared.errors import PayloadTooLarge
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[Message], Any]
+from shared.errors import PayloadTooLarge, StreamopsError
+
+Answer = Callable[[StreamopsError], Response]
 
 
 class BodyLimit:
-    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: Any, limit_for: Callable[[str], int], answer: Answer) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.answer = answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,7 +31,7 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, limit)
+            await self._refuse(scope, receive, send, limit)
             return
         received = 0
         too_large = False
@@ -53,7 +54,7 @@ class BodyLimit:
             if too_large:
                 if not refused:
                     refused = True
-                    await _refuse(send, limit)
+                    await self._refuse(scope, receive, send, limit)
                 return
             await send(message)
 
@@ -61,7 +62,13 @@ class BodyLimit:
             await self.app(scope, counting_receive, guarded_send)
         except PayloadTooLarge:
             if not refused:
-                await _refuse(send, limit)
+                await self._refuse(scope, receive, send, limit)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = self.answer(PayloadTooLarge(f"request body larger than {limit} bytes"))
+        # The rest of the body is never read: the connection cannot carry another request.
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -72,17 +79,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": "PayloadTooLarge", "detail": f"request body larger than {limit} bytes"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

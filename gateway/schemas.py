@@ -1,5 +1,6 @@
 """HTTP bodies. The predict request of each model is generated from its dataset spec
-(`predict_request`), so the OpenAPI document shows the real feature names, types and limits."""
+(`predict_request`), so the OpenAPI document shows the real feature names, types and limits.
+`errors` declares an operation's error answers, so generated clients know them too."""
 
 from __future__ import annotations
 
@@ -114,3 +115,44 @@ class ScoreAccepted(BaseModel):
     job_id: str
     status_url: str
     event_id: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer but request validation's 422 (FastAPI's own shape)."""
+
+    error: str = Field(description="Name of the error (shared.errors), e.g. `ModelNotFound`.")
+    detail: str = Field(description="What went wrong, for a person to read.")
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="Redis answers and at least one predictor serves a model.")
+    redis: bool = Field(description="Redis answered a PING.")
+    predictors: dict[str, dict[str, int]] = Field(
+        description="Replica → model → version, for the replicas that serve a model."
+    )
+
+
+# Predict's 422 is FastAPI's validation error, or InvalidRows when the model itself refuses rows
+# the validation let through; the HTTPValidationError schema is FastAPI's own component.
+_VALIDATION_OR_ERROR = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/HTTPValidationError"},
+        {"$ref": "#/components/schemas/ErrorBody"},
+    ]
+}
+_KEY = "The API key is missing or wrong (only when one is configured)"
+
+
+def errors(described: dict[int, str], *, keyed: bool = False) -> dict[int | str, Any]:
+    """The `responses=` of an operation: each status it can answer with its description and the
+    error body; `keyed` adds 401 for the operations behind the API key. A 422 given here means
+    validation errors or a named error, in either shape."""
+    answers = {401: _KEY, **described} if keyed else described
+    out: dict[int | str, Any] = {}
+    for status, description in sorted(answers.items()):
+        if status == 422:
+            content = {"application/json": {"schema": _VALIDATION_OR_ERROR}}
+            out[status] = {"description": description, "content": content}
+        else:
+            out[status] = {"description": description, "model": ErrorBody}
+    return out

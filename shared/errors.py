@@ -82,6 +82,14 @@ class PredictorTimeout(StreamopsError):
     """No predictor answered before the deadline."""
 
 
+class PredictionFailed(StreamopsError):
+    """A predictor took the rows but failed to predict them (its model raised)."""
+
+
+class StreamsUnavailable(StreamopsError):
+    """Redis, which carries the streams and the job states, cannot be reached now."""
+
+
 class InvalidRows(StreamopsError):
     """Rows a model cannot predict on (wrong columns or values the validation let through)."""
 

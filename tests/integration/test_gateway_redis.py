@@ -175,6 +175,40 @@ async def test_no_predictor_is_503_and_a_silent_one_is_504(
         assert slow.json()["error"] == "PredictorTimeout"
 
 
+class Flaky:
+    """A pipeline that warms up and serves, but fails on customers of 200 months or more."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.classes_ = pipeline.classes_
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        return self.pipeline.predict(self._checked(frame))
+
+    def predict_proba(self, frame: pd.DataFrame) -> Any:
+        return self.pipeline.predict_proba(self._checked(frame))
+
+    def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if (frame["tenure_months"] >= 200).any():
+            raise RuntimeError("the forest is on fire")
+        return frame
+
+
+async def test_a_predictor_that_fails_is_502_with_the_error_body(
+    common: CommonSettings, pipelines: tuple[Any, Any], gateway: Gateway
+) -> None:
+    shelf = ModelShelf(models={1: Flaky(pipelines[0])}, production=1)
+    async with replica(common, shelf), gateway() as http:
+        fine = await http.post(PREDICT, json={"rows": [ROW]})
+        failed = await http.post(PREDICT, json={"rows": [{**ROW, "tenure_months": 220}]})
+    assert fine.status_code == 200, fine.text
+    assert failed.status_code == 502
+    assert failed.json() == {
+        "error": "PredictionFailed",
+        "detail": "RuntimeError: the forest is on fire",
+    }
+
+
 async def test_nothing_in_service_is_503(common: CommonSettings, gateway: Gateway) -> None:
     async with replica(common, ModelShelf()), gateway() as http:
         answer = await http.post(PREDICT, json={"rows": [ROW]})

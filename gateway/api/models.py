@@ -1,0 +1,101 @@
+"""The registered models: what they hold, and moving `production` (promote, rollback)."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter
+
+from gateway.api.deps import Context, Ctx, Mutating
+from gateway.schemas import ModelInfo, Promoted, PromoteRequest, VersionInfo, errors
+from shared.errors import ModelNotFound
+from shared.events import ModelPromoted
+from shared.registry import Registry
+
+router = APIRouter(tags=["models"])
+_PUBLISH = "Redis cannot be reached to announce the move"
+
+
+@router.get(
+    "/v1/models/{model_name}",
+    response_model=ModelInfo,
+    responses=errors({404: "No registered model of that name"}),
+)
+async def model_info(model_name: str, ctx: Ctx) -> ModelInfo:
+    registry = await _registry(ctx)
+    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
+    if not versions:
+        raise ModelNotFound(f"no registered model {model_name!r}")
+    aliases = await anyio.to_thread.run_sync(registry.aliases, model_name)
+    return ModelInfo(
+        model_name=model_name,
+        aliases=aliases,
+        versions=[
+            VersionInfo(
+                version=v.version,
+                run_id=v.run_id,
+                aliases=sorted(a for a, n in aliases.items() if n == v.version),
+                metrics=v.metrics,
+                tags=v.tags,
+            )
+            for v in versions
+        ],
+        serving=ctx.fleet.serving(model_name),
+    )
+
+
+@router.post(
+    "/v1/models/{model_name}/promote",
+    response_model=Promoted,
+    dependencies=Mutating,
+    responses=errors(
+        {404: "No such model or version", 413: "Body over the size limit", 503: _PUBLISH},
+        keyed=True,
+    ),
+)
+async def promote_version(model_name: str, body: PromoteRequest, ctx: Ctx) -> Promoted:
+    from shared.promotion import promote
+
+    registry = await _registry(ctx)
+    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
+    if body.version not in {v.version for v in versions}:
+        raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
+    event = await anyio.to_thread.run_sync(promote, registry, model_name, body.version, "manual")
+    return await _announce(ctx, event)
+
+
+@router.post(
+    "/v1/models/{model_name}/rollback",
+    response_model=Promoted,
+    dependencies=Mutating,
+    responses=errors(
+        {
+            404: "No registered model of that name",
+            409: "No earlier production version (NothingToRollBack)",
+            503: _PUBLISH,
+        },
+        keyed=True,
+    ),
+)
+async def rollback_version(model_name: str, ctx: Ctx) -> Promoted:
+    from shared.promotion import rollback
+
+    registry = await _registry(ctx)
+    if not await anyio.to_thread.run_sync(registry.versions, model_name):
+        raise ModelNotFound(f"no registered model {model_name!r}")
+    event = await anyio.to_thread.run_sync(rollback, registry, model_name)
+    return await _announce(ctx, event)
+
+
+async def _registry(ctx: Context) -> Registry:
+    return await anyio.to_thread.run_sync(ctx.the_registry)  # first use imports mlflow
+
+
+async def _announce(ctx: Context, event: ModelPromoted) -> Promoted:
+    await ctx.bus.publish(event)
+    return Promoted(
+        model_name=event.model_name,
+        version=event.version,
+        previous_version=event.previous_version,
+        reason=event.reason,
+        event_id=str(event.event_id),
+    )

@@ -1,0 +1,69 @@
+"""Hand-written fakes for the gateway's ports (gateway.api.deps): the coalescer, the fleet and
+Redis. The registry's fake is the in-memory shelf (tests.support.shelf)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.coalesce import Answer
+from shared.events import BatchPredicted, Event
+from shared.jobs import JobStatus
+
+
+@dataclass
+class FakeCoalescer:
+    """Answers every row with class 1 (probability 0.8), or raises `failure`."""
+
+    failure: Exception | None = None
+    version: int = 3
+    asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
+
+    async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
+        self.asked.append((model_name, columns, rows))
+        if self.failure is not None:
+            raise self.failure
+        batch = BatchPredicted(
+            request_id=uuid.uuid4(),
+            model_name=model_name,
+            model_version=self.version,
+            predictions=[1] * rows,
+            probabilities=[[0.2, 0.8]] * rows,
+            classes=[0, 1],
+            replica="fake-replica",
+        )
+        return Answer(batch, 0, rows)
+
+
+@dataclass
+class FakeFleet:
+    replicas: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return bool(self.replicas)
+
+    def serving(self, model_name: str) -> dict[str, int]:
+        return {r: m[model_name] for r, m in self.replicas.items() if model_name in m}
+
+    async def refresh(self) -> None:
+        return None
+
+
+@dataclass
+class FakeBus:
+    """Keeps what was published, and answers jobs from a dict."""
+
+    published: list[Event] = field(default_factory=list)
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+    up: bool = True
+
+    async def publish(self, event: Event) -> str:
+        self.published.append(event)
+        return f"{len(self.published)}-0"
+
+    async def job(self, job_id: str) -> JobStatus | None:
+        return self.jobs.get(job_id)
+
+    async def ping(self) -> bool:
+        return self.up

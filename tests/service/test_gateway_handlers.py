@@ -1,0 +1,253 @@
+"""The gateway's handlers over ASGI with fakes for the coalescer, the fleet, Redis and the
+registry: statuses, error bodies and what is published, with no server and no Redis."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import build_app
+from shared.errors import NoModelInService, PredictionFailed, PredictorTimeout
+from shared.events import CsvSource, DataArrived, ModelPromoted, ScoreRequested
+from shared.jobs import JobStatus
+from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings
+from tests.service.gateway_fakes import FakeBus, FakeCoalescer, FakeFleet
+from tests.support.shelf import ModelShelf
+
+pytestmark = pytest.mark.anyio
+PREDICT = "/v1/models/churn/predict"
+ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "support_calls": 2,
+    "usage_gb": 10.0,
+    "satisfaction": 3.5,
+    "plan": "basic",
+    "autopay": True,
+}
+KEY = "s3cret"
+
+
+@dataclass
+class Rig:
+    http: httpx.AsyncClient
+    coalescer: FakeCoalescer
+    fleet: FakeFleet
+    bus: FakeBus
+    shelf: ModelShelf
+
+
+@dataclass
+class Parts:
+    coalescer: FakeCoalescer = field(default_factory=FakeCoalescer)
+    fleet: FakeFleet = field(default_factory=lambda: FakeFleet({"fake-replica": {"churn": 3}}))
+    bus: FakeBus = field(default_factory=FakeBus)
+    # Versions 1 and 2, 1 in production and nothing earlier: the gateway never loads them.
+    shelf: ModelShelf = field(
+        default_factory=lambda: ModelShelf({1: None, 2: None}, production=1, production_history=[1])
+    )
+
+
+Start = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Start:
+    @contextlib.asynccontextmanager
+    async def start(parts: Parts | None = None, **overrides: Any) -> AsyncIterator[Rig]:
+        parts = parts or Parts()
+        common = CommonSettings(
+            redis_url="redis://127.0.0.1:1/0",  # never used: every Redis part is a fake
+            feature_store_root=tmp_path / "store",
+            datasets_dir=BUNDLED_DATASETS,
+        )
+        settings = GatewaySettings(common=common, inbox=tmp_path / "inbox", **overrides)
+        app = build_app(
+            settings, parts.shelf, coalescer=parts.coalescer, fleet=parts.fleet, bus=parts.bus
+        )
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                yield Rig(http, parts.coalescer, parts.fleet, parts.bus, parts.shelf)
+
+    return start
+
+
+async def test_a_prediction_is_asked_column_by_column_and_answered_with_its_version(
+    gateway: Start,
+) -> None:
+    async with gateway() as rig:
+        answer = await rig.http.post(
+            PREDICT,
+            json={"rows": [ROW, {**ROW, "plan": "premium"}]},
+            headers={"X-Request-Id": "r-9"},
+        )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["model_version"], body["request_id"], body["predictions"]) == (3, "r-9", [1, 1])
+    assert body["probabilities"] == [[0.2, 0.8], [0.2, 0.8]]
+    assert answer.headers["X-Served-By"] == "fake-replica"
+    ((name, columns, rows),) = rig.coalescer.asked
+    assert (name, rows) == ("churn", 2)
+    assert columns["plan"] == ["basic", "premium"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "error"),
+    [
+        (PredictionFailed("RuntimeError: the forest is on fire"), 502, "PredictionFailed"),
+        (NoModelInService("no version of churn in service"), 503, "NoModelInService"),
+        (PredictorTimeout("no predictor answered"), 504, "PredictorTimeout"),
+    ],
+)
+async def test_what_the_predictors_answer_becomes_a_status_and_an_error_body(
+    gateway: Start, failure: Exception, status: int, error: str
+) -> None:
+    async with gateway(Parts(coalescer=FakeCoalescer(failure=failure))) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
+    assert answer.status_code == status
+    assert answer.json() == {"error": error, "detail": str(failure)}
+
+
+async def test_no_predictor_alive_is_503_without_asking(gateway: Start) -> None:
+    async with gateway(Parts(fleet=FakeFleet())) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
+        ready = await rig.http.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"error": "NoPredictor", "detail": "no predictor replica is running"}
+    assert not rig.coalescer.asked
+    assert ready.status_code == 503
+    assert ready.json() == {"ready": False, "redis": True, "predictors": {}}
+
+
+async def test_unknown_models_are_404_with_the_error_body(gateway: Start) -> None:
+    async with gateway() as rig:
+        predict = await rig.http.post("/v1/models/nope/predict", json={"rows": [ROW]})
+        info = await rig.http.get("/v1/models/nope")
+        score = await rig.http.post("/v1/score", json={"model_name": "nope", "rows": [ROW]})
+    for answer in (predict, info, score):
+        assert answer.status_code == 404
+        assert answer.json()["error"] == "ModelNotFound"
+
+
+async def test_unknown_paths_and_methods_get_the_error_body_too(gateway: Start) -> None:
+    async with gateway() as rig:
+        path = await rig.http.get("/v2/nothing")
+        method = await rig.http.delete("/v1/score")
+    assert (path.status_code, path.json()["error"]) == (404, "NotFound")
+    assert (method.status_code, method.json()["error"]) == (405, "MethodNotAllowed")
+
+
+async def test_a_body_over_the_limit_is_413_from_the_same_table(gateway: Start) -> None:
+    async with gateway(max_body_bytes=2048) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW], "pad": "x" * 4000})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "PayloadTooLarge"
+
+
+async def test_promotion_moves_production_and_announces_it(gateway: Start) -> None:
+    async with gateway() as rig:
+        moved = await rig.http.post("/v1/models/churn/promote", json={"version": 2})
+        missing = await rig.http.post("/v1/models/churn/promote", json={"version": 9})
+        info = await rig.http.get("/v1/models/churn")
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["version"], moved.json()["previous_version"]) == (2, 1)
+    assert rig.shelf.production == 2
+    (event,) = rig.bus.published
+    assert isinstance(event, ModelPromoted)
+    assert (event.version, event.reason) == (2, "manual")
+    assert missing.status_code == 404
+    assert info.json()["aliases"] == {"production": 2}
+    assert info.json()["serving"] == {"fake-replica": 3}
+
+
+async def test_rollback_goes_back_once_then_has_nothing_to_roll_back(gateway: Start) -> None:
+    parts = Parts()
+    parts.shelf.production, parts.shelf.production_history = 2, [1, 2]
+    async with gateway(parts) as rig:
+        back = await rig.http.post("/v1/models/churn/rollback")
+        again = await rig.http.post("/v1/models/churn/rollback")
+    assert back.status_code == 200, back.text
+    assert (back.json()["version"], back.json()["reason"]) == (1, "rollback")
+    assert again.status_code == 409
+    assert again.json()["error"] == "NothingToRollBack"
+    assert [e.version for e in rig.bus.published if isinstance(e, ModelPromoted)] == [1]
+
+
+async def test_mutating_endpoints_need_the_key_when_one_is_set(gateway: Start) -> None:
+    async with gateway(api_key=KEY) as rig:
+        calls = [
+            ("/v1/models/churn/promote", {"version": 2}),
+            ("/v1/models/churn/rollback", None),
+            ("/v1/datasets/churn/ingest", {"source": "churn/churn.csv"}),
+            ("/v1/score", {"model_name": "churn", "rows": [ROW]}),
+        ]
+        refused = [await rig.http.post(path, json=body) for path, body in calls]
+        wrong = await rig.http.post(calls[0][0], json=calls[0][1], headers={"X-API-Key": "no"})
+        bearer = {"Authorization": f"Bearer {KEY}"}
+        allowed = await rig.http.post(calls[3][0], json=calls[3][1], headers=bearer)
+        reading = await rig.http.post(PREDICT, json={"rows": [ROW]})
+    for answer in [*refused, wrong]:
+        assert answer.status_code == 401
+        assert answer.json()["error"] == "Unauthorized"
+        assert answer.headers["WWW-Authenticate"] == "ApiKey"
+    assert allowed.status_code == 202
+    assert reading.status_code == 200  # predictions do not need the key
+    assert [type(e) for e in rig.bus.published] == [ScoreRequested]
+
+
+async def test_ingest_saves_an_upload_or_names_a_source(gateway: Start, tmp_path: Path) -> None:
+    csv = b"customer_id,tenure_months\nc-1,3\n"
+    async with gateway() as rig:
+        upload = await rig.http.post(
+            "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
+        )
+        named = await rig.http.post(
+            "/v1/datasets/churn/ingest", json={"source": {"kind": "csv", "uri": "churn.csv"}}
+        )
+        bad = await rig.http.post("/v1/datasets/churn/ingest", json={"source": {"kind": "ftp"}})
+        unknown = await rig.http.post("/v1/datasets/nope/ingest", json={"source": "x.csv"})
+    assert (upload.status_code, named.status_code) == (202, 202), upload.text
+    assert bad.status_code == 422
+    assert "detail" in bad.json()  # FastAPI's validation shape, which clients know
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "UnknownDataset")
+    first, second = rig.bus.published
+    assert isinstance(first, DataArrived)
+    assert isinstance(second, DataArrived)
+    assert str(first.event_id) == upload.json()["event_id"]
+    assert isinstance(first.source, CsvSource)
+    saved = Path(first.source.uri)
+    assert saved.parent == tmp_path / "inbox" / "churn"
+    assert saved.read_bytes() == csv
+    assert second.source == CsvSource(uri="churn.csv")
+
+
+async def test_a_score_job_is_submitted_and_its_status_read(gateway: Start) -> None:
+    status = JobStatus(
+        job_id="job-1", status="running", model_name="churn", updated_at=datetime.now(UTC)
+    )
+    async with gateway(Parts(bus=FakeBus(jobs={"job-1": status}))) as rig:
+        accepted = await rig.http.post(
+            "/v1/score", json={"model_name": "churn", "job_id": "job-1", "rows": [ROW, ROW]}
+        )
+        bad_row = await rig.http.post(
+            "/v1/score", json={"model_name": "churn", "rows": [{**ROW, "plan": "gold"}]}
+        )
+        known = await rig.http.get("/v1/score/job-1")
+        unknown = await rig.http.get("/v1/score/no-such-job")
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status_url"] == "/v1/score/job-1"
+    (event,) = rig.bus.published
+    assert isinstance(event, ScoreRequested)
+    assert (event.job_id, len(event.rows or ())) == ("job-1", 2)
+    assert bad_row.status_code == 422
+    assert bad_row.json()["detail"][0]["loc"][:4] == ["body", "rows", 0, "plan"]
+    assert (known.status_code, known.json()["status"]) == (200, "running")
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "JobNotFound")
