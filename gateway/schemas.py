@@ -141,13 +141,22 @@ _VALIDATION_OR_ERROR = {
     ]
 }
 _KEY = "The API key is missing or wrong (only when one is configured)"
+# FastAPI's answer to a JSON body it cannot even decode (not UTF-8, say); malformed JSON is 422.
+_UNREADABLE = "The body cannot be decoded (BadRequest)"
 
 
-def errors(described: dict[int, str], *, keyed: bool = False) -> dict[int | str, Any]:
+def errors(
+    described: dict[int, str], *, keyed: bool = False, json_body: bool = False
+) -> dict[int | str, Any]:
     """The `responses=` of an operation: each status it can answer with its description and the
-    error body; `keyed` adds 401 for the operations behind the API key. A 422 given here means
-    validation errors or a named error, in either shape."""
-    answers = {401: _KEY, **described} if keyed else described
+    error body; `keyed` adds 401 for the operations behind the API key, `json_body` the 400 of
+    a body FastAPI parses. A 422 given here means validation errors or a named error, in
+    either shape."""
+    answers = dict(described)
+    if keyed:
+        answers[401] = _KEY
+    if json_body:
+        answers[400] = _UNREADABLE
     out: dict[int | str, Any] = {}
     for status, description in sorted(answers.items()):
         if status == 422:

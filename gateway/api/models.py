@@ -50,6 +50,7 @@ async def model_info(model_name: str, ctx: Ctx) -> ModelInfo:
     responses=errors(
         {404: "No such model or version", 413: "Body over the size limit", 503: _PUBLISH},
         keyed=True,
+        json_body=True,
     ),
 )
 async def promote_version(model_name: str, body: PromoteRequest, ctx: Ctx) -> Promoted:

@@ -18,7 +18,8 @@ ANSWERS = errors(
         502: "The predictor failed on these rows (PredictionFailed)",
         503: "No predictor alive, or no version of the model in service",
         504: "No predictor answered in time",
-    }
+    },
+    json_body=True,
 )
 
 

@@ -33,6 +33,7 @@ _REDIS = "Redis cannot be reached"
             503: _REDIS,
         },
         keyed=True,
+        json_body=True,
     ),
 )
 async def score(body: ScoreRequest, ctx: Ctx) -> ScoreAccepted:

@@ -251,3 +251,28 @@ async def test_a_score_job_is_submitted_and_its_status_read(gateway: Start) -> N
     assert bad_row.json()["detail"][0]["loc"][:4] == ["body", "rows", 0, "plan"]
     assert (known.status_code, known.json()["status"]) == (200, "running")
     assert (unknown.status_code, unknown.json()["error"]) == (404, "JobNotFound")
+
+
+async def test_each_operation_declares_exactly_its_error_answers(gateway: Start) -> None:
+    async with gateway() as rig:
+        document = (await rig.http.get("/openapi.json")).json()
+    declared = {
+        f"{method.upper()} {path}": set(operation["responses"])
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert declared == {
+        "GET /healthz": {"200"},
+        "GET /readyz": {"200", "503"},
+        "POST /v1/models/churn/predict": {"200", "400", "413", "422", "502", "503", "504"},
+        "GET /v1/models/{model_name}": {"200", "404", "422"},
+        "POST /v1/models/{model_name}/promote": {"200", "400", "401", "404", "413", "422", "503"},
+        "POST /v1/models/{model_name}/rollback": {"200", "401", "404", "409", "422", "503"},
+        "POST /v1/datasets/{dataset}/ingest": {"202", "401", "404", "413", "422", "503"},
+        "POST /v1/score": {"202", "400", "401", "404", "413", "422", "503"},
+        "GET /v1/score/{job_id}": {"200", "404", "422", "503"},
+    }
+    rollback = document["paths"]["/v1/models/{model_name}/rollback"]["post"]["responses"]
+    body = rollback["409"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(document["components"]["schemas"]["ErrorBody"]["required"]) == {"error", "detail"}
