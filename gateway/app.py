@@ -158,8 +158,9 @@ def _error_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug: logged with its traceback, answered with the error body but no internals.
-        log.error("unexpected %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        # A bug: the error body, without internals. Starlette raises the exception again once
+        # this is sent, so the server logs its traceback; this line says which request it was.
+        log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
         return JSONResponse(
             {"error": "InternalError", "detail": "unexpected error; the gateway's log says more"},
             status_code=500,

@@ -61,7 +61,9 @@ Start = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
 @pytest.fixture
 def gateway(tmp_path: Path) -> Start:
     @contextlib.asynccontextmanager
-    async def start(parts: Parts | None = None, **overrides: Any) -> AsyncIterator[Rig]:
+    async def start(
+        parts: Parts | None = None, raise_bugs: bool = True, **overrides: Any
+    ) -> AsyncIterator[Rig]:
         parts = parts or Parts()
         common = CommonSettings(
             redis_url="redis://127.0.0.1:1/0",  # never used: every Redis part is a fake
@@ -73,7 +75,8 @@ def gateway(tmp_path: Path) -> Start:
             settings, parts.shelf, coalescer=parts.coalescer, fleet=parts.fleet, bus=parts.bus
         )
         async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
+            # raise_bugs=False: the answer a client gets to an unexpected exception.
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_bugs)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
                 yield Rig(http, parts.coalescer, parts.fleet, parts.bus, parts.shelf)
 
@@ -114,6 +117,15 @@ async def test_what_the_predictors_answer_becomes_a_status_and_an_error_body(
         answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
     assert answer.status_code == status
     assert answer.json() == {"error": error, "detail": str(failure)}
+
+
+async def test_a_bug_is_a_500_with_the_error_body_and_no_internals(gateway: Start) -> None:
+    parts = Parts(coalescer=FakeCoalescer(failure=RuntimeError("secret internals")))
+    async with gateway(parts, raise_bugs=False) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
+    assert answer.status_code == 500
+    assert answer.json()["error"] == "InternalError"
+    assert "secret" not in answer.text
 
 
 async def test_no_predictor_alive_is_503_without_asking(gateway: Start) -> None:
