@@ -154,7 +154,9 @@ def _content_hash(spec: DatasetSpec, reader: SourceReader) -> str:
 
 
 def _rejected(event: DataArrived, shown: str, exc: BatchRejected) -> DataRejected:
-    log.warning("rejected %s from %s: %s %s", event.dataset, shown, exc.reason, exc.details)
+    # A source error has no details: log the reason alone, not an empty "()" after it.
+    explained = "; ".join((exc.reason, *exc.details))
+    log.warning("rejected %s from %s: %s", event.dataset, shown, explained)
     return DataRejected(
         event_id=derived_event_id(DataRejected.stream, event.event_id),
         correlation_id=event.correlation_id,

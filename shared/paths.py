@@ -18,8 +18,9 @@ def confine_file(
     error: type[StreamopsError],
 ) -> Path:
     """The real path of `uri` (a local path or file:// URI), if it is a regular file inside
-    one of `roots`; a relative path is looked up in each root in turn. Otherwise `error`,
-    saying why (`what` names the thing, `roots_name` the roots, for people)."""
+    one of `roots`; a relative path is looked up in each root in order, and the first root
+    holding it wins. Otherwise `error`, saying why: no such file (naming the roots tried), or
+    outside the roots (`what` names the thing, `roots_name` the roots, for people)."""
     if uri.startswith("file://"):
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
@@ -30,12 +31,21 @@ def confine_file(
     else:
         raw = Path(uri).expanduser()
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    escaped = True
     for candidate in candidates:
         real = candidate.resolve()
         if not any(real.is_relative_to(root) for root in roots):
-            continue
+            continue  # `..` or a symlink leads out: never read, whatever it points at
+        escaped = False
         if real.is_file():
             return real
+    shown = _shown(roots)
+    if escaped:
+        raise error(f"{uri} is outside the {roots_name} ({shown})")
+    if raw.is_absolute():
         raise error(f"{uri}: no such file")
-    shown = ", ".join(str(r) for r in roots) or "(none configured)"
-    raise error(f"{uri} is outside the {roots_name} ({shown})")
+    raise error(f"{uri}: no such file in the {roots_name} (tried {shown})")
+
+
+def _shown(roots: Sequence[Path]) -> str:
+    return ", ".join(str(r) for r in roots) or "none configured"

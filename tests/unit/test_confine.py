@@ -94,3 +94,83 @@ def test_rest_hosts_must_be_allowed_by_name_or_name_and_port() -> None:
         confine_url("http://169.254.169.254/latest", ["api.example.com"])
     with pytest.raises(SourceRejected, match="http or https"):
         confine_url("file:///etc/passwd", ["api.example.com"])
+
+
+@pytest.fixture
+def two_roots(tmp_path: Path) -> tuple[Path, Path]:
+    """Two data roots, as `streamops up` has them: the datasets, then an inbox."""
+    first, second = (tmp_path / "datasets").resolve(), (tmp_path / "inbox").resolve()
+    for root in (first, second):
+        root.mkdir()
+        (root / "both.csv").write_text(f"root\n{root.name}\n")
+    (second / "dropped.csv").write_text("a\n1\n")
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    return first, second
+
+
+@pytest.mark.parametrize("order", ["datasets first", "inbox first"])
+def test_a_relative_name_in_several_roots_is_the_first_roots(
+    two_roots: tuple[Path, Path], order: str
+) -> None:
+    roots = list(two_roots) if order == "datasets first" else list(reversed(two_roots))
+    assert confine_path("both.csv", roots) == roots[0] / "both.csv"
+
+
+@pytest.mark.parametrize("order", ["datasets first", "inbox first"])
+def test_a_relative_name_is_found_in_whichever_root_holds_it(
+    two_roots: tuple[Path, Path], order: str
+) -> None:
+    first, second = two_roots
+    roots = [first, second] if order == "datasets first" else [second, first]
+    assert confine_path("dropped.csv", roots) == second / "dropped.csv"
+
+
+def test_a_name_in_no_root_says_so_naming_the_roots_tried(two_roots: tuple[Path, Path]) -> None:
+    first, second = two_roots
+    with pytest.raises(SourceRejected) as caught:
+        confine_path("nowhere.csv", [first, second])
+    assert str(caught.value) == (
+        f"nowhere.csv: no such file in the data roots (tried {first}, {second})"
+    )
+
+
+def test_a_directory_is_not_a_file(two_roots: tuple[Path, Path]) -> None:
+    first, second = two_roots
+    (first / "sub").mkdir()
+    with pytest.raises(SourceRejected, match="no such file in the data roots"):
+        confine_path("sub", [first, second])
+
+
+def test_a_name_escaping_every_root_is_outside_them(two_roots: tuple[Path, Path]) -> None:
+    first, second = two_roots
+    for root in (first, second):
+        (root / "link.csv").symlink_to(root.parent / "secret.csv")
+    for name in ("../secret.csv", "link.csv"):
+        with pytest.raises(SourceRejected) as caught:
+            confine_path(name, [first, second])
+        assert str(caught.value) == f"{name} is outside the data roots ({first}, {second})"
+
+
+def test_an_escape_from_the_first_root_does_not_hide_the_second(
+    two_roots: tuple[Path, Path],
+) -> None:
+    first, second = two_roots
+    (first / "dropped.csv").symlink_to(first.parent / "secret.csv")
+    assert confine_path("dropped.csv", [first, second]) == second / "dropped.csv"
+
+
+def test_an_absolute_path_is_used_as_is_never_joined_to_a_root(
+    two_roots: tuple[Path, Path],
+) -> None:
+    first, second = two_roots
+    assert confine_path(str(second / "dropped.csv"), [first, second]) == second / "dropped.csv"
+    with pytest.raises(SourceRejected) as caught:
+        confine_path(str(first / "dropped.csv"), [first, second])
+    assert str(caught.value) == f"{first / 'dropped.csv'}: no such file"
+    with pytest.raises(SourceRejected, match="is outside the data roots"):
+        confine_path(str(first.parent / "secret.csv"), [first, second])
+
+
+def test_with_no_roots_nothing_is_allowed(two_roots: tuple[Path, Path]) -> None:
+    with pytest.raises(SourceRejected, match=r"outside the data roots \(none configured\)"):
+        confine_path("dropped.csv", [])

@@ -178,3 +178,25 @@ def test_quoted_commas_and_newlines_survive_block_boundaries(
     assert result.rows == 3000
     ids = FeatureStore(settings.common.feature_store_root).read("churn").column("customer_id")
     assert ids.to_pylist() == [r["customer_id"] for r in rows]
+
+
+def test_a_relative_name_dropped_into_the_inbox_is_found_in_the_second_root(
+    make_settings: Make, inbox: Path
+) -> None:
+    settings = make_settings()  # roots: the datasets, then the inbox
+    write_csv(inbox / "dropped.csv", churn_rows(50, seed=4))
+    result = _run(settings, "dropped.csv")
+    assert isinstance(result, DataIngested)
+    assert result.rows == 50
+
+
+def test_a_source_error_is_logged_without_an_empty_details_list(
+    make_settings: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    with caplog.at_level("WARNING", logger="ingestor.service"):
+        result = _run(settings, "nowhere.csv")
+    assert isinstance(result, DataRejected)
+    assert result.reason.startswith("nowhere.csv: no such file in the data roots (tried ")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ingestor.service"]
+    assert line == f"rejected churn from {result.source}: {result.reason}"
