@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from gateway.api import health, ingest, models, predict, scoring
@@ -99,7 +100,8 @@ def build_app(
                 stack.push_async_callback(part.stop)
             yield
 
-    app = FastAPI(
+    # /docs and /redoc serve Swagger UI and ReDoc from the package: no CDN to reach.
+    app = FastAPIOffline(
         title="streamops gateway",
         description="Predictions from the models in production, ingest, promotion and batch "
         "scoring. Mutating endpoints need the API key (`X-API-Key`) when one is configured.",
