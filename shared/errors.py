@@ -23,6 +23,10 @@ class UnknownDataset(PermanentError):
     """An event names a dataset that has no spec."""
 
 
+class InvalidTrainingSpec(PermanentError):
+    """The dataset's training section cannot be used (unknown estimator, bad parameters)."""
+
+
 class SourceRejected(StreamopsError):
     """A data source is not allowed, does not exist or cannot be read as declared."""
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +13,6 @@ import redis.asyncio as aioredis
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 
-from shared.aio import every
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
 from shared.events import DataIngested, ModelPromoted, ModelTrained
@@ -24,9 +20,10 @@ from shared.feature_store import FeatureStore
 from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
-from trainer import worker
 from trainer.metrics import TrainerMetrics
+from trainer.pool import Fits, WorkerPool
 from trainer.service import plan_for
+from trainer.slots import NOTHING_TO_TRAIN, Locks, RedisLocks, TrainingSlots
 
 GROUP = "trainer"
 log = logging.getLogger(__name__)
@@ -40,57 +37,28 @@ class Trainer:
     client: aioredis.Redis
     store: FeatureStore
     board: StatusBoard
+    slots: TrainingSlots
     trained_out: Any
     promoted_out: Any
-    metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
-    pool: ProcessPoolExecutor | None = None
+    metrics: TrainerMetrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def on_data_ingested(self, event: DataIngested) -> None:
-        common = self.settings.common
-        plan = await anyio.to_thread.run_sync(plan_for, event, common.datasets_dir, self.store)
+        datasets_dir = self.settings.common.datasets_dir
+        plan = await anyio.to_thread.run_sync(plan_for, event, datasets_dir, self.store)
         if plan is None:
             log.info("dataset %s has no training section: nothing to train", event.dataset)
-            self.metrics.trainings.labels(event.dataset, "nothing_to_train").inc()
+            self.metrics.trainings.labels(event.dataset, NOTHING_TO_TRAIN).inc()
             return
-        lock = f"streamops:training:{plan.key}"
-        # Another trainer already fits this exact state: its own message stays pending until it
-        # is done (and is reclaimed if it dies), so this event is covered.
-        if not await self.client.set(lock, common.consumer_name, nx=True, px=common.lease_ms):
-            log.info("%s is being trained elsewhere: coalesced", plan.key)
-            self.metrics.trainings.labels(event.dataset, "coalesced").inc()
+        training = await self.slots.train(event, plan)
+        if training.trained is None:
+            self.metrics.trainings.labels(event.dataset, training.outcome).inc()
             return
-        assert self.pool is not None, "start() creates the worker pool"
-        started = time.monotonic()
-        try:
-            async with every(
-                common.lease_ms / 3000,
-                lambda: self.client.pexpire(lock, common.lease_ms),
-                f"renewing {lock}",
-            ):
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self.pool, worker.train_in_worker, event.model_dump_json(), plan
-                )
-        except BrokenProcessPool:
-            # A worker died (out of memory, killed): the pool is unusable from now on. Start a
-            # fresh one; this message is retried once its lease runs out.
-            log.error("a training worker died; starting new workers")
-            self.metrics.trainings.labels(event.dataset, "worker_died").inc()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
-            raise
-        finally:
-            await self.client.delete(lock)
-        if result is None:
-            self.metrics.trainings.labels(event.dataset, "nothing_to_train").inc()
-            return
-        trained, promoted = worker.decode(result)
-        self.metrics.trained(trained, time.monotonic() - started)
-        await self.trained_out.publish(trained)
-        if promoted is not None:
-            self.metrics.promoted(promoted)
-            await self.promoted_out.publish(promoted)
+        self.metrics.trained(training.trained, training.seconds)
+        await self.trained_out.publish(training.trained)
+        if training.promoted is not None:
+            self.metrics.promoted(training.promoted)
+            await self.promoted_out.publish(training.promoted)
 
     async def watch(self) -> None:
         """Publish alias moves made outside streamops (see trainer/watcher.py)."""
@@ -118,17 +86,7 @@ class Trainer:
 
     async def start(self) -> None:
         await ensure_group(self.client, DataIngested.stream, GROUP)
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        common = self.settings.common
-        return worker.pool(
-            self.settings.workers,
-            common.mlflow_tracking_uri,
-            common.feature_store_root,
-            common.datasets_dir,
-            common.log_level,
-        )
+        self.slots.fits.start()
 
     async def start_background(self) -> None:
         self.tasks.append(
@@ -142,8 +100,7 @@ class Trainer:
             task.cancel()
 
     async def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        self.slots.fits.close()
         await self.client.aclose()
 
 
@@ -152,18 +109,31 @@ def build_app(
     ledger: Ledger | None = None,
     board: StatusBoard | None = None,
     metrics: TrainerMetrics | None = None,
+    *,
+    fits: Fits | None = None,
+    locks: Locks | None = None,
 ) -> FastStream:
+    """The service; `ledger`, `board`, `fits` and `locks` replace their real versions in handler
+    tests."""
     settings = settings or TrainerSettings()
     common = settings.common
     configure_logging(common.log_level)
     metrics = metrics or TrainerMetrics()
     broker = build_broker(common, [broker_middleware(metrics.registry, GROUP)])
     client = redis_client(common)
+    slots = TrainingSlots(
+        locks=locks or RedisLocks(client),
+        fits=fits or WorkerPool(settings),
+        owner=common.consumer_name,
+        lease_ms=common.lease_ms,
+        metrics=metrics,
+    )
     trainer = Trainer(
         settings=settings,
         client=client,
         store=FeatureStore(common.feature_store_root),
         board=board or RedisStatusBoard(client),
+        slots=slots,
         trained_out=broker.publisher(
             stream=ModelTrained.stream, schema=ModelTrained, description=ModelTrained.__doc__
         ),

@@ -17,16 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import cast
 
-from shared.errors import ConfigError, PermanentError
+from shared.errors import ConfigError, InvalidTrainingSpec
 from shared.events import DataIngested, ModelPromoted, ModelTrained
 from trainer.service import Plan, train_for
 
 _PR_SET_PDEATHSIG = 1
 _state: dict[str, object] = {}
-
-
-class InvalidTrainingSpec(PermanentError):
-    """The dataset's training section cannot be used (unknown estimator, bad parameters)."""
 
 
 def _init(

@@ -1,0 +1,227 @@
+"""The trainer's handler on FastStream's in-memory broker, with fakes for the training locks
+and for the worker pool: data-ingested in, model events out, no Redis, MLflow or workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from faststream.redis import RedisBroker, TestRedisBroker
+
+from ingestor.service import ingest
+from shared.events import DataArrived, DataIngested, ModelPromoted, ModelTrained
+from shared.feature_store import FeatureStore
+from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
+from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries
+from tests.service.trainer_fakes import FakeFits, FakeLocks
+from tests.support.waiting import eventually
+from trainer.app import build_app
+from trainer.metrics import TrainerMetrics
+from trainer.service import Outcome, plan_for
+
+pytestmark = pytest.mark.anyio
+Make = Callable[..., IngestorSettings]
+
+
+@pytest.fixture
+def settings(make_settings: Make) -> TrainerSettings:
+    return TrainerSettings(common=make_settings().common, watch_s=0)
+
+
+@pytest.fixture
+def ingested(make_settings: Make) -> DataIngested:
+    """Version 1 of the churn sample, in the feature store the trainer reads."""
+    ingestor_settings = make_settings()
+    store = FeatureStore(ingestor_settings.common.feature_store_root)
+    event = ingest(DataArrived(dataset="churn", source="churn/churn.csv"), ingestor_settings, store)
+    assert isinstance(event, DataIngested)
+    return event
+
+
+def _outcome(event: DataIngested, promoted: bool = True) -> Outcome:
+    trained = ModelTrained(
+        model_name="churn",
+        model_version=3,
+        run_id="run-3",
+        dataset="churn",
+        dataset_version=event.version,
+        metrics={"roc_auc": 0.91, "accuracy": 0.85},
+        gate_passed=True,
+        correlation_id=event.correlation_id,
+    )
+    move = ModelPromoted(
+        model_name="churn",
+        version=3,
+        previous_version=2,
+        reason="auto",
+        correlation_id=event.correlation_id,
+    )
+    return Outcome(trained, move if promoted else None)
+
+
+async def _run(
+    settings: TrainerSettings,
+    event: DataIngested,
+    fits: FakeFits,
+    locks: FakeLocks | None = None,
+    metrics: TrainerMetrics | None = None,
+) -> tuple[FakeLedger, dict[str, list[Any]]]:
+    ledger = FakeLedger()
+    app = build_app(
+        settings,
+        ledger=ledger,
+        board=FakeStatusBoard(),
+        metrics=metrics,
+        fits=fits,
+        locks=locks or FakeLocks(),
+    )
+    broker = cast(RedisBroker, app.broker)
+    seen: dict[str, list[Any]] = {"model-trained": [], "model-promoted": []}
+
+    @broker.subscriber(stream="model-trained")
+    async def trained(body: dict[str, Any]) -> None:
+        seen["model-trained"].append(body)
+
+    @broker.subscriber(stream="model-promoted")
+    async def promoted(body: dict[str, Any]) -> None:
+        seen["model-promoted"].append(body)
+
+    async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
+        await test_broker.publish(event.model_dump_json(), stream="data-ingested")
+    return ledger, seen
+
+
+def _trainings(metrics: TrainerMetrics, outcome: str) -> float | None:
+    labels = {"dataset": "churn", "outcome": outcome}
+    return metrics.registry.get_sample_value("streamops_trainings_total", labels)
+
+
+async def test_a_fit_yields_model_trained_and_model_promoted(
+    settings: TrainerSettings, ingested: DataIngested
+) -> None:
+    fits = FakeFits(_outcome(ingested))
+    locks = FakeLocks()
+    ledger, seen = await _run(settings, ingested, fits, locks)
+    (trained,) = seen["model-trained"]
+    (promoted,) = seen["model-promoted"]
+    assert (trained["model_version"], trained["correlation_id"]) == (3, ingested.correlation_id)
+    assert (promoted["version"], promoted["previous_version"]) == (3, 2)
+    # The planned state (the newest version, under the spec's fingerprint) is what was fitted,
+    # under its lock, which is free again afterwards.
+    (plan,) = fits.plans
+    assert (plan.dataset, plan.version) == ("churn", 1)
+    assert locks.released == [f"streamops:training:{plan.key}"]
+    assert locks.owners == {}
+    assert ledger.acked
+    assert ledger.done == {ingested.event_id}
+
+
+async def test_a_gate_failure_publishes_no_promotion(
+    settings: TrainerSettings, ingested: DataIngested
+) -> None:
+    _, seen = await _run(settings, ingested, FakeFits(_outcome(ingested, promoted=False)))
+    assert len(seen["model-trained"]) == 1
+    assert seen["model-promoted"] == []
+
+
+async def test_a_spec_without_training_is_nothing_to_train(
+    settings: TrainerSettings, ingested: DataIngested, tmp_path: Path
+) -> None:
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    del spec["training"]
+    (tmp_path / "specs" / "churn").mkdir(parents=True)
+    (tmp_path / "specs" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    common = settings.common.model_copy(update={"datasets_dir": tmp_path / "specs"})
+    untrained = TrainerSettings(common=common, watch_s=0)
+    metrics = TrainerMetrics()
+    fits = FakeFits(_outcome(ingested))
+    ledger, seen = await _run(untrained, ingested, fits, metrics=metrics)
+    assert fits.plans == []
+    assert seen == {"model-trained": [], "model-promoted": []}
+    assert ledger.acked
+    assert _trainings(metrics, "nothing_to_train") == 1
+
+
+async def test_a_worker_with_nothing_to_train_publishes_nothing(
+    settings: TrainerSettings, ingested: DataIngested
+) -> None:
+    metrics = TrainerMetrics()
+    ledger, seen = await _run(settings, ingested, FakeFits(None), metrics=metrics)
+    assert seen == {"model-trained": [], "model-promoted": []}
+    assert ledger.acked
+    assert _trainings(metrics, "nothing_to_train") == 1
+
+
+async def test_a_state_locked_by_another_trainer_is_coalesced(
+    settings: TrainerSettings, ingested: DataIngested
+) -> None:
+    store = FeatureStore(settings.common.feature_store_root)
+    plan = plan_for(ingested, settings.common.datasets_dir, store)
+    assert plan is not None
+    locks = FakeLocks(owners={f"streamops:training:{plan.key}": "another-trainer"})
+    fits = FakeFits(_outcome(ingested))
+    metrics = TrainerMetrics()
+    ledger, seen = await _run(settings, ingested, fits, locks, metrics)
+    # The other trainer's own message covers this state: this one is acked, nothing fitted.
+    assert fits.plans == []
+    assert seen == {"model-trained": [], "model-promoted": []}
+    assert ledger.acked
+    assert locks.owners == {f"streamops:training:{plan.key}": "another-trainer"}
+    assert _trainings(metrics, "coalesced") == 1
+
+
+async def test_a_dead_worker_fails_the_message_and_replaces_the_pool(
+    settings: TrainerSettings, ingested: DataIngested
+) -> None:
+    fits = FakeFits(BrokenProcessPool("a worker died"))
+    locks = FakeLocks()
+    metrics = TrainerMetrics()
+    ledger, seen = await _run(settings, ingested, fits, locks, metrics)
+    # Not acked: the message stays pending and is retried once its lease runs out.
+    assert ledger.acked == []
+    assert ledger.letters == []
+    (error,) = ledger.errors.values()
+    assert error.startswith("BrokenProcessPool")
+    assert fits.replaced == 1
+    assert locks.owners == {}  # released, so the retry can take it
+    assert seen == {"model-trained": [], "model-promoted": []}
+    assert _trainings(metrics, "worker_died") == 1
+
+
+async def test_the_lock_is_renewed_while_the_fit_runs(
+    make_settings: Make, ingested: DataIngested
+) -> None:
+    # The shortest lease allowed: renewals every third of it, a few while this fit waits.
+    settings = TrainerSettings(common=make_settings(lease_ms=200).common, watch_s=0)
+    locks = FakeLocks()
+
+    async def until_renewed_twice() -> bool:
+        return await eventually(lambda: _renewed(locks, 2), timeout=5, what="two renewals")
+
+    fits = FakeFits(_outcome(ingested), while_fitting=until_renewed_twice)
+    ledger, seen = await _run(settings, ingested, fits, locks)
+    (plan,) = fits.plans
+    assert set(locks.renewals) == {f"streamops:training:{plan.key}"}
+    assert len(seen["model-trained"]) == 1
+    assert ledger.acked
+
+
+async def _renewed(locks: FakeLocks, times: int) -> bool:
+    return len(locks.renewals) >= times
+
+
+async def test_the_outcomes_are_counted(settings: TrainerSettings, ingested: DataIngested) -> None:
+    metrics = TrainerMetrics()
+    await _run(settings, ingested, FakeFits(_outcome(ingested)), metrics=metrics)
+    value = metrics.registry.get_sample_value
+    assert _trainings(metrics, "trained") == 1
+    assert value("streamops_training_seconds_count", {"dataset": "churn"}) == 1
+    assert value("streamops_gate_verdicts_total", {"model": "churn", "verdict": "passed"}) == 1
+    assert value("streamops_model_newest_version", {"model": "churn"}) == 3
+    roc_auc = {"model": "churn", "metric": "roc_auc"}
+    assert value("streamops_model_holdout_metric", roc_auc) == 0.91
+    assert value("streamops_promotions_total", {"model": "churn", "reason": "auto"}) == 1
