@@ -30,28 +30,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import common
+
 FEATURES = 20
 MODEL = "bench-rf"
-SPEC = """name: bench
-target: label
-columns:
-{features}
-  - {{name: label, type: int, allowed: [0, 1]}}
-training:
-  task: classification
-  model_name: {model}
-  estimator:
-    name: RandomForestClassifier
-    params: {{n_estimators: 100, max_depth: 10, random_state: 0}}
-  metric: accuracy
-"""
+ESTIMATOR = {"n_estimators": 100, "max_depth": 10, "random_state": 0}
 
 
 def write_spec(datasets: Path) -> None:
-    features = "\n".join(f"  - {{name: f{i}, type: float}}" for i in range(FEATURES))
-    (datasets / "bench").mkdir(parents=True, exist_ok=True)
-    text = SPEC.format(features=features, model=MODEL)
-    (datasets / "bench" / "spec.yaml").write_text(text)
+    training = common.forest(ESTIMATOR, "accuracy", model_name=MODEL)
+    common.write_spec(datasets, "bench", [f"f{i}" for i in range(FEATURES)], training=training)
 
 
 def frame(rows: int, seed: int) -> Any:

@@ -26,16 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 FEATURES = 20
-SPEC = """name: bench
-target: label
-timestamp: event_at
-columns:
-{features}
-  - {{name: label, type: int, allowed: [0, 1]}}
-  - {{name: segment, type: str, allowed: [a, b, c, d]}}
-  - {{name: event_at, type: datetime}}
-"""
 
 
 def generate(path: Path, rows: int, bad_fraction: float, seed: int = 7) -> None:
@@ -62,9 +55,16 @@ def generate(path: Path, rows: int, bad_fraction: float, seed: int = 7) -> None:
 
 
 def write_spec(datasets: Path) -> None:
-    features = "\n".join(f"  - {{name: f{i}, type: float}}" for i in range(FEATURES))
-    (datasets / "bench").mkdir(parents=True, exist_ok=True)
-    (datasets / "bench" / "spec.yaml").write_text(SPEC.format(features=features))
+    common.write_spec(
+        datasets,
+        "bench",
+        [f"f{i}" for i in range(FEATURES)],
+        extra_columns=[
+            {"name": "segment", "type": "str", "allowed": ["a", "b", "c", "d"]},
+            {"name": "event_at", "type": "datetime"},
+        ],
+        timestamp="event_at",
+    )
 
 
 def run_baseline(csv_path: Path, out: Path) -> int:

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
+
 from streamops.stack import Stack, free_port, wait_for
 
 DATASET = "servebench"
@@ -57,20 +59,6 @@ FEATURES = [f"f{i:02d}" for i in range(20)]
 TRAIN_ROWS = 20_000
 DISTINCT_BODIES = 64
 ESTIMATOR = {"n_estimators": 100, "max_depth": 10, "n_jobs": 1, "random_state": 0}
-SPEC = """# Written by bench/serve.py: 20 numeric features, a binary target.
-name: {name}
-target: label
-columns:
-{features}
-  - {{name: label, type: int, allowed: [0, 1]}}
-training:
-  task: classification
-  estimator:
-    name: RandomForestClassifier
-    params: {params}
-  metric: roc_auc
-  promotion: manual
-"""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOT_THE_SYSTEM = ("load generator", "other processes")
 
@@ -100,12 +88,8 @@ class Point:
 
 
 def write_spec(datasets: Path) -> Path:
-    features = "\n".join(f"  - {{name: {name}, type: float}}" for name in FEATURES)
-    params = json.dumps(ESTIMATOR)
-    path = datasets / DATASET / "spec.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SPEC.format(name=DATASET, features=features, params=params))
-    return path
+    training = common.forest(ESTIMATOR, "roc_auc", promotion="manual")
+    return common.write_spec(datasets, DATASET, FEATURES, training=training)
 
 
 def rows(count: int, seed: int) -> Any:
