@@ -19,11 +19,7 @@ from redis.exceptions import WatchError
 from shared.delivery import RedisLedger
 from shared.events import ScoreChunkRequested, ScoreRejected, derived_event_id
 from shared.jobs import done_key, job_key
-from shared.wire import DATA_FIELD, entry_fields
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from shared.wire import DATA_FIELD, entry_fields, text
 
 
 def _now() -> str:
@@ -40,7 +36,7 @@ class JobBook:
 
     async def status(self, job_id: str) -> str | None:
         value: Any = await self.client.hget(job_key(job_id), "status")
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     async def plan(self, fields: dict[str, Any], chunks: list[ScoreChunkRequested]) -> bool:
         """Create the job and queue its chunks, atomically; False when the job already exists."""
@@ -79,7 +75,7 @@ class JobBook:
             pipe.hget(job_key(job_id), "status")
             pipe.hset(job_key(job_id), "updated_at", _now())
             _, _, count, status, _ = await pipe.execute()
-        return int(count), None if status is None else _text(status)
+        return int(count), None if status is None else text(status)
 
     async def fail(self, chunk: ScoreChunkRequested, reason: str) -> None:
         """Mark the job rejected and publish `score-rejected` (same id as a refusal would have:

@@ -34,7 +34,7 @@ from shared.aio import every
 from shared.errors import InvalidEvent, PermanentError
 from shared.events import Event, dead_letter_stream, derived_event_id
 from shared.settings import CommonSettings
-from shared.wire import DATA_FIELD, entry_body
+from shared.wire import DATA_FIELD, entry_body, text
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class RedisLedger:
 
     async def last_error(self, message_id: str) -> str | None:
         value = await self.client.hget(self._errors_key, message_id)
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     async def renew(self, message_id: str) -> None:
         # JUSTID: does not count as a delivery.
@@ -207,7 +207,7 @@ class Delivery:
             "deliveries": count,
             "reason": reason,
             "failed_at": datetime.now(UTC).isoformat(),
-            "payload": {_text(k): _text(v) for k, v in fields.items()},
+            "payload": {text(k): text(v) for k, v in fields.items()},
         }
         await self.ledger.dead_letter(message_id, letter)
 
@@ -223,13 +223,7 @@ class Delivery:
 def _message_id(msg: RedisStreamMessage) -> str:
     ids = msg.raw_message.get("message_ids") or []
     # FastStream's in-memory test broker has no stream ids: its message id stands in.
-    return _text(ids[0]) if ids else msg.message_id
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return "" if value is None else str(value)
+    return text(ids[0]) if ids else msg.message_id
 
 
 def subscribe(

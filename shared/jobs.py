@@ -15,6 +15,8 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared.wire import text
+
 JobState = Literal["planned", "running", "done", "rejected"]
 
 
@@ -43,15 +45,11 @@ class JobStatus(BaseModel):
     updated_at: AwareDatetime = Field(description="Last change of the job's hash.")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def parse_status(job_id: str, fields: Mapping[Any, Any], chunks_done: int) -> JobStatus | None:
     """The status from the hash's fields (bytes or str) and the done set's size."""
     if not fields:
         return None
-    raw = {_text(k): _text(v) for k, v in fields.items()}
+    raw = {text(k): text(v) for k, v in fields.items()}
     status = raw.get("status", "planned")
     if status == "planned" and chunks_done > 0:
         status = "running"

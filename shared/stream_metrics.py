@@ -12,10 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.events import ALL_EVENTS, dead_letter_stream
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from shared.wire import text
 
 
 class StreamsCollector(Collector):
@@ -38,7 +35,7 @@ class StreamsCollector(Collector):
             length.add_metric([stream], self.client.xlen(stream))
             dead.add_metric([stream], self.client.xlen(dead_letter_stream(stream)))
             for group in self.client.xinfo_groups(stream):
-                name = _text(group["name"])
+                name = text(group["name"])
                 pending.add_metric([stream, name], int(group.get("pending") or 0))
                 if group.get("lag") is not None:  # unknown after some deletions: left out
                     lag.add_metric([stream, name], int(group["lag"]))

@@ -39,15 +39,19 @@ def entry_fields(event: Event) -> dict[str, bytes]:
 
 def entry_body(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> bytes:
     """The JSON body of a raw stream entry, whichever of the two accepted shapes it has."""
-    normalised: dict[str, bytes | str] = {_text(k): v for k, v in fields.items()}
+    normalised: dict[str, bytes | str] = {text(k): v for k, v in fields.items()}
     data = normalised.get(DATA_FIELD)
     if data is not None:
         return data if isinstance(data, bytes) else data.encode()
-    return json.dumps({k: _text(v) for k, v in normalised.items()}).encode()
+    return json.dumps({k: text(v) for k, v in normalised.items()}).encode()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+def text(value: object) -> str:
+    """A Redis reply as text: bytes decoded as UTF-8 (undecodable bytes replaced, so a stray
+    byte cannot fail a consumer), None as "", anything else as str()."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return "" if value is None else str(value)
 
 
 class JsonMessageFormat(MessageFormat):

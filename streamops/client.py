@@ -12,13 +12,9 @@ import redis
 from shared.events import DataArrived, DataIngested, DataRejected, Event
 from shared.jobs import JobStatus, done_key, job_key, parse_status
 from shared.telemetry import progress_key
-from shared.wire import DATA_FIELD, entry_fields
+from shared.wire import DATA_FIELD, entry_fields, text
 
 Outcome = DataIngested | DataRejected
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def stream_ends(client: redis.Redis, streams: tuple[str, ...]) -> dict[str, str]:
@@ -26,14 +22,14 @@ def stream_ends(client: redis.Redis, streams: tuple[str, ...]) -> dict[str, str]
     ends = {}
     for stream in streams:
         last = client.xrevrange(stream, count=1)
-        ends[stream] = _text(last[0][0]) if last else "0-0"
+        ends[stream] = text(last[0][0]) if last else "0-0"
     return ends
 
 
 def publish(client: redis.Redis, event: Event) -> str:
     """XADD `event` to its stream; the entry id."""
     fields: Any = entry_fields(event)
-    return _text(client.xadd(event.stream, fields))
+    return text(client.xadd(event.stream, fields))
 
 
 def wait_for_outcome(
@@ -60,7 +56,7 @@ def wait_for_outcome(
                 cursors[stream] = item_id
                 body = json.loads(fields[DATA_FIELD.encode()])
                 if body.get("correlation_id") == correlation_id:
-                    return kinds[_text(stream)].model_validate(body)
+                    return kinds[text(stream)].model_validate(body)
     return None
 
 

@@ -9,7 +9,7 @@ from faststream.redis.parser import BinaryMessageFormatV1
 
 from shared.delivery import parse_event
 from shared.events import DataArrived
-from shared.wire import JsonMessageFormat, encode_event, entry_body, entry_fields
+from shared.wire import JsonMessageFormat, encode_event, entry_body, entry_fields, text
 
 
 def test_an_event_is_one_field_holding_its_json() -> None:
@@ -56,3 +56,12 @@ def test_an_event_without_an_id_gets_one_derived_from_its_entry() -> None:
     again = parse_event(DataArrived, body, "data-arrived", "5-0")
     other = parse_event(DataArrived, body, "data-arrived", "6-0")
     assert first.event_id == again.event_id != other.event_id
+
+
+def test_text_reads_any_redis_reply_as_a_string() -> None:
+    assert text(b"1700000000000-0") == "1700000000000-0"
+    assert text("already text") == "already text"
+    assert text(3) == "3"
+    assert text(None) == ""
+    # A stray byte is replaced, never raised: a consumer must not fail on a bad field.
+    assert text(b"caf\xe9") == "caf\ufffd"
