@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sysconfig
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,34 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_DATASETS = REPO_ROOT / "datasets"
+# Where a regular (non-editable) install puts the bundled sample: pyproject.toml's
+# [tool.setuptools.data-files], relative to the install scheme's data directory.
+INSTALLED_DATASETS = Path("share") / "streamops" / "datasets"
+
+
+def bundled_datasets() -> Path:
+    """The sample datasets shipped with streamops: the repository's `datasets/` in a source
+    checkout (editable installs included), else the copy that `pip install` put under the
+    environment's prefix (or the user's, after `pip install --user`)."""
+    # pyproject.toml marks a checkout. Testing for a `datasets/` beside the packages would not:
+    # in site-packages that is another project (Hugging Face's `datasets`).
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "datasets"
+    installed = [
+        Path(sysconfig.get_path("data", scheme)) / INSTALLED_DATASETS
+        for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))
+    ]
+    return next((path for path in installed if path.is_dir()), installed[0])
+
+
+BUNDLED_DATASETS = bundled_datasets()
+
+
+def default_datasets_dir() -> Path:
+    """`./datasets` when the working directory has one (a project of the user's own, or this
+    repository), else the bundled sample: an installed streamops works from any directory."""
+    local = Path("datasets")
+    return local if local.is_dir() else BUNDLED_DATASETS
 
 
 def default_consumer_name() -> str:
@@ -23,7 +51,8 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _split_list(value: Any) -> Any:
+def split_list(value: Any) -> Any:
+    """A list setting's text as a list: JSON (`["a","b"]`) or comma-separated."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
@@ -52,7 +81,7 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
     )
     feature_store_root: Path = Path("var/feature-store")
-    datasets_dir: Path = BUNDLED_DATASETS
+    datasets_dir: Path = Field(default_factory=default_datasets_dir)
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
     max_deliveries: int = Field(default=5, ge=1, le=1000)
     # A message not renewed for this long is presumed abandoned and claimed by another consumer.
@@ -81,7 +110,7 @@ class IngestorSettings(BaseSettings):
     common: CommonSettings = Field(default_factory=CommonSettings)
     # Events come from outside: only files under these directories may be read.
     data_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=lambda: [BUNDLED_DATASETS, Path("var/inbox")]
+        default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
     # SQLAlchemy URLs that may be queried: shell-style patterns matched against the URL with
     # its password removed, e.g. "postgresql://reader@db.internal:5432/*". Empty: no SQL.
@@ -97,7 +126,7 @@ class IngestorSettings(BaseSettings):
     @field_validator("data_roots", "sql_allow", "rest_allow_hosts", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("data_roots")
     @classmethod
@@ -147,13 +176,13 @@ class PredictorSettings(BaseSettings):
     # Batch scoring: events come from outside, so only Parquet files under these directories
     # may be read (and results are written beside them).
     score_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=lambda: [BUNDLED_DATASETS, Path("var/inbox")]
+        default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
 
     @field_validator("datasets", "score_roots", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("score_roots")
     @classmethod

@@ -25,7 +25,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,6 +41,9 @@ from shared.events import (
     RestSource,
     SqlSource,
 )
+
+if TYPE_CHECKING:
+    from streamops.stack import Running
 
 console = Console()
 err = Console(stderr=True)
@@ -136,6 +139,8 @@ def _up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from rich.markup import escape
+
     from streamops.stack import bring_up, local_stack, write_prometheus_targets
 
     stop = threading.Event()
@@ -146,7 +151,7 @@ def _up(args: argparse.Namespace) -> int:
         running = bring_up(stack, SERVICES)
         # For deploy/prometheus/local.yml, which reads var/up/prometheus/ (the default workdir).
         write_prometheus_targets(running, workdir / "prometheus")
-        exports = " ".join(f"{k}={v}" for k, v in running.env.items())
+        exports = escape(" ".join(f"{k}='{v}'" for k, v in running.env.items()))
         console.print(
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
             f"  MLflow UI: {running.mlflow_url}\n"
@@ -155,12 +160,27 @@ def _up(args: argparse.Namespace) -> int:
             f"  Prometheus: targets in {workdir / 'prometheus'} "
             "(prometheus --config.file=deploy/prometheus/local.yml)\n"
             f"  services:  {', '.join(SERVICES)} "
-            f"(logs in {stack.log('x').parent})\n  CLI:       export {exports}\n"
+            f"(logs in {stack.log('x').parent})\n"
+            f"  inbox:     {running.env['STREAMOPS_GATEWAY_INBOX']} (drop CSV files here)\n"
+            f"  settings:\n{_used(running)}\n"
+            f"  CLI:       export {exports}\n"
             "Ctrl-C stops everything."
         )
         stop.wait()
         console.print("stopping ...")
     return 0
+
+
+def _used(running: Running) -> str:
+    """One line per setting `up` gave the services, with where it came from (a value exported
+    before `up` wins)."""
+    from rich.markup import escape
+
+    # escape: a JSON list of roots is not rich markup
+    return "\n".join(
+        escape(f"    {name}={value} ({running.origin.get(name, 'chosen by up')})")
+        for name, value in running.env.items()
+    )
 
 
 def _run_ingestor(args: argparse.Namespace) -> int:

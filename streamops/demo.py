@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import shutil
 import sys
 import time
@@ -57,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     with local_stack(workdir) as stack:
         console.print("starting Redis, MLflow, the ingestor, the trainer, a predictor, the gateway")
-        running = bring_up(stack, ("ingestor", "trainer", "predictor", "gateway"))
+        # The demo inspects the feature store and the inbox it made under --workdir, so those
+        # two are its own whatever is exported; every other exported setting is honoured.
+        own = ("STREAMOPS_FEATURE_STORE_ROOT", "STREAMOPS_GATEWAY_INBOX")
+        environ = {k: v for k, v in os.environ.items() if k not in own}
+        running = bring_up(stack, ("ingestor", "trainer", "predictor", "gateway"), environ=environ)
         url, mlflow_url = running.redis_url, running.mlflow_url
         console.print(
             f"[bold]Redis[/bold] {url}, [bold]MLflow[/bold] {mlflow_url}, "

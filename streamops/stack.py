@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,8 @@ class Running:
     gateway_url: str | None = None
     # process name → its Prometheus endpoint
     metrics: dict[str, str] = field(default_factory=dict)
+    # variable → where its value came from (UpSettings.origin), for `up` to print
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 def prometheus_targets(running: Running) -> dict[str, list[dict[str, Any]]]:
@@ -209,32 +211,105 @@ def gateway_port() -> int:
     return 8000
 
 
-def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) -> Running:
+FROM_ENVIRONMENT = "from the environment"
+FROM_UP = "chosen by up"
+MERGED = "yours, then up's"
+# The directories a file may be read from: the user's first (their files shadow the sample's
+# names), then up's own (the datasets, the inbox), so a relative name in up's inbox still works.
+ROOTS = ("STREAMOPS_INGESTOR_DATA_ROOTS", "STREAMOPS_PREDICTOR_SCORE_ROOTS")
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """The settings `up` gives every service, and where each came from."""
+
+    env: dict[str, str]
+    origin: dict[str, str]
+
+    @property
+    def inbox(self) -> Path:
+        return Path(self.env["STREAMOPS_GATEWAY_INBOX"])
+
+    @property
+    def port(self) -> int:
+        return int(self.env["STREAMOPS_GATEWAY_PORT"])
+
+
+def up_settings(
+    workdir: Path,
+    environ: Mapping[str, str],
+    datasets_dir: Path,
+    pick_port: Callable[[], int] = gateway_port,
+) -> UpSettings:
+    """What `up` sets for the services: a value exported before `up` wins; the file roots the
+    user exported are kept, and up's own are added after them."""
+    from shared.settings import BUNDLED_DATASETS, split_list
+
+    env: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    defaults: dict[str, Callable[[], str]] = {
+        "STREAMOPS_FEATURE_STORE_ROOT": lambda: str(workdir / "feature-store"),
+        "STREAMOPS_GATEWAY_INBOX": lambda: str(workdir / "inbox"),
+        "STREAMOPS_GATEWAY_PORT": lambda: str(pick_port()),
+    }
+    for name, default in defaults.items():
+        given = environ.get(name, "").strip()
+        env[name], origin[name] = (given, FROM_ENVIRONMENT) if given else (default(), FROM_UP)
+    inbox = Path(env["STREAMOPS_GATEWAY_INBOX"])
+    # workdir/inbox too when the user moved the inbox: the demo writes its files there.
+    own = [datasets_dir, BUNDLED_DATASETS, inbox, workdir / "inbox"]
+    for name in ROOTS:
+        exported = [Path(p) for p in split_list(environ.get(name, ""))]
+        roots = _unique([*exported, *own])
+        # JSON: a directory name may hold a comma.
+        env[name] = json.dumps([str(root) for root in roots], separators=(",", ":"))
+        origin[name] = MERGED if exported else FROM_UP
+    return UpSettings(env, origin)
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """Absolute, in order, each once (the services resolve them the same way)."""
+    seen: dict[Path, None] = {}
+    for path in paths:
+        seen.setdefault(path.expanduser().resolve(), None)
+    return list(seen)
+
+
+def _server_url(environ: Mapping[str, str], names: tuple[str, str]) -> str | None:
+    """The server the user named, under streamops' name or the one every tool knows."""
+    return environ.get(names[0]) or environ.get(names[1]) or None
+
+
+def bring_up(
+    stack: Stack,
+    services: tuple[str, ...],
+    timeout: float = 120.0,
+    environ: Mapping[str, str] | None = None,
+) -> Running:
     """Redis and MLflow (unless the environment names them) and `services` as processes, each
     waited for until it is up: a heartbeat for the stream services, `/healthz` for the
-    gateway. A service named twice runs twice (`predictor-2` is the second replica's log)."""
+    gateway. A service named twice runs twice (`predictor-2` is the second replica's log).
+    Settings exported before (`environ`, default the process's) win over up's (up_settings)."""
     import redis
 
-    from shared.settings import BUNDLED_DATASETS
+    from shared.settings import CommonSettings
 
+    environ = os.environ if environ is None else environ
     workdir = stack.workdir
-    url = os.environ.get("STREAMOPS_REDIS_URL") or os.environ.get("REDIS_URL")
+    origin: dict[str, str] = {}
+    url = _server_url(environ, ("STREAMOPS_REDIS_URL", "REDIS_URL"))
+    origin["STREAMOPS_REDIS_URL"] = FROM_ENVIRONMENT if url else FROM_UP
     url = url or stack.start_redis()
-    mlflow_url = os.environ.get("STREAMOPS_MLFLOW_TRACKING_URI") or os.environ.get(
-        "MLFLOW_TRACKING_URI"
-    )
+    names = ("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
+    mlflow_url = _server_url(environ, names)
+    origin["STREAMOPS_MLFLOW_TRACKING_URI"] = FROM_ENVIRONMENT if mlflow_url else FROM_UP
     mlflow_url = mlflow_url or stack.start_mlflow()
-    (workdir / "inbox").mkdir(parents=True, exist_ok=True)
-    port = gateway_port()
-    env = {
-        "STREAMOPS_REDIS_URL": url,
-        "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
-        "STREAMOPS_FEATURE_STORE_ROOT": str(workdir / "feature-store"),
-        "STREAMOPS_INGESTOR_DATA_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
-        "STREAMOPS_PREDICTOR_SCORE_ROOTS": f"{BUNDLED_DATASETS},{workdir / 'inbox'}",
-        "STREAMOPS_GATEWAY_PORT": str(port),
-        "STREAMOPS_GATEWAY_INBOX": str(workdir / "inbox"),
-    }
+    chosen = up_settings(workdir, environ, CommonSettings().datasets_dir)
+    for inbox in (chosen.inbox, workdir / "inbox"):
+        inbox.mkdir(parents=True, exist_ok=True)
+    port = chosen.port
+    env = {"STREAMOPS_REDIS_URL": url, "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url, **chosen.env}
+    origin.update(chosen.origin)
     client = redis.Redis.from_url(url)
     gateway_url = None
     metrics: dict[str, str] = {}
@@ -263,7 +338,7 @@ def bring_up(stack: Stack, services: tuple[str, ...], timeout: float = 120.0) ->
 
         wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()
-    return Running(url, mlflow_url, env, gateway_url, metrics)
+    return Running(url, mlflow_url, env, gateway_url, metrics, origin)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
-"""`streamops up`: the whole stack as local processes, ready, then stopped cleanly by Ctrl-C."""
+"""`streamops up`: the whole stack as local processes, ready, honouring the settings exported
+before it; a CSV dropped into its inbox and announced with redis-cli by a relative name is
+ingested, trained, promoted and served; then Ctrl-C stops it all cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +17,59 @@ import httpx
 import pytest
 import redis
 
-from streamops.stack import redis_answers
+from shared.settings import BUNDLED_DATASETS
+from streamops.stack import free_port, redis_answers
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
+ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "support_calls": 2,
+    "usage_gb": 10.0,
+    "satisfaction": 3.5,
+    "plan": "basic",
+    "autopay": True,
+}
 
 
+def redis_cli() -> str:
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        pytest.fail("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    return binary
+
+
+def _printed(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found is not None, text
+    return found.group(1)
+
+
+def _announce_and_serve(text: str, gateway: str, store: Path) -> None:
+    """The acceptance: a CSV copied into the printed inbox, announced by its bare name with
+    redis-cli, ends up served by the gateway; its version is in the exported feature store."""
+    inbox = Path(_printed(r"inbox:\s+(\S+)", text))
+    shutil.copy(BUNDLED_DATASETS / "churn" / "churn.csv", inbox / "customers-week-1.csv")
+    url = _printed(r"Redis:\s+(redis://\S+)", text)
+    argv = [redis_cli(), "-u", url, "XADD", "data-arrived", "*"]
+    argv += ["dataset", "churn", "source", "customers-week-1.csv"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+    def served() -> bool:
+        answer = httpx.post(f"{gateway}/v1/models/churn/predict", json={"rows": [ROW]})
+        return answer.status_code == 200
+
+    try:
+        wait_until(served, timeout=300, interval=0.5, what="the dropped CSV's model served")
+    except TimeoutError as exc:
+        client = redis.Redis.from_url(url)
+        streams = {s: client.xrange(s) for s in ("data-ingested", "data-rejected", "model-trained")}
+        raise AssertionError(f"not served; the streams say {streams}") from exc
+    assert (store / "churn" / "versions" / "version=1").is_dir()
+
+
+@pytest.mark.timeout(900)
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     env = {
         k: v
@@ -31,13 +82,20 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             "MLFLOW_TRACKING_URI",
         )
     }
+    # Settings exported before `up`: they are the ones the services use.
+    port = free_port()
+    exported = {
+        "STREAMOPS_FEATURE_STORE_ROOT": str(tmp_path / "my-store"),
+        "STREAMOPS_GATEWAY_PORT": str(port),
+        "STREAMOPS_INGESTOR_DATA_ROOTS": str(tmp_path / "mine"),
+    }
     out = tmp_path / "up.out"
     with out.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamops.cli", "up", "--workdir", str(tmp_path / "up")],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env={**env, "COLUMNS": "200"},
+            env={**env, **exported, "COLUMNS": "1000"},
         )
     try:
         wait_until(
@@ -54,6 +112,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert re.search(r"MLflow UI:\s+http://127\.0\.0\.1:\d+", text)
         gateway = re.search(r"gateway:\s+(http://127\.0\.0\.1:\d+)", text)
         assert gateway is not None, text
+        assert gateway.group(1) == f"http://127.0.0.1:{port}"
+        # `up` prints what it used, and where each value came from.
+        store = _printed(r"STREAMOPS_FEATURE_STORE_ROOT=(\S+) \(from the environment\)", text)
+        assert store == exported["STREAMOPS_FEATURE_STORE_ROOT"]
+        roots = _printed(r"STREAMOPS_INGESTOR_DATA_ROOTS=(\S+) \(yours, then up's\)", text)
+        assert json.loads(roots)[0] == str(tmp_path / "mine")
         assert httpx.get(f"{gateway.group(1)}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{gateway.group(1)}/readyz").status_code == 503  # no model yet
         exported = dict(re.findall(r"(\w+) (http://127\.0\.0\.1:\d+/metrics)", text))
@@ -62,10 +126,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             scraped = httpx.get(endpoint)
             assert scraped.status_code == 200, service
             assert "faststream_received_messages" in scraped.text, service
-        port = int(url.group(1).rsplit(":", 1)[1].split("/")[0])
+        _announce_and_serve(text, gateway.group(1), tmp_path / "my-store")
+        redis_port = int(url.group(1).rsplit(":", 1)[1].split("/")[0])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
-        assert not redis_answers(port)
+        assert not redis_answers(redis_port)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{gateway.group(1)}/healthz")
     finally:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sysconfig
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from shared import settings as settings_module
 from shared.broker import redis_url
 from shared.datasets import parse_spec
 from shared.errors import ConfigError
@@ -99,3 +101,41 @@ def test_serving_limits_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMOPS_PREDICTOR_THREADS", "0")
     with pytest.raises(ValidationError, match="threads"):
         PredictorSettings()
+
+
+def test_the_datasets_dir_is_the_working_directorys_datasets_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "datasets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STREAMOPS_DATASETS_DIR", raising=False)
+    assert CommonSettings().datasets_dir == tmp_path / "datasets"
+    assert IngestorSettings().data_roots == [tmp_path / "datasets", tmp_path / "var" / "inbox"]
+    assert PredictorSettings().score_roots == IngestorSettings().data_roots
+
+
+def test_from_any_other_directory_it_is_the_bundled_sample(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STREAMOPS_DATASETS_DIR", raising=False)
+    assert CommonSettings().datasets_dir == settings_module.BUNDLED_DATASETS
+    assert (settings_module.BUNDLED_DATASETS / "churn" / "spec.yaml").is_file()
+
+
+def test_installed_the_sample_is_the_data_files_copy_under_the_prefix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An installed package: shared/ sits in site-packages, with no pyproject.toml above it,
+    # maybe beside another project's datasets/ package (Hugging Face's).
+    site = tmp_path / "site-packages"
+    (site / "datasets").mkdir(parents=True)
+    prefix = tmp_path / "prefix"
+    (prefix / "share" / "streamops" / "datasets" / "churn").mkdir(parents=True)
+    monkeypatch.setattr(settings_module, "REPO_ROOT", site)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme: str(prefix))
+    assert settings_module.bundled_datasets() == prefix / "share" / "streamops" / "datasets"
+
+
+def test_the_repository_checkout_uses_its_own_datasets() -> None:
+    assert settings_module.bundled_datasets() == settings_module.REPO_ROOT / "datasets"
