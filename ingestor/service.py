@@ -11,14 +11,12 @@ import logging
 import time
 from collections import Counter
 
-import pyarrow.parquet as pq
-
 from ingestor.sources import Progress, SourceReader, content_hasher, open_source
 from ingestor.validate import validate_chunk
 from shared.datasets import DatasetSpec, arrow_schema, load_spec
 from shared.errors import BatchRejected, SourceRejected
 from shared.events import DataArrived, DataIngested, DataRejected, derived_event_id, describe_source
-from shared.feature_store import QUARANTINE_FILE, FeatureStore, StagedVersion
+from shared.feature_store import FeatureStore, StagedVersion
 from shared.settings import IngestorSettings
 
 log = logging.getLogger(__name__)
@@ -137,8 +135,7 @@ def bad_row_limit(spec: DatasetSpec, settings: IngestorSettings) -> float:
 
 def _top_reasons(staged: StagedVersion) -> tuple[str, ...]:
     """The most frequent quarantine reasons, to explain a rejection."""
-    staged.close()
-    table = pq.read_table(staged.directory / QUARANTINE_FILE, columns=["column", "reason"])
+    table = staged.read_quarantine(columns=["column", "reason"])
     counts = table.group_by(["column", "reason"]).aggregate([([], "count_all")])
     top = counts.sort_by([("count_all", "descending")]).slice(0, 5).to_pylist()
     return tuple(f"{r['column']}: {r['reason']} ({r['count_all']} rows)" for r in top)

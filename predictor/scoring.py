@@ -8,10 +8,8 @@ one model call per chunk, no per-row Python.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from shared.datasets import DatasetSpec, feature_frame
 from shared.errors import ChunkRefused, ScoreInputRejected, VersionNotFound
 from shared.events import FeatureStoreInput, ParquetInput, derived_event_id
 from shared.feature_store import FeatureStore
+from shared.fsio import atomic_path
 from shared.paths import confine_file
 
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -78,11 +77,11 @@ def resolve(
         raise ScoreInputRejected(f"job id {job_id!r} cannot name a file (letters, digits, ._-)")
     try:
         version = source.version or store.latest(source.dataset).version
-        info = store.get(source.dataset, version)
+        store.get(source.dataset, version)  # raises VersionNotFound
     except VersionNotFound as exc:
         raise ScoreInputRejected(str(exc)) from exc
-    output = store.root / "scores" / source.dataset / f"version={version}" / f"{job_id}.parquet"
-    return Path(info.path) / "data.parquet", output
+    output = store.scores_path(source.dataset, version, job_id)
+    return store.data_path(source.dataset, version), output
 
 
 def inspect(path: Path, output: Path, spec: DatasetSpec) -> Source:
@@ -160,23 +159,10 @@ def score_chunk(
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: all of it or nothing."""
+    """Write `table` to `path`: all of it or nothing (shared.fsio)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- parts and assembly ------------------------------------------------------------------------
@@ -200,18 +186,12 @@ def assemble(output: Path, job_id: str, chunks: int) -> int:
     """
     parts = [part_path(output, job_id, chunk) for chunk in range(chunks)]
     schema = pq.read_schema(parts[0])
-    tmp = output.with_name(f".{output.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                table = pq.read_table(part)
-                writer.write_table(table)
-                rows += table.num_rows
-        _fsync(tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            table = pq.read_table(part)
+            writer.write_table(table)
+            rows += table.num_rows
     return rows
 
 

@@ -14,15 +14,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 import redis.asyncio as aioredis
 from faststream.redis import RedisBroker
-from faststream.redis.publisher.usecase import StreamPublisher
 
 from predictor import scoring
 from predictor.cache import Served
+from predictor.metrics import PredictorMetrics
 from predictor.scoring_jobs import ChunkLedger, JobBook
 from predictor.service import Predictor
 from shared.broker import ensure_group
@@ -38,9 +38,6 @@ from shared.events import (
 from shared.feature_store import FeatureStore
 from shared.settings import PredictorSettings
 
-if TYPE_CHECKING:
-    from predictor.app import Replica
-
 GROUP = "predictor"
 SETTLED = ("done", "rejected")
 log = logging.getLogger(__name__)
@@ -52,18 +49,37 @@ def scored_event_id(job_id: str) -> Any:
     return derived_event_id("scored", job_id)
 
 
+class Jobs(Protocol):
+    """The jobs' state, shared by the replicas (predictor/scoring_jobs.py: JobBook)."""
+
+    async def exists(self, job_id: str) -> bool: ...
+
+    async def status(self, job_id: str) -> str | None: ...
+
+    async def plan(self, fields: dict[str, Any], chunks: list[ScoreChunkRequested]) -> bool: ...
+
+    async def record(self, fields: dict[str, Any]) -> None: ...
+
+    async def chunk_done(self, job_id: str, chunk: int) -> tuple[int, str | None]: ...
+
+    async def finish(self, job_id: str, output_uri: str) -> None: ...
+
+
+class Publisher(Protocol):
+    """Where an event goes next (a FastStream publisher)."""
+
+    async def publish(self, message: Any) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Scorer:
-    replica: Replica
+    predictor: Predictor
+    metrics: PredictorMetrics
     settings: PredictorSettings
-    jobs: JobBook
-    scored: StreamPublisher
-    rejected: StreamPublisher
-
-    @property
-    def predictor(self) -> Predictor:
-        assert self.replica.predictor is not None  # set by Replica.start, before subscribers
-        return self.replica.predictor
+    store: FeatureStore
+    jobs: Jobs
+    scored: Publisher
+    rejected: Publisher
 
     # --- score-requested ---------------------------------------------------------------------
 
@@ -93,7 +109,7 @@ class Scorer:
             scoring.score_rows, served, spec, event.rows, self.settings.max_inline_rows
         )
         predictions = await anyio.to_thread.run_sync(work)
-        self.replica.metrics.rows.labels(event.model_name, "batch").inc(len(predictions))
+        self.metrics.rows.labels(event.model_name, "batch").inc(len(predictions))
         await self.scored.publish(
             Scored(
                 event_id=scored_event_id(event.job_id),
@@ -119,12 +135,11 @@ class Scorer:
         assert event.input is not None
         served = self._live(event.model_name)  # the version pinned for every chunk
         spec = self.predictor.specs[event.model_name]
-        store = FeatureStore(self.settings.common.feature_store_root)
 
         def inspect() -> scoring.Source:
             assert event.input is not None
             path, output = scoring.resolve(
-                event.job_id, event.input, self.settings.score_roots, store
+                event.job_id, event.input, self.settings.score_roots, self.store
             )
             return scoring.inspect(path, output, spec)
 
@@ -204,7 +219,7 @@ class Scorer:
             scoring.part_path(output, chunk.job_id, chunk.chunk),
         )
         rows = await anyio.to_thread.run_sync(work)
-        self.replica.metrics.rows.labels(chunk.model_name, "batch").inc(rows)
+        self.metrics.rows.labels(chunk.model_name, "batch").inc(rows)
         done, status = await self.jobs.chunk_done(chunk.job_id, chunk.chunk)
         if done >= chunk.chunks and status not in SETTLED:
             await self._finish(chunk, output)
@@ -232,7 +247,8 @@ class Scorer:
 
 def wire_scoring(
     broker: RedisBroker,
-    replica: Replica,
+    predictor: Predictor,
+    metrics: PredictorMetrics,
     client: aioredis.Redis,
     settings: PredictorSettings,
 ) -> Callable[[], Awaitable[None]]:
@@ -250,7 +266,8 @@ def wire_scoring(
         description=ScoreChunkRequested.__doc__,
     )
     jobs = JobBook(client, common.done_ttl_s)
-    scorer = Scorer(replica, settings, jobs, scored, rejected)
+    store = FeatureStore(common.feature_store_root)
+    scorer = Scorer(predictor, metrics, settings, store, jobs, scored, rejected)
     handlers: list[tuple[Any, Callable[[Any], Awaitable[None]]]] = [
         (ScoreRequested, scorer.on_requested),
         (ScoreChunkRequested, scorer.on_chunk),

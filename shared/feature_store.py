@@ -7,6 +7,10 @@
         manifest.json                           index of all versions, derived from the above
         .staging/                               versions being written
         .lock                                   serialises commits
+    <root>/scores/<dataset>/version=1/<job>.parquet  batch scoring's results for a version
+
+Code outside this module asks for paths (`data_path`, `scores_path`...) rather than building
+them, so the layout can change here alone.
 
 A version is written in `.staging`, then, under the dataset's lock, either found to exist
 already (same content hash: the staged copy is dropped) or renamed into `versions/` with the
@@ -26,7 +30,7 @@ import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import VersionNotFound
+from shared.fsio import fsync_dir, fsync_file, write_text_atomic
 
 # One line per failing (row, column) of a version: what the ingestor refused, and why.
 QUARANTINE_SCHEMA = pa.schema(
@@ -114,6 +119,14 @@ class StagedVersion:
     def has_quarantine(self) -> bool:
         return (self.directory / QUARANTINE_FILE).exists()
 
+    def read_quarantine(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The quarantine lines staged so far (`columns` of them). Flushes, so nothing more can
+        be written: for explaining a version that will not be committed."""
+        self.close()
+        if not self.has_quarantine:
+            return QUARANTINE_SCHEMA.empty_table().select(list(columns or QUARANTINE_SCHEMA.names))
+        return pq.read_table(self.directory / QUARANTINE_FILE, columns=columns)
+
     def _raise_writer_error(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"writing {self.directory} failed") from self._error
@@ -174,6 +187,19 @@ class FeatureStore:
     def version_dir(self, dataset: str, version: int) -> Path:
         return self.versions_dir(dataset) / f"version={version}"
 
+    def data_path(self, dataset: str, version: int) -> Path:
+        """The Parquet file of a version's accepted rows."""
+        return self.version_dir(dataset, version) / DATA_FILE
+
+    def quarantine_path(self, dataset: str, version: int) -> Path:
+        """The Parquet file of a version's quarantine lines (absent when it has none)."""
+        return self.version_dir(dataset, version) / QUARANTINE_FILE
+
+    def scores_path(self, dataset: str, version: int, job_id: str) -> Path:
+        """Where batch job `job_id` writes its scores of a version (kept apart from the
+        versions: a dataset's versions hold its rows only)."""
+        return self.root / "scores" / dataset / f"version={version}" / f"{job_id}.parquet"
+
     # --- writing -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -203,8 +229,9 @@ class FeatureStore:
     ) -> tuple[VersionInfo, bool]:
         """Store the staged version, or find the one with the same hash: (info, created)."""
         staged.close()
-        for name in (DATA_FILE, QUARANTINE_FILE):
-            _fsync_file(staged.directory / name)
+        fsync_file(staged.directory / DATA_FILE)
+        if staged.has_quarantine:
+            fsync_file(staged.directory / QUARANTINE_FILE)
         with self._locked(dataset):
             existing = self.find_by_hash(dataset, content_hash)
             if existing is not None:
@@ -226,12 +253,14 @@ class FeatureStore:
                 ],
                 created_at=datetime.now(UTC),
                 path=str(final),
-                quarantine_path=str(final / QUARANTINE_FILE) if staged.has_quarantine else None,
+                quarantine_path=(
+                    str(self.quarantine_path(dataset, version)) if staged.has_quarantine else None
+                ),
             )
-            _write_atomic(staged.directory / META_FILE, info.model_dump_json(indent=2))
+            write_text_atomic(staged.directory / META_FILE, info.model_dump_json(indent=2))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staged.directory, final)  # the commit point
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             self._write_manifest(dataset)
             return info, True
 
@@ -270,10 +299,11 @@ class FeatureStore:
             return self.dataset(dataset).to_table()
         number = self.latest(dataset).version if version == "latest" else int(version)
         self.get(dataset, number)  # raises VersionNotFound
-        return pq.read_table(self.version_dir(dataset, number) / DATA_FILE)
+        return pq.read_table(self.data_path(dataset, number))
 
     def quarantine(self, dataset: str, version: int) -> pa.Table:
-        path = self.version_dir(dataset, version) / QUARANTINE_FILE
+        """A version's quarantine lines (none when every row was accepted)."""
+        path = self.quarantine_path(dataset, version)
         return pq.read_table(path) if path.exists() else QUARANTINE_SCHEMA.empty_table()
 
     # --- internals ---------------------------------------------------------------------------
@@ -291,7 +321,8 @@ class FeatureStore:
     def _write_manifest(self, dataset: str) -> None:
         versions = [v.model_dump(mode="json") for v in self._scan(dataset)]
         manifest = {"dataset": dataset, "versions": versions}
-        _write_atomic(self.dataset_dir(dataset) / "manifest.json", json.dumps(manifest, indent=2))
+        manifest_path = self.dataset_dir(dataset) / "manifest.json"
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
 
     @contextlib.contextmanager
     def _locked(self, dataset: str) -> Iterator[None]:
@@ -331,30 +362,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    if path.exists():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from shared.events import ParquetInput, ScoreRequested
+from shared.feature_store import FeatureStore
 from shared.jobs import JobStatus
 from shared.settings import BUNDLED_DATASETS
 from streamops.client import publish, wait_for_job
@@ -152,8 +153,7 @@ def _score_step(client: redis.Redis, workdir: Path, timeout: float) -> bool:
     )
     path = workdir / "inbox" / "customers.parquet"
     # The rows the ingestor accepted (so valid), without the label: customers to score.
-    stored = workdir / "feature-store" / "churn" / "versions" / "version=1" / "data.parquet"
-    table = pq.read_table(stored)
+    table = FeatureStore(workdir / "feature-store").read("churn", 1)
     pq.write_table(table.drop_columns(["churned"]), path)
     job = f"demo-{uuid.uuid4().hex[:8]}"
     publish(client, ScoreRequested(job_id=job, model_name=MODEL, input=ParquetInput(uri=str(path))))

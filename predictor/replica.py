@@ -1,0 +1,136 @@
+"""A replica's life: load production before it is ready, follow promotions and new versions,
+converge with the registry, and say what it loaded and what it serves.
+
+The plain use case (which version to load, swaps, predictions) is predictor/service.py; this
+module runs it off the event loop and reports on it (metrics, `model-loads`, heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio.to_thread
+import redis.asyncio as aioredis
+
+from predictor.metrics import PredictorMetrics
+from predictor.online import OnlinePredictor
+from predictor.service import Predictor
+from shared.errors import ModelLoadFailed
+from shared.events import ModelLoaded, ModelPromoted, ModelTrained
+from shared.settings import PredictorSettings
+from shared.telemetry import StatusBoard, beat
+from shared.wire import entry_fields
+
+SERVICE = "predictor"
+Trigger = Literal["start", "promotion", "converge", "prefetch"]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    settings: PredictorSettings
+    predictor: Predictor
+    metrics: PredictorMetrics
+    board: StatusBoard
+    online: OnlinePredictor
+    # Where `model-loads` events go; None publishes nothing.
+    client: aioredis.Redis | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Load the production models before anything else: a replica is ready only then."""
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=self.settings.threads)  # for the process, from now on
+        await self.converge("start")
+
+    async def converge(self, trigger: Trigger = "converge") -> None:
+        try:
+            stale = await anyio.to_thread.run_sync(self.predictor.stale)
+        except Exception as exc:  # registry down: serve what we have, try again later
+            log.error("cannot read the registry to converge: %s", exc)
+            return
+        for name, version in stale:
+            await self.load(name, version, trigger)
+
+    async def promoted(self, event: ModelPromoted) -> None:
+        if self.predictor.wants(event):
+            await self.load(event.model_name, event.version, "promotion")
+
+    async def trained(self, event: ModelTrained) -> None:
+        """A version just trained is a candidate: load it now, so its promotion is a swap."""
+        if event.model_name in self.predictor.specs:
+            await self.load(event.model_name, event.model_version, "prefetch")
+
+    async def load(self, name: str, version: int, trigger: Trigger) -> None:
+        """Load `version` in a thread and swap it in (stage it, for a prefetch); say what
+        happened on `model-loads` (a refused version keeps the old one serving)."""
+        started = time.monotonic()
+        reason = ""
+        work = self.predictor.stage if trigger == "prefetch" else self.predictor.swap_in
+        try:
+            if await anyio.to_thread.run_sync(work, name, version) is None:
+                return  # already staged or in service
+        except ModelLoadFailed as exc:
+            reason = str(exc)
+            log.error("not loading %s v%d (%s): %s", name, version, trigger, exc)
+        seconds = time.monotonic() - started
+        self.metrics.loads.labels(name, trigger, "refused" if reason else "loaded").inc()
+        if not reason:
+            self.metrics.load_seconds.labels(name).observe(seconds)
+        self._export_versions()
+        await self._announce(
+            ModelLoaded(
+                replica=self.settings.common.consumer_name,
+                model_name=name,
+                version=version,
+                serving=self.predictor.cache.version(name),
+                loaded=not reason,
+                reason=reason[:2000],
+                seconds=round(seconds, 4),
+                trigger=trigger,
+            )
+        )
+
+    def serving(self) -> dict[str, Any]:
+        """What the heartbeat tells the gateway: the version of each model in service."""
+        cache = self.predictor.cache
+        return {"models": {name: cache.version(name) for name in cache.names()}}
+
+    async def start_background(self) -> None:
+        """After the models are in and the subscribers read: answer predict batches, beat,
+        converge."""
+        consumer = self.settings.common.consumer_name
+        self.tasks.append(asyncio.create_task(self.online.run()))
+        self.tasks.append(
+            asyncio.create_task(beat(self.board, SERVICE, consumer, details=self.serving))
+        )
+        self.tasks.append(asyncio.create_task(self._converge_forever()))
+
+    async def stop_background(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    def _export_versions(self) -> None:
+        cache = self.predictor.cache
+        for name in cache.names():
+            version = cache.version(name)
+            if version is not None:
+                self.metrics.version.labels(name).set(version)
+
+    async def _announce(self, event: ModelLoaded) -> None:
+        if self.client is None:
+            return
+        try:
+            await self.client.xadd(event.stream, entry_fields(event), maxlen=10_000)  # type: ignore[arg-type]
+        except Exception:
+            log.warning("could not publish %s", event.stream, exc_info=True)
+
+    async def _converge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.converge_s)
+            await self.converge()
