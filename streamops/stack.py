@@ -243,6 +243,7 @@ def up_settings(
 ) -> UpSettings:
     """What `up` sets for the services: a value exported before `up` wins; the file roots the
     user exported are kept, and up's own are added after them."""
+    from shared.errors import ConfigError
     from shared.settings import BUNDLED_DATASETS, split_list
 
     env: dict[str, str] = {}
@@ -255,6 +256,10 @@ def up_settings(
     for name, default in defaults.items():
         given = environ.get(name, "").strip()
         env[name], origin[name] = (given, FROM_ENVIRONMENT) if given else (default(), FROM_UP)
+    # The gateway would refuse it too, but only after Redis and MLflow had been started.
+    port = env["STREAMOPS_GATEWAY_PORT"]
+    if not port.isdigit():
+        raise ConfigError(f"STREAMOPS_GATEWAY_PORT must be a port number, got {port!r}")
     inbox = Path(env["STREAMOPS_GATEWAY_INBOX"])
     # workdir/inbox too when the user moved the inbox: the demo writes its files there.
     own = [datasets_dir, BUNDLED_DATASETS, inbox, workdir / "inbox"]
@@ -296,6 +301,8 @@ def bring_up(
 
     environ = os.environ if environ is None else environ
     workdir = stack.workdir
+    # Before any server starts: a bad setting stops `up` at once.
+    chosen = up_settings(workdir, environ, CommonSettings().datasets_dir)
     origin: dict[str, str] = {}
     url = _server_url(environ, ("STREAMOPS_REDIS_URL", "REDIS_URL"))
     origin["STREAMOPS_REDIS_URL"] = FROM_ENVIRONMENT if url else FROM_UP
@@ -304,7 +311,6 @@ def bring_up(
     mlflow_url = _server_url(environ, names)
     origin["STREAMOPS_MLFLOW_TRACKING_URI"] = FROM_ENVIRONMENT if mlflow_url else FROM_UP
     mlflow_url = mlflow_url or stack.start_mlflow()
-    chosen = up_settings(workdir, environ, CommonSettings().datasets_dir)
     for inbox in (chosen.inbox, workdir / "inbox"):
         inbox.mkdir(parents=True, exist_ok=True)
     port = chosen.port

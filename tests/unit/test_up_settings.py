@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.errors import ConfigError
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, PredictorSettings
 from streamops.stack import FROM_ENVIRONMENT, FROM_UP, MERGED, ROOTS, up_settings
 
@@ -86,3 +87,9 @@ def test_the_services_read_what_up_sets(tmp_path: Path, monkeypatch: pytest.Monk
     ]
     assert PredictorSettings().score_roots == [BUNDLED_DATASETS, tmp_path / "inbox"]
     assert IngestorSettings().common.feature_store_root == tmp_path / "feature-store"
+
+
+def test_an_exported_port_that_is_not_a_number_stops_up_at_once(tmp_path: Path) -> None:
+    environ = {"STREAMOPS_GATEWAY_PORT": "eighty"}
+    with pytest.raises(ConfigError, match="STREAMOPS_GATEWAY_PORT must be a port number"):
+        up_settings(tmp_path, environ, BUNDLED_DATASETS, pick_port=_port)
