@@ -28,20 +28,12 @@ from mlflow import MlflowClient
 from shared.datasets import load_spec
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Running, Stack, bring_up
-from tests.support.data import churn_rows, write_csv
+from tests.support.data import CHURN_ROW, churn_rows, write_csv
 from tests.support.models import churn_features, fit_model, register
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-ROW = {
-    "tenure_months": 12,
-    "monthly_charges": 70.5,
-    "support_calls": 2,
-    "usage_gb": 10.0,
-    "satisfaction": 3.5,
-    "plan": "basic",
-    "autopay": True,
-}
+ROW = CHURN_ROW
 
 
 @dataclass

@@ -19,18 +19,11 @@ import redis
 
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import free_port, redis_answers
+from tests.support.data import CHURN_ROW
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-ROW = {
-    "tenure_months": 12,
-    "monthly_charges": 70.5,
-    "support_calls": 2,
-    "usage_gb": 10.0,
-    "satisfaction": 3.5,
-    "plan": "basic",
-    "autopay": True,
-}
+ROW = CHURN_ROW
 
 
 def redis_cli() -> str:

@@ -27,21 +27,14 @@ from shared.datasets import DatasetSpec, feature_frame
 from shared.drift import reference_from
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
 from streamops.stack import free_port
+from tests.support.data import CHURN_ROW
 from tests.support.shelf import ModelShelf, churn_frame, two_pipelines
 from tests.support.streams import entries, running
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 PREDICT = "/v1/models/churn/predict"
-ROW = {
-    "tenure_months": 12,
-    "monthly_charges": 70.5,
-    "support_calls": 2,
-    "usage_gb": 10.0,
-    "satisfaction": 3.5,
-    "plan": "basic",
-    "autopay": True,
-}
+ROW = CHURN_ROW
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,12 @@ from shared.events import CsvSource, DataArrived, ModelPromoted, ScoreRequested
 from shared.jobs import JobStatus
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings
 from tests.service.gateway_fakes import FakeBus, FakeCoalescer, FakeFleet
+from tests.support.data import CHURN_ROW
 from tests.support.shelf import ModelShelf
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/churn/predict"
-ROW = {
-    "tenure_months": 12,
-    "monthly_charges": 70.5,
-    "support_calls": 2,
-    "usage_gb": 10.0,
-    "satisfaction": 3.5,
-    "plan": "basic",
-    "autopay": True,
-}
+ROW = CHURN_ROW
 KEY = "s3cret"
 
 

@@ -6,11 +6,9 @@ out. No Redis, no MLflow."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,48 +25,22 @@ from shared.feature_store import QUARANTINE_SCHEMA, FeatureStore
 from shared.settings import CommonSettings, IngestorSettings, PredictorSettings
 from tests.service.scoring_fakes import FakeJobs, RecordingPublisher
 from tests.support.shelf import ModelShelf
+from tests.support.toy import TOY_SPEC, toy_frame, toy_served
 
 pytestmark = pytest.mark.anyio
 
-SPEC = """
-name: toy
-target: label
-columns:
-  - {name: a, type: float}
-  - {name: b, type: float}
-  - {name: flag, type: bool}
-  - {name: label, type: int, allowed: [0, 1]}
-training:
-  task: classification
-  estimator: {name: LogisticRegression}
-  metric: accuracy
-"""
 VERSION = 3
 Make = Callable[..., IngestorSettings]
 
 
-def _frame(rows: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    a, b = rng.normal(size=rows), rng.normal(size=rows)
-    return pd.DataFrame(
-        {"a": a, "b": b, "flag": rng.random(rows) < 0.5, "label": (a + b > 0).astype(int)}
-    )
-
-
 @pytest.fixture(scope="module")
 def spec() -> DatasetSpec:
-    return parse_spec(SPEC)
+    return parse_spec(TOY_SPEC)
 
 
 @pytest.fixture(scope="module")
 def served(spec: DatasetSpec) -> Served:
-    from sklearn.linear_model import LogisticRegression
-
-    frame = _frame(300, seed=0)
-    model = LogisticRegression().fit(feature_frame(spec, frame), frame["label"])
-    return Served(
-        "toy", VERSION, model, ("a", "b", "flag"), tuple(model.classes_), datetime.now(UTC)
-    )
+    return toy_served(spec, VERSION)
 
 
 class Harness:
@@ -130,7 +102,7 @@ def _write(path: Path, frame: pd.DataFrame) -> Path:
 async def test_inline_rows_are_scored_in_one_event_and_the_job_is_done(
     harness: Harness, spec: DatasetSpec, served: Served
 ) -> None:
-    frame = _frame(20, seed=1).drop(columns=["label"])
+    frame = toy_frame(20, seed=1).drop(columns=["label"])
     rows = tuple(frame.to_dict(orient="records"))
     await harness.scorer.on_requested(ScoreRequested(job_id="j1", model_name="toy", rows=rows))
     (event,) = harness.scored.published
@@ -145,7 +117,7 @@ async def test_inline_rows_are_scored_in_one_event_and_the_job_is_done(
 async def test_a_parquet_file_is_planned_into_chunks_pinned_to_the_live_version(
     harness: Harness,
 ) -> None:
-    path = _write(harness.inbox / "customers.parquet", _frame(250, seed=2))
+    path = _write(harness.inbox / "customers.parquet", toy_frame(250, seed=2))
     request = ScoreRequested(job_id="j2", model_name="toy", input=ParquetInput(uri=str(path)))
     await harness.scorer.on_requested(request)
     chunks = harness.jobs.queued
@@ -168,7 +140,7 @@ async def test_a_parquet_file_is_planned_into_chunks_pinned_to_the_live_version(
 async def test_chunks_are_scored_and_assembled_into_one_output_in_row_order(
     harness: Harness, spec: DatasetSpec, served: Served
 ) -> None:
-    frame = _frame(250, seed=3)
+    frame = toy_frame(250, seed=3)
     path = _write(harness.inbox / "customers.parquet", frame)
     await harness.scorer.on_requested(
         ScoreRequested(job_id="j3", model_name="toy", input=ParquetInput(uri=str(path)))
@@ -195,7 +167,7 @@ async def test_chunks_are_scored_and_assembled_into_one_output_in_row_order(
 async def test_a_feature_store_version_is_scored_into_the_stores_scores(
     harness: Harness, spec: DatasetSpec
 ) -> None:
-    table = pa.Table.from_pandas(_frame(120, seed=4), schema=arrow_schema(spec))
+    table = pa.Table.from_pandas(toy_frame(120, seed=4), schema=arrow_schema(spec))
     with harness.store.stage("toy", table.schema) as staged:
         staged.write(table, QUARANTINE_SCHEMA.empty_table())
         info, _ = harness.store.commit(
@@ -240,7 +212,7 @@ async def test_a_model_not_in_service_is_rejected_with_score_rejected(
 
 
 async def test_a_file_outside_the_score_roots_is_rejected(harness: Harness, tmp_path: Path) -> None:
-    path = _write(tmp_path / "elsewhere.parquet", _frame(10, seed=5))
+    path = _write(tmp_path / "elsewhere.parquet", toy_frame(10, seed=5))
     await harness.scorer.on_requested(
         ScoreRequested(job_id="j6", model_name="toy", input=ParquetInput(uri=str(path)))
     )

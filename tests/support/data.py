@@ -19,6 +19,17 @@ def _generator() -> ModuleType:
     return module
 
 
+# One valid customer, for predict requests.
+CHURN_ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "support_calls": 2,
+    "usage_gb": 10.0,
+    "satisfaction": 3.5,
+    "plan": "basic",
+    "autopay": True,
+}
+
 _GEN = _generator()
 BROKEN: tuple[tuple[int, str, str], ...] = _GEN.BROKEN
 COLUMNS: tuple[str, ...] = _GEN.COLUMNS

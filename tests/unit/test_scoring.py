@@ -4,12 +4,9 @@ groups, scoring a chunk, assembly in order, idempotent rewrites, inline rows."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,44 +30,17 @@ from shared.datasets import DatasetSpec, parse_spec
 from shared.errors import ScoreInputRejected
 from shared.events import FeatureStoreInput, ParquetInput
 from shared.feature_store import FeatureStore
-
-SPEC = """
-name: toy
-target: label
-columns:
-  - {name: a, type: float}
-  - {name: b, type: float}
-  - {name: flag, type: bool}
-  - {name: label, type: int, allowed: [0, 1]}
-training:
-  task: classification
-  estimator: {name: LogisticRegression}
-  metric: accuracy
-"""
+from tests.support.toy import TOY_SPEC, toy_frame, toy_served
 
 
 @pytest.fixture(scope="module")
 def spec() -> DatasetSpec:
-    return parse_spec(SPEC)
-
-
-def _frame(rows: int, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=rows)
-    b = rng.normal(size=rows)
-    return pd.DataFrame(
-        {"a": a, "b": b, "flag": rng.random(rows) < 0.5, "label": (a + b > 0).astype(int)}
-    )
+    return parse_spec(TOY_SPEC)
 
 
 @pytest.fixture(scope="module")
 def served(spec: DatasetSpec) -> Served:
-    from sklearn.linear_model import LogisticRegression
-
-    frame = _frame(500)
-    x = frame[["a", "b", "flag"]].astype({"flag": float})
-    model = LogisticRegression().fit(x, frame["label"])
-    return Served("toy", 3, model, ("a", "b", "flag"), tuple(model.classes_), datetime.now(UTC))
+    return toy_served(spec, 3)
 
 
 @pytest.fixture
@@ -78,7 +48,7 @@ def source(tmp_path: Path) -> Path:
     """1,000 rows in row groups of 128 rows: ranges straddle group boundaries."""
     path = tmp_path / "in" / "rows.parquet"
     path.parent.mkdir()
-    pq.write_table(pa.Table.from_pandas(_frame(1000, seed=1)), path, row_group_size=128)
+    pq.write_table(pa.Table.from_pandas(toy_frame(1000, seed=1)), path, row_group_size=128)
     return path
 
 
@@ -156,7 +126,7 @@ def test_a_file_without_the_feature_columns_or_rows_is_refused(
     with pytest.raises(ScoreInputRejected, match=r"lacks feature columns \['b', 'flag'\]"):
         inspect(partial, scored_path(partial), spec)
     empty = tmp_path / "empty.parquet"
-    pq.write_table(pa.Table.from_pandas(_frame(0)), empty)
+    pq.write_table(pa.Table.from_pandas(toy_frame(0)), empty)
     with pytest.raises(ScoreInputRejected, match="no rows"):
         inspect(empty, scored_path(empty), spec)
     text = tmp_path / "text.parquet"
@@ -179,7 +149,7 @@ def test_outputs_go_beside_the_input_or_under_the_store(tmp_path: Path, source: 
 
 
 def test_inline_rows_are_predicted_in_order_and_bounded(served: Served, spec: DatasetSpec) -> None:
-    frame = _frame(20, seed=2)
+    frame = toy_frame(20, seed=2)
     rows: list[dict[str, Any]] = [
         {str(k): v for k, v in row.items()}
         for row in frame.drop(columns=["label"]).to_dict("records")
