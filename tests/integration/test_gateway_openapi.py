@@ -31,8 +31,8 @@ from schemathesis.specs.openapi.checks import (
 from gateway.app import build_app
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
-from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
-from tests.support.shelf import ModelShelf, two_pipelines
+from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
+from tests.support.shelf import ModelShelf
 from tests.support.streams import running
 
 pytestmark = [pytest.mark.integration]
@@ -46,27 +46,6 @@ CHECKS = [
 ]
 # Path parameters that exist, so the cases reach past the 404s as well.
 KNOWN = {"model_name": "churn", "dataset": "churn"}
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> tuple[Any, Any]:
-    return two_pipelines()
-
-
-@pytest.fixture
-def common(redis_db: str, tmp_path: Path) -> CommonSettings:
-    return CommonSettings(
-        redis_url=redis_db,
-        feature_store_root=tmp_path / "store",
-        datasets_dir=BUNDLED_DATASETS,
-        consumer_name="replica-a",
-    )
-
-
-@pytest.fixture
-def shelf(pipelines: tuple[Any, Any]) -> ModelShelf:
-    first, second = pipelines
-    return ModelShelf(models={1: first, 2: second}, production=1, production_history=[1])
 
 
 @pytest.fixture

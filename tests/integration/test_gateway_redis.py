@@ -28,34 +28,13 @@ from shared.drift import reference_from
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings, PredictorSettings
 from streamops.stack import free_port
 from tests.support.data import CHURN_ROW
-from tests.support.shelf import ModelShelf, churn_frame, two_pipelines
+from tests.support.shelf import ModelShelf, churn_frame
 from tests.support.streams import entries, running
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 PREDICT = "/v1/models/churn/predict"
 ROW = CHURN_ROW
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> tuple[Any, Any]:
-    return two_pipelines()
-
-
-@pytest.fixture
-def shelf(pipelines: tuple[Any, Any]) -> ModelShelf:
-    first, second = pipelines
-    return ModelShelf(models={1: first, 2: second}, production=1, production_history=[1])
-
-
-@pytest.fixture
-def common(redis_db: str, tmp_path: Path) -> CommonSettings:
-    return CommonSettings(
-        redis_url=redis_db,
-        feature_store_root=tmp_path / "store",
-        datasets_dir=BUNDLED_DATASETS,
-        consumer_name="replica-a",
-    )
 
 
 Gateway = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
