@@ -136,6 +136,7 @@ def _asyncapi(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     """Redis (unless one is configured), MLflow and the services, until Ctrl-C or SIGTERM."""
+    import shlex
     import signal
     import threading
 
@@ -151,7 +152,7 @@ def _up(args: argparse.Namespace) -> int:
         running = bring_up(stack, SERVICES)
         # For deploy/prometheus/local.yml, which reads var/up/prometheus/ (the default workdir).
         write_prometheus_targets(running, workdir / "prometheus")
-        exports = escape(" ".join(f"{k}='{v}'" for k, v in running.env.items()))
+        exports = escape(" ".join(f"{k}={shlex.quote(v)}" for k, v in running.env.items()))
         console.print(
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
             f"  MLflow UI: {running.mlflow_url}\n"
@@ -164,7 +165,8 @@ def _up(args: argparse.Namespace) -> int:
             f"  inbox:     {running.env['STREAMOPS_GATEWAY_INBOX']} (drop CSV files here)\n"
             f"  settings:\n{_used(running)}\n"
             f"  CLI:       export {exports}\n"
-            "Ctrl-C stops everything."
+            "Ctrl-C stops everything.",
+            soft_wrap=True,  # long lines stay whole: the export line is pasted into a shell
         )
         stop.wait()
         console.print("stopping ...")

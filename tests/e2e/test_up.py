@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -88,7 +89,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             [sys.executable, "-m", "streamops.cli", "up", "--workdir", str(tmp_path / "up")],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env={**env, **exported, "COLUMNS": "1000"},
+            env={**env, **exported},  # no terminal: rich's width is 80, and must not wrap
         )
     try:
         wait_until(
@@ -111,6 +112,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert store == exported["STREAMOPS_FEATURE_STORE_ROOT"]
         roots = _printed(r"STREAMOPS_INGESTOR_DATA_ROOTS=(\S+) \(yours, then up's\)", text)
         assert json.loads(roots)[0] == str(tmp_path / "mine")
+        # The export line is one line a shell reads back as the same settings.
+        line = next(ln for ln in text.splitlines() if ln.startswith("  CLI:       export "))
+        words = dict(w.split("=", 1) for w in shlex.split(line.split("export ", 1)[1]))
+        assert words["STREAMOPS_GATEWAY_PORT"] == str(port)
+        assert json.loads(words["STREAMOPS_INGESTOR_DATA_ROOTS"]) == json.loads(roots)
         assert httpx.get(f"{gateway.group(1)}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{gateway.group(1)}/readyz").status_code == 503  # no model yet
         exported = dict(re.findall(r"(\w+) (http://127\.0\.0\.1:\d+/metrics)", text))
@@ -127,5 +133,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{gateway.group(1)}/healthz")
     finally:
+        # A failed assertion still stops the stack: Ctrl-C first, so `up` stops its processes
+        # (each in a session of its own, a SIGKILL to `up` would leave them running).
         if proc.poll() is None:
-            proc.kill()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
