@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faststream.redis import RedisBroker
 from faststream.redis.testing import PEL
 
 
@@ -76,3 +78,19 @@ class FakeStatusBoard:
         self, service: str, consumer: str, ttl_s: int, details: dict[str, Any] | None = None
     ) -> None:
         self.heartbeats.append((service, consumer))
+
+
+def published(broker: RedisBroker, *streams: str) -> dict[str, list[Any]]:
+    """Every body the app publishes on `streams`, by stream, as the test broker delivers them
+    (subscribe before the broker starts)."""
+    seen: dict[str, list[Any]] = {stream: [] for stream in streams}
+    for stream in streams:
+        broker.subscriber(stream=stream)(_collector(seen[stream]))
+    return seen
+
+
+def _collector(bodies: list[Any]) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    async def collect(body: dict[str, Any]) -> None:
+        bodies.append(body)
+
+    return collect

@@ -14,7 +14,7 @@ from ingestor.app import build_app
 from ingestor.metrics import IngestorMetrics
 from shared.events import DataArrived
 from shared.settings import IngestorSettings
-from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries
+from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries, published
 
 Make = Callable[..., IngestorSettings]
 
@@ -26,15 +26,7 @@ async def _run(
     board = FakeStatusBoard()
     app = build_app(settings, ledger=ledger, board=board, metrics=metrics)
     broker = cast(RedisBroker, app.broker)
-    seen: dict[str, list[Any]] = {"data-ingested": [], "data-rejected": []}
-
-    @broker.subscriber(stream="data-ingested")
-    async def ingested(body: dict[str, Any]) -> None:
-        seen["data-ingested"].append(body)
-
-    @broker.subscriber(stream="data-rejected")
-    async def rejected(body: dict[str, Any]) -> None:
-        seen["data-rejected"].append(body)
+    seen = published(broker, "data-ingested", "data-rejected")
 
     async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
         for message in messages:

@@ -16,7 +16,7 @@ from ingestor.service import ingest
 from shared.events import DataArrived, DataIngested, ModelPromoted, ModelTrained
 from shared.feature_store import FeatureStore
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
-from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries
+from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries, published
 from tests.service.trainer_fakes import FakeFits, FakeLocks
 from tests.support.waiting import eventually
 from trainer.app import build_app
@@ -80,15 +80,7 @@ async def _run(
         locks=locks or FakeLocks(),
     )
     broker = cast(RedisBroker, app.broker)
-    seen: dict[str, list[Any]] = {"model-trained": [], "model-promoted": []}
-
-    @broker.subscriber(stream="model-trained")
-    async def trained(body: dict[str, Any]) -> None:
-        seen["model-trained"].append(body)
-
-    @broker.subscriber(stream="model-promoted")
-    async def promoted(body: dict[str, Any]) -> None:
-        seen["model-promoted"].append(body)
+    seen = published(broker, "model-trained", "model-promoted")
 
     async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
         await test_broker.publish(event.model_dump_json(), stream="data-ingested")
