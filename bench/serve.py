@@ -637,7 +637,7 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         "STREAMOPS_MLFLOW_TRACKING_URI": tracking_uri,
         "STREAMOPS_DATASETS_DIR": str(datasets),
         "STREAMOPS_FEATURE_STORE_ROOT": str(work / "feature-store"),
-        "STREAMOPS_PREDICTOR_DATASETS": DATASET,
+        "STREAMOPS_PREDICTOR_MODELS": DATASET,
         "STREAMOPS_GATEWAY_INBOX": str(work / "inbox"),
     }
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)

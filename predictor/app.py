@@ -55,7 +55,7 @@ def build_app(
     # MlflowRegistry imports mlflow (seconds), here rather than on the event loop, and talks
     # to the server only when a version is looked up.
     registry = registry or MlflowRegistry(common.mlflow_tracking_uri)
-    specs = served_specs(common.datasets_dir, settings.datasets or None)
+    specs = served_specs(common.datasets_dir)
     predictor = Predictor(registry, specs, cache or ModelCache(), drift=metrics.drift)
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)

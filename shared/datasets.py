@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 
 import pyarrow as pa
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,39 +31,20 @@ from pydantic import (
 
 from shared.errors import ConfigError, UnknownDataset
 from shared.events import DatasetName
+from shared.schema import (
+    Column,
+    ModelSchema,
+    field_type,
+)
+from shared.schema import row_model as schema_row_model
 
-ColumnType = Literal["float", "int", "str", "bool", "datetime"]
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RESERVED_COLUMNS = frozenset({"version"})
 
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "float": pa.float64(),
-    "int": pa.int64(),
-    "str": pa.string(),
-    "bool": pa.bool_(),
-    "datetime": pa.timestamp("us", tz="UTC"),
-}
 
-
-class ColumnSpec(BaseModel):
-    """One column: its type and the constraints every value must meet."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ColumnSpec(Column):
+    """One column of a dataset: its type and the constraints every value must meet."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-    type: ColumnType
-    description: str = ""
-    nullable: bool = Field(default=False, description="Whether a value may be missing.")
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    min_length: int | None = Field(default=None, ge=0)
-    max_length: int | None = Field(default=None, ge=0)
-    allowed: tuple[str | int, ...] | None = Field(
-        default=None, min_length=1, description="The only values allowed (str and int columns)."
-    )
 
     @field_validator("name")
     @classmethod
@@ -77,24 +56,12 @@ class ColumnSpec(BaseModel):
             )
         return name
 
-    @model_validator(mode="after")
-    def _constraints_fit_type(self) -> Self:
-        numeric = self.type in ("float", "int")
-        if not numeric and any(v is not None for v in (self.ge, self.gt, self.le, self.lt)):
-            raise ValueError(f"{self.name}: ge/gt/le/lt apply to float and int columns only")
-        if self.type != "str" and (self.min_length is not None or self.max_length is not None):
-            raise ValueError(f"{self.name}: min_length/max_length apply to str columns only")
-        if self.allowed is not None:
-            if self.type not in ("str", "int"):
-                raise ValueError(f"{self.name}: allowed applies to str and int columns only")
-            want = str if self.type == "str" else int
-            if not all(type(v) is want for v in self.allowed):
-                raise ValueError(f"{self.name}: allowed values must all be {self.type}")
-        return self
-
-    @property
-    def arrow_type(self) -> pa.DataType:
-        return ARROW_TYPES[self.type]
+    @field_validator("dtype")
+    @classmethod
+    def _no_dtype(cls, dtype: str | None) -> str | None:
+        if dtype is not None:
+            raise ValueError("dtype is for signature columns; a spec column has a type")
+        return dtype
 
 
 Task = Literal["classification", "regression"]
@@ -286,44 +253,12 @@ def arrow_schema(spec: DatasetSpec) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in spec.columns])
 
 
-def _one_of(allowed: frozenset[Any], shown: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is not None and value not in allowed:
-            raise ValueError(f"must be one of {shown}")
-        return value
-
-    return check
-
-
-def _field_type(col: ColumnSpec) -> Any:
-    base: Any
-    if col.type == "float":
-        base = Annotated[
-            float, Field(allow_inf_nan=False, ge=col.ge, gt=col.gt, le=col.le, lt=col.lt)
-        ]
-    elif col.type == "int":
-        # Stored as int64: a larger value is invalid, and says so, rather than overflowing.
-        ge = INT64_MIN if col.ge is None else max(col.ge, INT64_MIN)
-        le = INT64_MAX if col.le is None else min(col.le, INT64_MAX)
-        base = Annotated[int, Field(ge=ge, gt=col.gt, le=le, lt=col.lt)]
-    elif col.type == "str":
-        base = Annotated[str, Field(min_length=col.min_length, max_length=col.max_length)]
-    elif col.type == "bool":
-        base = bool
-    else:
-        base = datetime
-    if col.allowed is not None:
-        shown = ", ".join(repr(v) for v in col.allowed)
-        base = Annotated[base, AfterValidator(_one_of(frozenset(col.allowed), shown))]
-    return base | None if col.nullable else base
-
-
 @cache
 def row_model(spec: DatasetSpec) -> type[BaseModel]:
     """The pydantic model of one row. Fields are addressed by their column names (aliases), so
     any column name works, even one that clashes with a pydantic attribute."""
     fields: dict[str, Any] = {
-        f"c{i}": (_field_type(col), Field(alias=col.name, description=col.description))
+        f"c{i}": (field_type(col), Field(alias=col.name, description=col.description))
         for i, col in enumerate(spec.columns)
     }
     model: type[BaseModel] = create_model(
@@ -334,21 +269,17 @@ def row_model(spec: DatasetSpec) -> type[BaseModel]:
     return model
 
 
-@cache
-def feature_row_model(spec: DatasetSpec) -> type[BaseModel]:
-    """The pydantic model of one row a model predicts on: the feature columns with the spec's
-    types and constraints. Other columns are ignored, so whole records can be sent as they are."""
-    fields: dict[str, Any] = {
-        f"c{i}": (
-            _field_type(col),
-            # A nullable feature may be left out: missing is what null means to the model.
-            Field(None if col.nullable else ..., alias=col.name, description=col.description),
-        )
-        for i, col in enumerate(spec.feature_columns)
-    }
-    model: type[BaseModel] = create_model(
-        f"{spec.model_name.replace('-', '_')}_features",
-        __config__=ConfigDict(extra="ignore", frozen=True, populate_by_name=False),
-        **fields,
+def spec_schema(spec: DatasetSpec) -> ModelSchema:
+    """What the model of `spec` takes: its feature columns, with the spec's constraints."""
+    return ModelSchema(
+        model_name=spec.model_name,
+        source="spec",
+        columns=spec.feature_columns,
+        bools_as_float=True,
     )
-    return model
+
+
+def feature_row_model(spec: DatasetSpec) -> type[BaseModel]:
+    """The pydantic model of one row a model predicts on (shared.schema.row_model of the
+    spec's schema): other columns are ignored, so whole records can be sent as they are."""
+    return schema_row_model(spec_schema(spec))

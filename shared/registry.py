@@ -8,10 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.model_logging import DRIFT_ARTIFACT, TrainingRecord, log_training
+
+__all__ = [
+    "DRIFT_ARTIFACT",
+    "TAG",
+    "MlflowRegistry",
+    "RegisteredVersion",
+    "Registry",
+    "TrainingRecord",
+]
+
 TAG = "streamops."
 HISTORY_TAG = f"{TAG}production_history"
-# Each feature's training distribution (shared/drift.py), an artifact of the version's run.
-DRIFT_ARTIFACT = "drift_reference.json"
 
 
 @dataclass(frozen=True)
@@ -23,27 +32,6 @@ class RegisteredVersion:
     run_id: str
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainingRecord:
-    """What one training logs: the run, the model and the lineage."""
-
-    experiment: str
-    model_name: str
-    model: Any
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    input_frame: Any  # pandas DataFrame of the training rows (for lineage and schema)
-    input_name: str
-    input_source: str
-    input_digest: str
-    target: str
-    example: Any  # a few feature rows
-    trusted_types: tuple[str, ...]
-    # Each feature's training distribution (shared/drift.py), logged beside the model.
-    drift_reference: dict[str, Any] | None = None
 
 
 class Registry(Protocol):
@@ -89,42 +77,9 @@ class MlflowRegistry:
         return self._describe(min(found, key=lambda mv: int(mv.version)))
 
     def log(self, record: TrainingRecord) -> RegisteredVersion:
-        import mlflow
-        from mlflow.data.pandas_dataset import from_pandas
-        from mlflow.models import infer_signature
-
-        mlflow.set_experiment(record.experiment)
-        with mlflow.start_run(run_name=record.input_name) as run:
-            mlflow.log_params(record.params)
-            mlflow.log_metrics(record.metrics)
-            mlflow.set_tags(record.tags)
-            dataset = from_pandas(
-                record.input_frame,
-                source=record.input_source,
-                name=record.input_name,
-                targets=record.target,
-                digest=record.input_digest[:36],
-            )
-            mlflow.log_input(dataset, context="training")
-            if record.drift_reference is not None:
-                mlflow.log_dict(record.drift_reference, DRIFT_ARTIFACT)
-            signature = infer_signature(record.example, record.model.predict(record.example))
-            info = mlflow.sklearn.log_model(
-                record.model,
-                name="model",
-                signature=signature,
-                input_example=record.example,
-                registered_model_name=record.model_name,
-                skops_trusted_types=list(record.trusted_types),
-                # Given, not inferred: inferring them loads the model in a subprocess, which
-                # took 40 to 90 s of every training here.
-                pip_requirements=_requirements(),
-            )
-        version = int(info.registered_model_version)
-        for key, value in record.tags.items():
-            self.client.set_model_version_tag(record.model_name, str(version), key, value)
+        version, run_id = log_training(self.client, record)
         return RegisteredVersion(
-            record.model_name, version, run.info.run_id, dict(record.tags), dict(record.metrics)
+            record.model_name, version, run_id, dict(record.tags), dict(record.metrics)
         )
 
     def alias(self, name: str, alias: str) -> int | None:
@@ -139,18 +94,9 @@ class MlflowRegistry:
         self.client.set_registered_model_alias(name, alias, str(version))
 
     def load(self, name: str, version: int) -> Any:
-        # Through this registry's server, not MLflow's global tracking URI (which a service
-        # configured with STREAMOPS_MLFLOW_TRACKING_URI alone never sets): `models:/...`
-        # would silently look in a local ./mlflow.db instead.
-        import mlflow.artifacts
-        import mlflow.sklearn
+        from shared.model_loading import load_version
 
-        uri = self.client.get_model_version_download_uri(name, str(version))
-        with tempfile.TemporaryDirectory(prefix="streamops-model-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
-            return mlflow.sklearn.load_model(local)
+        return load_version(self.client, self.tracking_uri, name, version)
 
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         """The reference logged with the version's run; None when there is none (a version
@@ -189,14 +135,6 @@ class MlflowRegistry:
         return RegisteredVersion(
             mv.name, int(mv.version), mv.run_id or "", dict(mv.tags), dict(metrics)
         )
-
-
-def _requirements() -> list[str]:
-    """What loading a logged pipeline needs, at the versions that trained it."""
-    from importlib.metadata import version
-
-    packages = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
-    return [f"{name}=={version(name)}" for name in packages]
 
 
 def _quote(text: str) -> str:

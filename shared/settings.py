@@ -63,6 +63,12 @@ def split_list(value: Any) -> Any:
     return value
 
 
+# The flavors a replica loads by default, and every flavor it knows how to serve: the native
+# ones first (they give class probabilities), then MLflow's generic python_function.
+DEFAULT_FLAVORS = ("sklearn", "lightgbm", "xgboost", "python_function")
+KNOWN_FLAVORS = DEFAULT_FLAVORS
+
+
 class CommonSettings(BaseSettings):
     """What every service needs: where Redis, MLflow and the feature store are."""
 
@@ -144,6 +150,19 @@ class TrainerSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=32)
     # How often the registry is checked for alias moves made outside streamops (0: never).
     watch_s: float = Field(default=2.0, ge=0.0, le=3600.0)
+    # Where training entry points (`training.entry_point` in a spec) may come from besides the
+    # trainer's environment: a directory put first on the import path (docs/training.md).
+    plugins_dir: Path | None = None
+
+    @field_validator("plugins_dir")
+    @classmethod
+    def _plugins_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser().resolve()
+        if not value.is_dir():
+            raise ValueError(f"STREAMOPS_TRAINER_PLUGINS_DIR {value} is not a directory")
+        return value
 
 
 class PredictorSettings(BaseSettings):
@@ -154,8 +173,19 @@ class PredictorSettings(BaseSettings):
     )
 
     common: CommonSettings = Field(default_factory=CommonSettings)
-    # Dataset names whose models this replica serves; empty: every dataset with a training spec.
-    datasets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Registered models this replica serves: names or shell patterns (`churn*`); empty: every
+    # registered model that has a `production` alias, whoever registered it.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # MLflow flavors a replica may load (docs/serving.md: trust). A model is loaded through
+    # the first of its flavors that is listed here; one with none of them is refused.
+    flavors: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FLAVORS), min_length=1
+    )
+    # production: a model whose loading unpickles code (cloudpickle, pickle: a custom pyfunc,
+    # a model logged with serialization_format="cloudpickle") is refused unless allow_pickle.
+    environment: str = Field(default="development", pattern=r"^(development|production)$")
+    # Unset: allowed in development, refused in production.
+    allow_pickle: bool | None = None
     # How often the replica compares what it serves with the registry's production aliases.
     converge_s: float = Field(default=10.0, gt=0, le=3600)
     # Threads a model may use to predict (OpenMP, BLAS). One: a replica is one core's worth of
@@ -179,7 +209,7 @@ class PredictorSettings(BaseSettings):
         default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
 
-    @field_validator("datasets", "score_roots", mode="before")
+    @field_validator("models", "flavors", "score_roots", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -188,6 +218,26 @@ class PredictorSettings(BaseSettings):
     @classmethod
     def _resolve_roots(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+    @field_validator("flavors")
+    @classmethod
+    def _known_flavors(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(KNOWN_FLAVORS))
+        if unknown:
+            raise ValueError(f"unknown MLflow flavors {unknown}; known: {list(KNOWN_FLAVORS)}")
+        return value
+
+    @property
+    def pickle_allowed(self) -> bool:
+        if self.allow_pickle is not None:
+            return self.allow_pickle
+        return self.environment == "development"
+
+    def serves(self, model_name: str) -> bool:
+        """Whether `models` lets this replica serve `model_name`."""
+        from fnmatch import fnmatchcase
+
+        return not self.models or any(fnmatchcase(model_name, p) for p in self.models)
 
 
 class GatewaySettings(BaseSettings):
