@@ -60,6 +60,8 @@ def up(repo_like: Path, datasets: tuple[Path, str], redis_db: str, mlflow_url: s
         "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
         "STREAMOPS_DATASETS_DIR": str(datasets[0]),
         "STREAMOPS_PREDICTOR_DRIFT_MIN_ROWS": str(DRIFT_MIN_ROWS),
+        # Only this test's model: the MLflow server is shared by the whole session.
+        "STREAMOPS_PREDICTOR_MODELS": datasets[1],
         "COLUMNS": "200",
     }
     out = repo_like.parent / "up.out"

@@ -39,7 +39,8 @@ ROWS = 100_000
 @pytest.fixture
 def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stack, dict[str, str]]]:
     raw = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    raw["training"]["model_name"] = f"churn-score-e2e-{uuid.uuid4().hex[:8]}"
+    model = f"churn-score-e2e-{uuid.uuid4().hex[:8]}"
+    raw["training"]["model_name"] = model
     (tmp_path / "datasets" / "churn").mkdir(parents=True)
     (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "in").mkdir()
@@ -50,6 +51,8 @@ def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stac
         "STREAMOPS_FEATURE_STORE_ROOT": str(tmp_path / "store"),
         "STREAMOPS_PREDICTOR_SCORE_ROOTS": str(tmp_path / "in"),
         "STREAMOPS_PREDICTOR_SCORE_CHUNK_ROWS": "5000",
+        # Only this test's model: the MLflow server is shared by the whole session.
+        "STREAMOPS_PREDICTOR_MODELS": model,
         "STREAMOPS_LEASE_MS": "2000",
         "STREAMOPS_CLAIM_INTERVAL_MS": "200",
     }

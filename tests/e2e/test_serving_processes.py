@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from shared.datasets import load_spec
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Running, Stack, bring_up
 from tests.support.data import CHURN_ROW, churn_rows, write_csv
+from tests.support.load import Load
 from tests.support.models import churn_features, fit_model, register
 from tests.support.waiting import wait_until
 
@@ -71,6 +70,8 @@ def world(
         env.setenv("STREAMOPS_MLFLOW_TRACKING_URI", mlflow_url)
         env.setenv("STREAMOPS_DATASETS_DIR", str(workdir / "datasets"))
         env.setenv("STREAMOPS_CLAIM_INTERVAL_MS", "200")
+        # Only this module's model: the MLflow server is shared by the whole session.
+        env.setenv("STREAMOPS_PREDICTOR_MODELS", model)
         # Two gateway workers: each coalesces and gets its answers on its own channel.
         env.setenv("STREAMOPS_GATEWAY_WORKERS", "2")
         stack = Stack(workdir)
@@ -163,7 +164,7 @@ def test_no_request_fails_while_a_promotion_happens_under_load(world: World) -> 
     spec = load_spec(world.datasets, "churn")
     model = fit_model(spec, churn_features(3000, seed=8))
     assert register(world.mlflow_url, spec, model, production=False) == 3
-    load = Load(world)
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW)
     load.start()
     try:
         wait_until(lambda: load.count > 50, timeout=30, what="traffic flowing")
@@ -225,48 +226,3 @@ def test_a_corrupt_promotion_keeps_the_old_version_serving(world: World) -> None
 def _serving(world: World) -> set[int | None]:
     ready = world.http.get("/readyz").json()
     return {models.get(world.model) for models in ready["predictors"].values()}
-
-
-class Load:
-    """Constant concurrent traffic from threads, recording every answer."""
-
-    def __init__(self, world: World, threads: int = 6) -> None:
-        self.url = f"{world.running.gateway_url}/v1/models/{world.model}/predict"
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.count = 0
-        self.failures: list[str] = []
-        # replica → (sent, answered, version) of every answer it gave
-        self.by_replica: dict[str, list[tuple[float, float, int]]] = {}
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as http:
-            while not self.stopping.is_set():
-                started = time.monotonic()
-                try:
-                    answer = http.post(self.url, json={"rows": [ROW]})
-                except httpx.HTTPError as exc:
-                    self._record(None, f"{type(exc).__name__}: {exc}", started)
-                    continue
-                self._record(answer, None, started)
-
-    def _record(self, answer: httpx.Response | None, error: str | None, started: float) -> None:
-        received = time.monotonic()
-        with self.lock:
-            self.count += 1
-            if answer is None or answer.status_code != 200:
-                self.failures.append(error or f"{answer.status_code}: {answer.text}")  # type: ignore[union-attr]
-                return
-            replica = answer.headers["X-Served-By"]
-            version = int(answer.headers["X-Model-Version"])
-            self.by_replica.setdefault(replica, []).append((started, received, version))
