@@ -23,13 +23,14 @@ from predictor.online import OnlinePredictor
 from predictor.replica import SERVICE, Replica
 from predictor.scoring_app import wire_scoring
 from predictor.service import Predictor
+from predictor.specs import SpecReader
 from shared.broker import build_broker, redis_client
-from shared.datasets import served_specs
 from shared.delivery import parse_event
 from shared.errors import InvalidEvent
 from shared.events import Event, ModelPromoted, ModelTrained
 from shared.metrics import MetricsEndpoint, broker_middleware
-from shared.registry import MlflowRegistry, Registry
+from shared.model_loading import LoadPolicy
+from shared.registry import MlflowRegistry, ServingRegistry
 from shared.settings import PredictorSettings
 from shared.telemetry import RedisStatusBoard, configure_logging
 from shared.wire import entry_body
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 def build_app(
     settings: PredictorSettings | None = None,
     cache: ModelCache | None = None,
-    registry: Registry | None = None,
+    registry: ServingRegistry | None = None,
     metrics: PredictorMetrics | None = None,
 ) -> FastStream:
     """The replica; `cache`, `registry` and `metrics` can be given to look inside or fake the
@@ -55,8 +56,16 @@ def build_app(
     # MlflowRegistry imports mlflow (seconds), here rather than on the event loop, and talks
     # to the server only when a version is looked up.
     registry = registry or MlflowRegistry(common.mlflow_tracking_uri)
-    specs = served_specs(common.datasets_dir)
-    predictor = Predictor(registry, specs, cache or ModelCache(), drift=metrics.drift)
+    read_specs = SpecReader(common.datasets_dir)  # again at each converge: specs may be added
+    predictor = Predictor(
+        registry,
+        read_specs(),
+        cache or ModelCache(),
+        drift=metrics.drift,
+        policy=LoadPolicy(tuple(settings.flavors), settings.pickle_allowed),
+        serves=settings.serves,
+        read_specs=read_specs,
+    )
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)
     online = OnlinePredictor(
@@ -71,7 +80,7 @@ def build_app(
         if event is not None:
             await replica.promoted(event)
 
-    # Fan-out too: every replica prefetches every new version of the models it serves.
+    # Fan-out too: every replica prefetches every new version of the models it may serve.
     trained = StreamSub(ModelTrained.stream, last_id="$")
 
     @broker.subscriber(stream=trained, description=ModelTrained.__doc__)

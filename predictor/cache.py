@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.drift import DriftReference
 from shared.errors import NoModelInService
+from shared.schema import ModelSchema
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,18 @@ class Served:
     name: str
     version: int
     model: Any
-    features: tuple[str, ...]
+    # What it takes: a dataset spec's feature columns, or its MLflow signature's.
+    schema: ModelSchema
+    # Class labels when the model gives probabilities (predict_proba and classes_).
     classes: tuple[Any, ...] | None
     loaded_at: datetime
     # The training rows' distribution, for live drift; None for a version logged without one.
     drift: DriftReference | None = None
+    flavor: str = "sklearn"
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.schema.names
 
 
 class ModelCache:
@@ -47,6 +55,10 @@ class ModelCache:
     def names(self) -> tuple[str, ...]:
         return tuple(self._live)
 
+    def live(self) -> tuple[Served, ...]:
+        """Every model in service, from one snapshot of the table."""
+        return tuple(self._live.values())
+
     def swap(self, served: Served) -> Served | None:
         """Put `served` in service; the version it replaces is kept as the previous one."""
         old = self._live.get(served.name)
@@ -57,3 +69,10 @@ class ModelCache:
 
     def previous(self, name: str) -> Served | None:
         return self._previous.get(name)
+
+    def remove(self, name: str) -> Served | None:
+        """Take `name` out of service (its previous version too); the version that served."""
+        old = self._live.get(name)
+        self._live = {k: v for k, v in self._live.items() if k != name}
+        self._previous = {k: v for k, v in self._previous.items() if k != name}
+        return old

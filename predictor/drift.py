@@ -53,6 +53,11 @@ class DriftMonitor(Collector):
         found = self._windows.get(name)
         return 0 if found is None else found[1].rows
 
+    def forget(self, name: str) -> None:
+        """Drop the window of a model no longer served (its series stop being exported)."""
+        with self._lock:
+            self._windows = {k: v for k, v in self._windows.items() if k != name}
+
     def _window_for(self, served: Served) -> Window:
         found = self._windows.get(served.name)
         if found is not None and found[0] == served.version:

@@ -1,4 +1,5 @@
-"""Loading a model version for service: load, check against the dataset spec, warm up."""
+"""Loading a model version for service: load it under the trust policy, find its input schema
+(the dataset spec's, else its MLflow signature's), check it, warm it up."""
 
 from __future__ import annotations
 
@@ -9,60 +10,97 @@ from typing import Any
 import pandas as pd
 
 from predictor.cache import Served
-from shared.datasets import DatasetSpec, feature_frame
+from predictor.outputs import gives_probabilities, predict_with
+from shared.datasets import DatasetSpec, spec_schema
 from shared.drift import DriftReference
-from shared.errors import ModelLoadFailed
-from shared.registry import Registry
+from shared.errors import ModelLoadFailed, ModelRefused
+from shared.model_loading import LoadedModel, LoadPolicy
+from shared.registry import ServingRegistry
+from shared.schema import Column, ModelSchema, UnservableSignature, from_signature, input_frame
 
 log = logging.getLogger(__name__)
+WARM_ROWS = 8
 
 
-def example_frame(spec: DatasetSpec, rows: int = 8) -> pd.DataFrame:
-    """Valid rows built from the spec alone (lower bounds, first allowed value), to warm up."""
-    row: dict[str, Any] = {}
-    for col in spec.columns:
-        if col.allowed:
-            value: Any = col.allowed[0]
-        elif col.type in ("float", "int"):
-            low = col.ge if col.ge is not None else (col.gt + 1 if col.gt is not None else 0)
-            value = float(low) if col.type == "float" else int(low)
-        elif col.type == "bool":
-            value = False
-        elif col.type == "str":
-            value = "x" * max(1, col.min_length or 1)
-        else:
-            value = pd.Timestamp("2024-01-01", tz="UTC")
-        row[col.name] = value
+def example_value(col: Column) -> Any:
+    """A valid value of `col` from its constraints alone (lower bound, first allowed value)."""
+    if col.allowed:
+        return col.allowed[0]
+    if col.type in ("float", "int"):
+        low = col.ge if col.ge is not None else (col.gt + 1 if col.gt is not None else 0)
+        return float(low) if col.type == "float" else int(low)
+    if col.type == "bool":
+        return False
+    if col.type == "str":
+        return "x" * max(1, col.min_length or 1)
+    return pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def example_frame(source: ModelSchema | DatasetSpec, rows: int = WARM_ROWS) -> pd.DataFrame:
+    """Valid rows built from a schema's (or a spec's) columns alone, to warm up."""
+    row = {col.name: example_value(col) for col in source.columns}
     return pd.DataFrame([row] * rows)
 
 
-def load(registry: Registry, spec: DatasetSpec, version: int) -> Served:
-    """The model version, ready to serve; ModelLoadFailed says why it is not."""
-    name = spec.model_name
+def warm_rows(schema: ModelSchema, example: Any) -> pd.DataFrame:
+    """The input example logged with the model when it has every column, else rows built
+    from the schema."""
+    if isinstance(example, pd.DataFrame) and set(schema.names) <= set(example.columns):
+        return example.head(WARM_ROWS)
+    return example_frame(schema)
+
+
+def schema_of(name: str, spec: DatasetSpec | None, loaded: LoadedModel) -> ModelSchema:
+    """A dataset spec's feature columns when one names this model (its constraints apply),
+    else the signature's columns; ModelRefused when there is neither."""
+    if spec is not None:
+        return spec_schema(spec)
     try:
-        model = registry.load(name, version)
+        return from_signature(name, loaded.signature)
+    except UnservableSignature as exc:
+        raise ModelRefused(f"{exc}") from exc
+
+
+def load(
+    registry: ServingRegistry,
+    name: str,
+    version: int,
+    spec: DatasetSpec | None,
+    policy: LoadPolicy,
+) -> Served:
+    """The model version, ready to serve; ModelLoadFailed says why it is not (ModelRefused:
+    it never will be, as it is)."""
+    try:
+        loaded = registry.load_model(name, version, policy)
+        schema = schema_of(name, spec, loaded)
+    except ModelRefused as exc:
+        raise ModelRefused(f"{name} v{version}: refused: {exc}") from exc
     except Exception as exc:
         raise ModelLoadFailed(f"{name} v{version}: cannot load: {exc}") from exc
-    features = tuple(c.name for c in spec.feature_columns)
-    expected = getattr(model, "feature_names_in_", None)
-    if expected is not None and set(expected) != set(features):
-        raise ModelLoadFailed(
-            f"{name} v{version} expects columns {sorted(expected)}, the dataset spec gives "
-            f"{sorted(features)}"
-        )
+    model = loaded.model
+    check_columns(name, version, model, schema)
+    classes = tuple(model.classes_) if gives_probabilities(model) else None
+    drift = drift_reference(registry, name, version)
+    served = Served(name, version, model, schema, classes, datetime.now(UTC), drift, loaded.flavor)
     try:
-        warm = feature_frame(spec, example_frame(spec))
-        model.predict(warm)
-        if hasattr(model, "predict_proba"):
-            model.predict_proba(warm)
+        # The very path requests take, answer shape included.
+        predict_with(served, input_frame(schema, warm_rows(schema, loaded.example)))
     except Exception as exc:
         raise ModelLoadFailed(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
-    classes = tuple(model.classes_) if hasattr(model, "classes_") else None
-    drift = drift_reference(registry, name, version)
-    return Served(name, version, model, features, classes, datetime.now(UTC), drift)
+    return served
 
 
-def drift_reference(registry: Registry, name: str, version: int) -> DriftReference | None:
+def check_columns(name: str, version: int, model: Any, schema: ModelSchema) -> None:
+    expected = getattr(model, "feature_names_in_", None)
+    if expected is not None and set(expected) != set(schema.names):
+        given = "the dataset spec" if schema.source == "spec" else "its signature"
+        raise ModelRefused(
+            f"{name} v{version} expects columns {sorted(expected)}, {given} gives "
+            f"{sorted(schema.names)}"
+        )
+
+
+def drift_reference(registry: ServingRegistry, name: str, version: int) -> DriftReference | None:
     """The version's training reference; None (and a warning) when it has none or it cannot be
     read: no reason to refuse a model that predicts well."""
     try:

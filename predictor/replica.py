@@ -40,6 +40,8 @@ class Replica:
     # Where `model-loads` events go; None publishes nothing.
     client: aioredis.Redis | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set to beat at once: what the replica serves changed.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Load the production models before anything else: a replica is ready only then."""
@@ -49,22 +51,32 @@ class Replica:
         await self.converge("start")
 
     async def converge(self, trigger: Trigger = "converge") -> None:
+        """Put in service what is in production and not served here; take out what left."""
         try:
-            stale = await anyio.to_thread.run_sync(self.predictor.stale)
+            changes = await anyio.to_thread.run_sync(self.predictor.changes)
         except Exception as exc:  # registry down: serve what we have, try again later
             log.error("cannot read the registry to converge: %s", exc)
             return
-        for name, version in stale:
+        for name in changes.gone:
+            self.remove(name)
+        for name, version in changes.stale:
             await self.load(name, version, trigger)
 
     async def promoted(self, event: ModelPromoted) -> None:
         if self.predictor.wants(event):
+            self.predictor.retry(event.model_name, event.version)  # promoted again: try again
             await self.load(event.model_name, event.version, "promotion")
 
     async def trained(self, event: ModelTrained) -> None:
         """A version just trained is a candidate: load it now, so its promotion is a swap."""
-        if event.model_name in self.predictor.specs:
+        if self.settings.serves(event.model_name):
             await self.load(event.model_name, event.model_version, "prefetch")
+
+    def remove(self, name: str) -> None:
+        old = self.predictor.remove(name)
+        if old is not None:
+            self.metrics.version.remove(name)
+            self.changed.set()
 
     async def load(self, name: str, version: int, trigger: Trigger) -> None:
         """Load `version` in a thread and swap it in (stage it, for a prefetch); say what
@@ -83,6 +95,8 @@ class Replica:
         if not reason:
             self.metrics.load_seconds.labels(name).observe(seconds)
         self._export_versions()
+        if not reason and trigger != "prefetch":
+            self.changed.set()  # the gateway learns of it now, not at the next beat
         await self._announce(
             ModelLoaded(
                 replica=self.settings.common.consumer_name,
@@ -97,9 +111,13 @@ class Replica:
         )
 
     def serving(self) -> dict[str, Any]:
-        """What the heartbeat tells the gateway: the version of each model in service."""
-        cache = self.predictor.cache
-        return {"models": {name: cache.version(name) for name in cache.names()}}
+        """What the heartbeat tells the gateway: the version and input schema of each model in
+        service (`{"models": {name: version}, "schemas": {name: ModelSchema as JSON}}`)."""
+        served = self.predictor.cache.live()
+        return {
+            "models": {s.name: s.version for s in served},
+            "schemas": {s.name: s.schema.model_dump(mode="json") for s in served},
+        }
 
     async def start_background(self) -> None:
         """After the models are in and the subscribers read: answer predict batches, beat,
@@ -107,7 +125,9 @@ class Replica:
         consumer = self.settings.common.consumer_name
         self.tasks.append(asyncio.create_task(self.online.run()))
         self.tasks.append(
-            asyncio.create_task(beat(self.board, SERVICE, consumer, details=self.serving))
+            asyncio.create_task(
+                beat(self.board, SERVICE, consumer, details=self.serving, now=self.changed)
+            )
         )
         self.tasks.append(asyncio.create_task(self._converge_forever()))
 

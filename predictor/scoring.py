@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from predictor.cache import Served
-from shared.datasets import DatasetSpec, feature_frame
+from predictor.outputs import output, output_columns, predict_with, probabilities
 from shared.errors import ChunkRefused, ScoreInputRejected, VersionNotFound
 from shared.events import FeatureStoreInput, ParquetInput, derived_event_id
 from shared.feature_store import FeatureStore
 from shared.fsio import atomic_path
 from shared.paths import confine_file
+from shared.schema import ModelSchema, input_frame
 
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -84,13 +85,18 @@ def resolve(
     return store.data_path(source.dataset, version), output
 
 
-def inspect(path: Path, output: Path, spec: DatasetSpec) -> Source:
+def required(schema: ModelSchema) -> list[str]:
+    """The columns an input must have (a nullable one may be absent: missing values)."""
+    return [c.name for c in schema.columns if not c.nullable]
+
+
+def inspect(path: Path, output: Path, schema: ModelSchema) -> Source:
     """Check the file has every feature column and at least one row (footer only)."""
     try:
         meta = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise ScoreInputRejected(f"{path} is not a readable Parquet file: {exc}") from exc
-    missing = [c.name for c in spec.feature_columns if c.name not in meta.schema_arrow.names]
+    missing = [name for name in required(schema) if name not in meta.schema_arrow.names]
     if missing:
         raise ScoreInputRejected(f"{path} lacks feature columns {missing}")
     if meta.metadata.num_rows == 0:
@@ -126,34 +132,36 @@ def read_range(path: Path, start: int, stop: int, columns: Sequence[str]) -> pa.
 
 
 def predictions_table(served: Served, features: pd.DataFrame, first_row: int) -> pa.Table:
-    """`row`, `prediction`, `model_version` and, for classifiers, `probability_<class>`.
+    """`row`, the prediction, `model_version` and, for classifiers, `probability_<class>`.
 
+    The prediction is one column `prediction` when the model answers one value per row, else
+    one column per output: `prediction_<column>` for a frame, `prediction_<i>` for a matrix.
     For a classifier the prediction is the most probable class, taken from the one
     `predict_proba` call (scikit-learn's own `predict` does exactly that for its forests,
     boosting and linear models): one pass over the trees instead of two.
     """
     count = len(features)
     columns: dict[str, Any] = {"row": np.arange(first_row, first_row + count, dtype=np.int64)}
-    if served.classes is not None and hasattr(served.model, "predict_proba"):
-        proba = np.asarray(served.model.predict_proba(features))
-        columns["prediction"] = np.asarray(served.classes)[np.argmax(proba, axis=1)]
-        columns["model_version"] = np.full(count, served.version, dtype=np.int64)
+    version = np.full(count, served.version, dtype=np.int64)
+    if served.classes is not None:
+        predicted, proba = probabilities(served, features)
+        columns["prediction"] = predicted
+        columns["model_version"] = version
         for index, label in enumerate(served.classes):
             columns[f"probability_{label}"] = proba[:, index]
     else:
-        columns["prediction"] = np.asarray(served.model.predict(features))
-        columns["model_version"] = np.full(count, served.version, dtype=np.int64)
+        columns.update(output_columns(output(served.model.predict(features))))
+        columns["model_version"] = version
     return pa.table(columns)
 
 
-def score_chunk(
-    served: Served, spec: DatasetSpec, path: Path, rows: tuple[int, int], part: Path
-) -> int:
+def score_chunk(served: Served, path: Path, rows: tuple[int, int], part: Path) -> int:
     """Score rows [start, stop) of `path` into the part file `part`; the rows written."""
     start, stop = rows
-    names = [c.name for c in spec.feature_columns]
+    present = set(pq.read_schema(path).names)  # an optional column may be absent
+    names = [name for name in served.schema.names if name in present]
     frame = read_range(path, start, stop, names).to_pandas()
-    table = predictions_table(served, feature_frame(spec, frame), start)
+    table = predictions_table(served, input_frame(served.schema, frame), start)
     write_atomic(table, part)
     return int(table.num_rows)
 
@@ -202,22 +210,19 @@ def remove_parts(output: Path, job_id: str) -> None:
 # --- inline rows -------------------------------------------------------------------------------
 
 
-def score_rows(
-    served: Served, spec: DatasetSpec, rows: Sequence[dict[str, Any]], limit: int
-) -> list[Any]:
-    """One prediction per row, in order, from one model call; ScoreInputRejected when there are
-    too many rows or they lack feature columns or do not fit the model."""
+def score_rows(served: Served, rows: Sequence[dict[str, Any]], limit: int) -> list[Any]:
+    """One prediction per row, in order, from one model call (the answers the online path
+    gives); ScoreInputRejected when there are too many rows or they lack feature columns or do
+    not fit the model."""
     if len(rows) > limit:
         raise ScoreInputRejected(f"{len(rows)} inline rows, at most {limit}: send a file")
     frame = pd.DataFrame(list(rows))
-    missing = [c.name for c in spec.feature_columns if c.name not in frame.columns]
+    missing = [name for name in required(served.schema) if name not in frame.columns]
     if missing:
         raise ScoreInputRejected(f"rows lack feature columns {missing}")
     if frame.empty:
         return []
     try:
-        table = predictions_table(served, feature_frame(spec, frame), 0)
+        return predict_with(served, input_frame(served.schema, frame)).predictions
     except (ValueError, TypeError) as exc:
         raise ScoreInputRejected(f"rows do not fit the model: {exc}") from exc
-    predictions: list[Any] = table.column("prediction").to_pylist()
-    return predictions

@@ -95,18 +95,18 @@ class Scorer:
             await self._reject(event, str(exc))
 
     def _live(self, name: str) -> Served:
-        if name not in self.predictor.specs:
-            raise ScoreInputRejected(f"unknown model {name!r}")
-        if self.predictor.cache.version(name) is None:
+        """The version in service: batch jobs score with what the online path serves."""
+        if self.predictor.cache.version(name) is not None:
+            return self.predictor.cache.get(name)
+        if name in self.predictor.specs:  # a dataset of ours, not trained or promoted yet
             raise ScoreInputRejected(f"no version of model {name!r} is in service")
-        return self.predictor.cache.get(name)
+        raise ScoreInputRejected(f"unknown model {name!r}: no version of it is in service")
 
     async def _score_inline(self, event: ScoreRequested) -> None:
         assert event.rows is not None
         served = self._live(event.model_name)
-        spec = self.predictor.specs[event.model_name]
         work = functools.partial(
-            scoring.score_rows, served, spec, event.rows, self.settings.max_inline_rows
+            scoring.score_rows, served, event.rows, self.settings.max_inline_rows
         )
         predictions = await anyio.to_thread.run_sync(work)
         self.metrics.rows.labels(event.model_name, "batch").inc(len(predictions))
@@ -134,14 +134,13 @@ class Scorer:
     async def _plan(self, event: ScoreRequested) -> None:
         assert event.input is not None
         served = self._live(event.model_name)  # the version pinned for every chunk
-        spec = self.predictor.specs[event.model_name]
 
         def inspect() -> scoring.Source:
             assert event.input is not None
             path, output = scoring.resolve(
                 event.job_id, event.input, self.settings.score_roots, self.store
             )
-            return scoring.inspect(path, output, spec)
+            return scoring.inspect(path, output, served.schema)
 
         source = await anyio.to_thread.run_sync(inspect)
         ranges = scoring.plan_chunks(source.rows, self.settings.score_chunk_rows)
@@ -213,7 +212,6 @@ class Scorer:
         work = functools.partial(
             scoring.score_chunk,
             served,
-            self.predictor.specs[chunk.model_name],
             Path(chunk.input_path),
             (chunk.start, chunk.stop),
             scoring.part_path(output, chunk.job_id, chunk.chunk),

@@ -1,53 +1,69 @@
-"""Serving, free of any transport: keep the production models loaded, swap on promotion,
-predict whole batches in one call."""
+"""Serving, free of any transport: keep the production models loaded, swap on promotion, drop
+what left production, predict whole batches in one call.
+
+Which models: every registered model with a `production` alias that the replica's settings
+let it serve (`serves`), not a list fixed at start. Their schemas come from the dataset specs
+(read again at each converge) or from their MLflow signatures.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from predictor.cache import ModelCache, Served
 from predictor.drift import DriftMonitor
 from predictor.loader import load
-from shared.datasets import DatasetSpec, feature_frame
-from shared.errors import NoModelInService
+from predictor.outputs import Prediction, predict_with
+from shared.datasets import DatasetSpec
+from shared.errors import ModelRefused, NoModelInService
 from shared.events import ModelPromoted
-from shared.registry import Registry
+from shared.model_loading import LoadPolicy
+from shared.registry import PRODUCTION, ServingRegistry
+from shared.schema import input_frame
+
+__all__ = ["PINNED_KEPT", "PRODUCTION", "Changes", "Prediction", "Predictor", "predict_with"]
 
 log = logging.getLogger(__name__)
-PRODUCTION = "production"
 # Pinned versions kept loaded per replica beyond the live and previous ones.
 PINNED_KEPT = 2
 
 
 @dataclass(frozen=True)
-class Prediction:
-    model_name: str
-    model_version: int
-    predictions: list[Any]
-    probabilities: list[list[float]] | None
-    classes: tuple[Any, ...] | None
+class Changes:
+    """What a converge has to do: versions to put in service, models to take out."""
+
+    stale: list[tuple[str, int]]
+    gone: list[str]
 
 
 class Predictor:
-    """The models named by `specs` (by registered model name), in `cache`."""
+    """The production models this replica may serve (`serves`), in `cache`."""
 
     def __init__(
         self,
-        registry: Registry,
+        registry: ServingRegistry,
         specs: dict[str, DatasetSpec],
         cache: ModelCache,
         drift: DriftMonitor | None = None,
+        *,
+        policy: LoadPolicy | None = None,
+        serves: Callable[[str], bool] | None = None,
+        read_specs: Callable[[], dict[str, DatasetSpec]] | None = None,
     ) -> None:
         self.registry = registry
+        # Dataset specs by registered model name: their models' schemas. Read again at each
+        # converge when `read_specs` is given; replaced whole, never changed in place.
         self.specs = specs
         self.cache = cache
+        self.policy = policy or LoadPolicy()
+        self.serves = serves or (lambda name: True)
+        self.read_specs = read_specs
         # Online rows are counted against the training reference (batch jobs are not: one big
         # file would swamp the window that watches live traffic).
         self.drift = drift
@@ -55,35 +71,78 @@ class Predictor:
         self._pinned: dict[tuple[str, int], Served] = {}
         # Candidates loaded ahead of their promotion (one per model), so a promotion is a swap.
         self._staged: dict[str, Served] = {}
+        # Versions refused for good (ModelRefused), by model: not tried again at each
+        # converge, only when promoted again.
+        self._refused: dict[str, int] = {}
         # One load at a time per version: a promotion arriving while its version is being
         # prefetched waits for that load instead of doing it again.
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._loading_guard = threading.Lock()
 
+    # --- which models, which versions ----------------------------------------------------------
+
+    def changes(self) -> Changes:
+        """Compare what is served here with the registry's `production` aliases (one registry
+        call): at start, and periodically, so a replica that missed an event catches up. A
+        registry that cannot be read raises: nothing is dropped on a failed read."""
+        wanted = {n: v for n, v in self.registry.production_versions().items() if self.serves(n)}
+        if self.read_specs is not None:
+            self.specs = self.read_specs()
+        stale = [
+            (name, version)
+            for name, version in sorted(wanted.items())
+            if version != self.cache.version(name) and self._refused.get(name) != version
+        ]
+        gone = [name for name in self.cache.names() if name not in wanted]
+        return Changes(stale, gone)
+
     def stale(self) -> list[tuple[str, int]]:
-        """(model, version) pairs where the registry's `production` alias names a version that
-        is not in service here: at start, and periodically, so a replica that missed an event
-        catches up."""
-        wanted = ((name, self.registry.alias(name, PRODUCTION)) for name in self.specs)
-        return [(n, v) for n, v in wanted if v is not None and v != self.cache.version(n)]
+        return self.changes().stale
 
     def converge(self) -> list[Served]:
-        """Load every stale version (ModelLoadFailed stops at the first that fails)."""
-        return [self.swap_in(name, version) for name, version in self.stale()]
+        """Load every stale version and drop what left production (ModelLoadFailed stops at
+        the first that fails)."""
+        changes = self.changes()
+        for name in changes.gone:
+            self.remove(name)
+        return [self.swap_in(name, version) for name, version in changes.stale]
 
     def wants(self, event: ModelPromoted) -> bool:
         """Whether a promotion concerns this replica and changes what it serves."""
         return (
-            event.model_name in self.specs
-            and event.alias == PRODUCTION
+            event.alias == PRODUCTION
+            and self.serves(event.model_name)
             and self.cache.version(event.model_name) != event.version
         )
+
+    def retry(self, name: str, version: int) -> None:
+        """Forget that `version` was refused: it was promoted again, so it is tried again."""
+        if self._refused.get(name) == version:
+            self._refused = {k: v for k, v in self._refused.items() if k != name}
+
+    def refused(self, name: str) -> int | None:
+        """The version of `name` refused for good, if any."""
+        return self._refused.get(name)
 
     def promoted(self, event: ModelPromoted) -> Served | None:
         """Swap in the promoted version (ModelLoadFailed leaves the old one serving)."""
         if not self.wants(event):
             return None
+        self.retry(event.model_name, event.version)
         return self.swap_in(event.model_name, event.version)
+
+    def remove(self, name: str) -> Served | None:
+        """Stop serving `name` (its `production` alias is gone); the version that served."""
+        self._staged = {k: v for k, v in self._staged.items() if k != name}
+        self._pinned = {k: v for k, v in self._pinned.items() if k[0] != name}
+        old = self.cache.remove(name)
+        if self.drift is not None:
+            self.drift.forget(name)
+        if old is not None:
+            log.info("%s: no longer served (was v%d): not in production", name, old.version)
+        return old
+
+    # --- predicting ----------------------------------------------------------------------------
 
     def predict(
         self, name: str, rows: pd.DataFrame, columns: Mapping[str, Any] | None = None
@@ -92,19 +151,20 @@ class Predictor:
         not split a batch between versions. The rows are counted for drift, from `columns`
         (the same rows as plain lists, cheaper to bin) when given."""
         served = self.cache.get(name)
-        features = feature_frame(self.specs[name], rows)
+        features = input_frame(served.schema, rows)
         prediction = predict_with(served, features)
         if self.drift is not None:
             self.drift.observe(served, features if columns is None else columns)
         return prediction
+
+    # --- loading -------------------------------------------------------------------------------
 
     def model_for(self, name: str, version: int) -> Served:
         """Version `version` of `name`, for a batch job pinned to it: the live one, the
         previous one, the staged candidate, or loaded here (the last two such loads are kept).
         Blocking: call from a thread. NoModelInService when this replica does not serve
         `name`; ModelLoadFailed."""
-        spec = self.specs.get(name)
-        if spec is None:
+        if name not in self.cache.names() and name not in self._staged:
             raise NoModelInService(f"this replica does not serve model {name!r}")
         # Taken once: a swap between a check and a get could hand out another version.
         live = self.cache.get(name) if self.cache.version(name) is not None else None
@@ -119,7 +179,7 @@ class Predictor:
         with self._lock_for(name, version):  # one load per version, whoever asks
             served = self._pinned.get((name, version))
             if served is None:
-                served = load(self.registry, spec, version)
+                served = self._load(name, version)
                 kept = list(self._pinned.items())[-(PINNED_KEPT - 1) :]
                 self._pinned = {**dict(kept), (name, version): served}
             return served
@@ -131,7 +191,7 @@ class Predictor:
             staged = self._staged.get(name)
             if self.cache.version(name) == version or (staged and staged.version == version):
                 return None
-            served = load(self.registry, self.specs[name], version)
+            served = self._load(name, version)
             self._staged = {**self._staged, name: served}
             return served
 
@@ -147,25 +207,18 @@ class Predictor:
             elif previous is not None and previous.version == version:
                 served = previous  # a rollback: still loaded
             else:
-                served = load(self.registry, self.specs[name], version)
+                served = self._load(name, version)
             old = self.cache.swap(served)
         log.info("%s: serving v%d (was %s)", name, version, f"v{old.version}" if old else "nothing")
         return served
 
+    def _load(self, name: str, version: int) -> Served:
+        try:
+            return load(self.registry, name, version, self.specs.get(name), self.policy)
+        except ModelRefused:
+            self._refused = {**self._refused, name: version}
+            raise
+
     def _lock_for(self, name: str, version: int) -> threading.Lock:
         with self._loading_guard:
             return self._loading.setdefault((name, version), threading.Lock())
-
-
-def predict_with(served: Served, features: pd.DataFrame) -> Prediction:
-    """For a classifier with probabilities, one predict_proba call: the prediction is the most
-    probable class, as scikit-learn's own predict does, so the work is not done twice."""
-    model = served.model
-    if served.classes is not None and hasattr(model, "predict_proba"):
-        proba = model.predict_proba(features)
-        predictions = np.asarray(served.classes).take(proba.argmax(axis=1))
-        return Prediction(
-            served.name, served.version, predictions.tolist(), proba.tolist(), served.classes
-        )
-    predictions = model.predict(features)
-    return Prediction(served.name, served.version, predictions.tolist(), None, served.classes)

@@ -74,6 +74,12 @@ class ModelLoadFailed(StreamopsError):
     """A model version could not be loaded, checked or warmed up; the old one keeps serving."""
 
 
+class ModelRefused(ModelLoadFailed):
+    """A model version that can never be served as it is (a flavor or a pickle the trust
+    policy forbids, no usable signature, columns that do not match): not retried until it is
+    promoted again."""
+
+
 class ScoreInputRejected(StreamopsError):
     """A scoring job is refused: its input, its model or its size (the reason says which)."""
 

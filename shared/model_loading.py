@@ -1,21 +1,178 @@
-"""Loading a registered model version from MLflow."""
+"""Loading a registered model version from MLflow, whatever its flavor, under a trust policy.
+
+The policy is decided from the version's MLmodel file alone (YAML, read without loading
+anything), before any artifact is deserialised: which flavor to load it through (the first of
+the allowed flavors the model has) and whether that loader unpickles code. Only then are the
+artifacts downloaded and the model loaded.
+"""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from shared.errors import ModelRefused
+from shared.settings import DEFAULT_FLAVORS
+
+PICKLE_SETTING = "STREAMOPS_PREDICTOR_ALLOW_PICKLE"
+# Formats each native loader reads without unpickling: skops (an allow-list of types), and the
+# boosters' own files (lightgbm's model.lgb text, xgboost's ubj/json and legacy binary).
+SKOPS = "skops"
+XGBOOST_NATIVE = frozenset({"ubj", "json", "xgb", "deprecated"})
+LIGHTGBM_BOOSTER = "lightgbm.basic.Booster"
+# What python_function hands to each native flavor's own loader (same files, same formats).
+PYFUNC_LOADERS = {
+    "mlflow.sklearn": "sklearn",
+    "mlflow.lightgbm": "lightgbm",
+    "mlflow.xgboost": "xgboost",
+}
 
 
-def load_version(client: Any, tracking_uri: str, name: str, version: int) -> Any:
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What a caller trusts: the flavors it loads, in order of preference, and pickles."""
+
+    flavors: tuple[str, ...] = DEFAULT_FLAVORS
+    allow_pickle: bool = False
+
+
+# The trainer's own champion, evaluated in process: anything it logged may be loaded.
+PERMISSIVE = LoadPolicy(DEFAULT_FLAVORS, allow_pickle=True)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a model will be loaded: through `flavor`, unpickling code or not."""
+
+    flavor: str
+    pickled: bool
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version loaded for use: the object to call, and what its MLmodel said."""
+
+    flavor: str
+    signature: Any  # mlflow.models.ModelSignature | None
+    model: Any
+    pickled: bool  # whether loading it unpickled code (cloudpickle, pickle)
+    example: Any = None  # the input example logged with the model (a DataFrame), if any
+
+
+def decide(flavors: dict[str, dict[str, Any]], policy: LoadPolicy) -> Decision:
+    """The flavor to load a model with `flavors` (its MLmodel's) through, and whether that
+    unpickles code; ModelRefused when the policy forbids it."""
+    chosen = next((f for f in policy.flavors if f in flavors), None)
+    if chosen is None:
+        have = ", ".join(sorted(flavors)) or "none"
+        raise ModelRefused(
+            f"flavor {have} is not allowed; allowed: {', '.join(policy.flavors)} "
+            "(STREAMOPS_PREDICTOR_FLAVORS)"
+        )
+    pickled, why = unpickles(chosen, flavors)
+    if pickled and not policy.allow_pickle:
+        raise ModelRefused(
+            f"loading it through {chosen} would unpickle code ({why}); pickles are not allowed "
+            f"here: set {PICKLE_SETTING}=true to trust them"
+        )
+    return Decision(chosen, pickled)
+
+
+def unpickles(flavor: str, flavors: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """Whether the loader of `flavor` unpickles code for this model, and what the format is.
+    Anything not known to be safe counts as a pickle."""
+    conf = flavors.get(flavor) or {}
+    if flavor == "sklearn":
+        fmt = str(conf.get("serialization_format", "pickle"))  # MLflow's own default
+        return fmt != SKOPS, f"serialization_format {fmt}"
+    if flavor == "lightgbm":
+        model_class = str(conf.get("model_class", LIGHTGBM_BOOSTER))
+        if model_class == LIGHTGBM_BOOSTER:
+            return False, "a Booster in lightgbm's text format"
+        fmt = str(conf.get("serialization_format", "cloudpickle"))
+        return fmt != SKOPS, f"serialization_format {fmt}"
+    if flavor == "xgboost":
+        fmt = str(conf.get("model_format", "xgb"))
+        return fmt not in XGBOOST_NATIVE, f"model_format {fmt}"
+    if flavor == "python_function":
+        return _pyfunc_unpickles(conf, flavors)
+    return True, f"flavor {flavor} is not known to load safely"
+
+
+def _pyfunc_unpickles(conf: dict[str, Any], flavors: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    if "python_model" in conf or "cloudpickle_version" in conf:
+        return True, "a python_model pickled with cloudpickle"
+    native = PYFUNC_LOADERS.get(str(conf.get("loader_module", "")))
+    if native is not None and native in flavors:
+        return unpickles(native, flavors)
+    # Models from code, other loader modules: they run code of the model's.
+    return True, f"loader_module {conf.get('loader_module')!r} is not known to load safely"
+
+
+def check_source(uri: str, tracking_uri: str) -> None:
+    """Models come only from the configured registry: a version whose source is a path on
+    this host (anyone who can register a version could name any file) is refused, unless
+    the registry itself is local."""
+    scheme = urlparse(uri).scheme
+    local_registry = urlparse(tracking_uri).scheme in ("", "file", "sqlite")
+    if scheme in ("", "file") and not local_registry:
+        raise ModelRefused(f"its artifacts are at {uri}, a local path, not in the registry")
+
+
+def load_version(
+    client: Any, tracking_uri: str, name: str, version: int, policy: LoadPolicy = PERMISSIVE
+) -> LoadedModel:
     """Version `version` of `name`, through this registry's server, not MLflow's global
     tracking URI (which a service configured with STREAMOPS_MLFLOW_TRACKING_URI alone never
     sets): `models:/...` would silently look in a local ./mlflow.db instead."""
     import mlflow.artifacts
-    import mlflow.sklearn
+    from mlflow.models import Model
 
     uri = client.get_model_version_download_uri(name, str(version))
+    check_source(uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="streamops-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri
+        # The MLmodel first, alone: the decision is made before the model is even fetched.
+        mlmodel = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=tracking_uri
         )
+        decision = decide(Model.load(mlmodel).flavors, policy)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(Path(tmp) / "model"), tracking_uri=tracking_uri
+        )
+        meta = Model.load(local)
+        decision = decide(meta.flavors, policy)  # the files fetched are the ones judged
+        model = _load(decision.flavor, local)
+        example = _example(meta, local)
+    return LoadedModel(decision.flavor, meta.signature, model, decision.pickled, example)
+
+
+def _load(flavor: str, local: str) -> Any:
+    """Natively where a flavor is named (its loader puts the model's code_paths on sys.path);
+    python_function otherwise."""
+    if flavor == "sklearn":
+        import mlflow.sklearn
+
         return mlflow.sklearn.load_model(local)
+    if flavor == "lightgbm":
+        import mlflow.lightgbm
+
+        return mlflow.lightgbm.load_model(local)
+    if flavor == "xgboost":
+        import mlflow.xgboost
+
+        return mlflow.xgboost.load_model(local)
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(local)
+
+
+def _example(meta: Any, local: str) -> Any:
+    """The input example logged with the model, if it has one (a warm-up that looks like
+    real traffic); None when it has none or it cannot be read."""
+    try:
+        return meta.load_input_example(local)
+    except Exception:
+        return None

@@ -8,19 +8,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.model_loading import PERMISSIVE, LoadedModel, LoadPolicy, load_version
 from shared.model_logging import DRIFT_ARTIFACT, TrainingRecord, log_training
 
 __all__ = [
     "DRIFT_ARTIFACT",
+    "PRODUCTION",
     "TAG",
+    "LoadPolicy",
+    "LoadedModel",
     "MlflowRegistry",
     "RegisteredVersion",
     "Registry",
+    "ServingRegistry",
     "TrainingRecord",
 ]
 
 TAG = "streamops."
 HISTORY_TAG = f"{TAG}production_history"
+PRODUCTION = "production"
+# Registered models read per search_registered_models page.
+PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,15 @@ class Registry(Protocol):
     def aliases(self, name: str) -> dict[str, int]: ...
 
     def model_names(self) -> list[str]: ...
+
+
+class ServingRegistry(Registry, Protocol):
+    """What a predictor replica needs besides: every model in production at once, and loading
+    under its trust policy."""
+
+    def production_versions(self) -> dict[str, int]: ...
+
+    def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel: ...
 
 
 class MlflowRegistry:
@@ -94,9 +111,29 @@ class MlflowRegistry:
         self.client.set_registered_model_alias(name, alias, str(version))
 
     def load(self, name: str, version: int) -> Any:
-        from shared.model_loading import load_version
+        """The version's model, ready to predict (the trainer's champion: it trusts what it
+        logged itself)."""
+        return self.load_model(name, version, PERMISSIVE).model
 
-        return load_version(self.client, self.tracking_uri, name, version)
+    def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:
+        """The version loaded under `policy` (ModelRefused, before anything is deserialised,
+        when the policy forbids it)."""
+        return load_version(self.client, self.tracking_uri, name, version, policy)
+
+    def production_versions(self) -> dict[str, int]:
+        """The `production` version of every registered model that has one: one search (a page
+        per thousand models), whose results carry their aliases."""
+        found: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            page = self.client.search_registered_models(max_results=PAGE, page_token=token)
+            for model in page:
+                aliases = model.aliases or {}
+                if PRODUCTION in aliases:
+                    found[model.name] = int(aliases[PRODUCTION])
+            token = page.token
+            if not token:
+                return found
 
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         """The reference logged with the version's run; None when there is none (a version

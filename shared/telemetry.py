@@ -131,9 +131,13 @@ async def beat(
     consumer: str,
     interval: float = 5.0,
     details: Callable[[], dict[str, Any]] | None = None,
+    *,
+    now: asyncio.Event | None = None,
 ) -> None:
     """Say `consumer` of `service` is alive, every `interval` seconds, until cancelled;
-    `details` adds what the service wants others to know (a predictor: the versions it serves)."""
+    `details` adds what the service wants others to know (a predictor: the versions it serves).
+    Setting `now` beats at once (a predictor that swapped a model: readers learn of it within
+    the moment, not at the next tick)."""
     log = logging.getLogger(__name__)
     while True:
         try:
@@ -141,4 +145,9 @@ async def beat(
             await board.heartbeat(service, consumer, ttl_s=int(interval * 3) + 1, details=extra)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
-        await asyncio.sleep(interval)
+        if now is None:
+            await asyncio.sleep(interval)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), interval)
+        now.clear()

@@ -7,19 +7,22 @@ from typing import Any
 
 import pandas as pd
 
+from shared.model_loading import LoadedModel, LoadPolicy
 from shared.registry import RegisteredVersion, TrainingRecord
 from trainer.training import fit
 
 
 @dataclass
 class ModelShelf:
-    """A registry with models in memory: versions, a production alias, and broken versions."""
+    """A registry of one model (`name`) in memory: versions, a production alias, and broken
+    versions (an exception in place of the model is raised by load)."""
 
     models: dict[int, Any] = field(default_factory=dict)
     production: int | None = None
     loads: list[int] = field(default_factory=list)
     production_history: list[int] = field(default_factory=list)
     references: dict[int, dict[str, Any]] = field(default_factory=dict)
+    name: str = "churn"
 
     def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
         return None
@@ -40,6 +43,13 @@ class ModelShelf:
             raise model
         return model
 
+    def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:
+        """As a scikit-learn model with no signature (the shelf's models have dataset specs)."""
+        return LoadedModel("sklearn", None, self.load(name, version), pickled=False)
+
+    def production_versions(self) -> dict[str, int]:
+        return {} if self.production is None else {self.name: self.production}
+
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         return self.references.get(version)
 
@@ -50,7 +60,7 @@ class ModelShelf:
         self.production_history = list(versions)
 
     def versions(self, name: str) -> list[RegisteredVersion]:
-        if name != "churn":
+        if name != self.name:
             return []
         return [RegisteredVersion(name, v, f"run-{v}", {}, {"roc_auc": 0.8}) for v in self.models]
 
@@ -58,7 +68,7 @@ class ModelShelf:
         return {} if self.production is None else {"production": self.production}
 
     def model_names(self) -> list[str]:
-        return ["churn"]
+        return [self.name]
 
 
 def two_pipelines() -> tuple[Any, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.cache import Served
-from shared.datasets import DatasetSpec, feature_frame
+from shared.datasets import DatasetSpec, feature_frame, spec_schema
 
 TOY_SPEC = """
 name: toy
@@ -41,5 +41,5 @@ def toy_served(spec: DatasetSpec, version: int, rows: int = 500) -> Served:
     frame = toy_frame(rows)
     model = LogisticRegression().fit(feature_frame(spec, frame), frame["label"])
     return Served(
-        "toy", version, model, ("a", "b", "flag"), tuple(model.classes_), datetime.now(UTC)
+        "toy", version, model, spec_schema(spec), tuple(model.classes_), datetime.now(UTC)
     )

@@ -14,7 +14,7 @@ from predictor.cache import ModelCache, Served
 from predictor.drift import DriftMonitor
 from predictor.metrics import PredictorMetrics
 from predictor.service import Predictor
-from shared.datasets import DatasetSpec, feature_frame, load_spec
+from shared.datasets import DatasetSpec, feature_frame, load_spec, spec_schema
 from shared.drift import DriftReference, FeatureReference, Window, psi, reference_from
 from shared.settings import BUNDLED_DATASETS
 from tests.support.shelf import ModelShelf, two_pipelines
@@ -109,7 +109,8 @@ def test_the_window_slides_and_its_psi_follows_the_live_rows(
 
 
 def served_with(reference: DriftReference | None, version: int = 1) -> Served:
-    return Served("churn", version, object(), (), None, datetime.now(UTC), reference)
+    schema = spec_schema(load_spec(BUNDLED_DATASETS, "churn"))
+    return Served("churn", version, object(), schema, None, datetime.now(UTC), reference)
 
 
 def psi_samples(metrics: PredictorMetrics) -> dict[tuple[str, str], float]:

@@ -26,7 +26,7 @@ from predictor.scoring import (
     score_rows,
     scored_path,
 )
-from shared.datasets import DatasetSpec, parse_spec
+from shared.datasets import DatasetSpec, parse_spec, spec_schema
 from shared.errors import ScoreInputRejected
 from shared.events import FeatureStoreInput, ParquetInput
 from shared.feature_store import FeatureStore
@@ -79,7 +79,7 @@ def test_chunks_scored_and_assembled_give_one_prediction_per_row_in_order(
     output = scored_path(source)
     ranges = plan_chunks(1000, 300)
     for index, rows in reversed(list(enumerate(ranges))):  # order of completion does not matter
-        assert score_chunk(served, spec, source, rows, part_path(output, "j1", index)) == (
+        assert score_chunk(served, source, rows, part_path(output, "j1", index)) == (
             rows[1] - rows[0]
         )
     assert assemble(output, "j1", len(ranges)) == 1000
@@ -98,9 +98,9 @@ def test_a_chunk_scored_twice_rewrites_the_same_content(
     served: Served, spec: DatasetSpec, source: Path
 ) -> None:
     part = part_path(scored_path(source), "j2", 0)
-    score_chunk(served, spec, source, (200, 450), part)
+    score_chunk(served, source, (200, 450), part)
     first = pq.read_table(part)
-    score_chunk(served, spec, source, (200, 450), part)
+    score_chunk(served, source, (200, 450), part)
     assert pq.read_table(part).equals(first)
     assert [p.name for p in part.parent.iterdir()] == [part.name]  # no temporary file left
 
@@ -124,15 +124,15 @@ def test_a_file_without_the_feature_columns_or_rows_is_refused(
     partial = tmp_path / "partial.parquet"
     pq.write_table(pa.table({"a": [1.0]}), partial)
     with pytest.raises(ScoreInputRejected, match=r"lacks feature columns \['b', 'flag'\]"):
-        inspect(partial, scored_path(partial), spec)
+        inspect(partial, scored_path(partial), spec_schema(spec))
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.Table.from_pandas(toy_frame(0)), empty)
     with pytest.raises(ScoreInputRejected, match="no rows"):
-        inspect(empty, scored_path(empty), spec)
+        inspect(empty, scored_path(empty), spec_schema(spec))
     text = tmp_path / "text.parquet"
     text.write_text("not parquet")
     with pytest.raises(ScoreInputRejected, match="not a readable Parquet"):
-        inspect(text, scored_path(text), spec)
+        inspect(text, scored_path(text), spec_schema(spec))
 
 
 def test_outputs_go_beside_the_input_or_under_the_store(tmp_path: Path, source: Path) -> None:
@@ -155,13 +155,13 @@ def test_inline_rows_are_predicted_in_order_and_bounded(served: Served, spec: Da
         for row in frame.drop(columns=["label"]).to_dict("records")
     ]
     expected = list(served.model.predict(frame[["a", "b", "flag"]].astype({"flag": float})))
-    assert score_rows(served, spec, rows, limit=20) == expected
+    assert score_rows(served, rows, limit=20) == expected
     with pytest.raises(ScoreInputRejected, match="at most 19"):
-        score_rows(served, spec, rows, limit=19)
+        score_rows(served, rows, limit=19)
     with pytest.raises(ScoreInputRejected, match="lack feature columns"):
-        score_rows(served, spec, [{"a": 1.0}], limit=20)
+        score_rows(served, [{"a": 1.0}], limit=20)
     with pytest.raises(ScoreInputRejected, match="do not fit"):
-        score_rows(served, spec, [{"a": "x", "b": 1.0, "flag": True}], limit=20)
+        score_rows(served, [{"a": "x", "b": 1.0, "flag": True}], limit=20)
 
 
 def test_a_pinned_version_is_the_live_one_the_previous_one_or_loaded_once(
@@ -173,7 +173,7 @@ def test_a_pinned_version_is_the_live_one_the_previous_one_or_loaded_once(
     from shared.events import ModelPromoted
     from tests.support.shelf import ModelShelf
 
-    shelf = ModelShelf(models=dict.fromkeys((1, 2, 3, 4), served.model), production=1)
+    shelf = ModelShelf(models=dict.fromkeys((1, 2, 3, 4), served.model), production=1, name="toy")
     predictor = Predictor(shelf, {"toy": spec}, ModelCache())
     predictor.converge()
     predictor.promoted(ModelPromoted(model_name="toy", version=2, reason="manual"))
