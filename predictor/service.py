@@ -87,7 +87,7 @@ class Predictor:
         registry that cannot be read raises: nothing is dropped on a failed read."""
         wanted = {n: v for n, v in self.registry.production_versions().items() if self.serves(n)}
         if self.read_specs is not None:
-            self.specs = self.read_specs()
+            self._new_specs(self.read_specs())
         stale = [
             (name, version)
             for name, version in sorted(wanted.items())
@@ -95,6 +95,14 @@ class Predictor:
         ]
         gone = [name for name in self.cache.names() if name not in wanted]
         return Changes(stale, gone)
+
+    def _new_specs(self, specs: dict[str, DatasetSpec]) -> None:
+        """Take the specs read now; a model refused before its spec existed (no signature, say)
+        has new grounds to be tried on."""
+        added = specs.keys() - self.specs.keys()
+        self.specs = specs
+        if added & self._refused.keys():
+            self._refused = {k: v for k, v in self._refused.items() if k not in added}
 
     def stale(self) -> list[tuple[str, int]]:
         return self.changes().stale

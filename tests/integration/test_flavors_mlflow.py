@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from mlflow.pyfunc.model import PythonModel
 
 from predictor.cache import ModelCache
 from predictor.service import Predictor
@@ -115,7 +117,7 @@ def test_a_flavor_outside_the_allow_list_is_refused(mlflow_url: str) -> None:
 
 
 def test_several_output_columns_are_one_object_per_row(mlflow_url: str) -> None:
-    class Quote(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    class Quote(PythonModel):
         def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
             return pd.DataFrame(
                 {"low": model_input["amount"] * 0.9, "high": model_input["amount"] * 1.1}
@@ -126,7 +128,7 @@ def test_several_output_columns_are_one_object_per_row(mlflow_url: str) -> None:
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=Quote(),
-            signature=mlflow.models.infer_signature(x, Quote().predict(None, x)),
+            signature=infer_signature(x, Quote().predict(None, x)),
             registered_model_name=name,
             pip_requirements=["pandas"],
         )

@@ -70,6 +70,8 @@ class FakeStatusBoard:
 
     progress_reports: list[tuple[str, int, int | None]] = field(default_factory=list)
     heartbeats: list[tuple[str, str]] = field(default_factory=list)
+    # What each heartbeat said besides (a predictor: the models and schemas it serves).
+    details: list[dict[str, Any] | None] = field(default_factory=list)
 
     async def progress(self, flow: str, done: int, total: int | None) -> None:
         self.progress_reports.append((flow, done, total))
@@ -78,6 +80,7 @@ class FakeStatusBoard:
         self, service: str, consumer: str, ttl_s: int, details: dict[str, Any] | None = None
     ) -> None:
         self.heartbeats.append((service, consumer))
+        self.details.append(details)
 
 
 def published(broker: RedisBroker, *streams: str) -> dict[str, list[Any]]:

@@ -1,0 +1,119 @@
+"""The trust policy, decided from a model's MLmodel flavors alone (before any deserialisation):
+which flavor loads it, whether that unpickles code, and the refusals' reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.errors import ModelRefused
+from shared.model_loading import LoadPolicy, check_source, decide
+
+STRICT = LoadPolicy()  # the default flavors, no pickles
+Flavors = dict[str, dict[str, Any]]
+
+SKLEARN_SKOPS: Flavors = {
+    "python_function": {"loader_module": "mlflow.sklearn", "model_path": "model.skops"},
+    "sklearn": {"pickled_model": "model.skops", "serialization_format": "skops"},
+}
+SKLEARN_CLOUDPICKLE: Flavors = {
+    "python_function": {"loader_module": "mlflow.sklearn", "model_path": "model.pkl"},
+    "sklearn": {"pickled_model": "model.pkl", "serialization_format": "cloudpickle"},
+}
+LGBM_CLASSIFIER: Flavors = {
+    "lightgbm": {"model_class": "lightgbm.sklearn.LGBMClassifier", "serialization_format": "skops"},
+    "python_function": {"loader_module": "mlflow.lightgbm", "data": "model.skops"},
+}
+LGBM_PICKLED: Flavors = {
+    "lightgbm": {
+        "model_class": "lightgbm.sklearn.LGBMClassifier",
+        "serialization_format": "pickle",
+    },
+    "python_function": {"loader_module": "mlflow.lightgbm"},
+}
+LGBM_BOOSTER: Flavors = {
+    "lightgbm": {"model_class": "lightgbm.basic.Booster", "data": "model.lgb"},
+    "python_function": {"loader_module": "mlflow.lightgbm", "data": "model.lgb"},
+}
+XGB: Flavors = {
+    "xgboost": {"model_class": "xgboost.sklearn.XGBClassifier", "model_format": "ubj"},
+    "python_function": {"loader_module": "mlflow.xgboost", "data": "model.ubj"},
+}
+PYFUNC_PICKLED: Flavors = {
+    "python_function": {
+        "loader_module": "mlflow.pyfunc.model",
+        "python_model": "python_model.pkl",
+        "cloudpickle_version": "3.1.3",
+    }
+}
+PYFUNC_FROM_CODE: Flavors = {
+    "python_function": {"loader_module": "mlflow.pyfunc.loaders.code_model", "model_code_path": "m"}
+}
+
+
+@pytest.mark.parametrize(
+    ("flavors", "chosen"),
+    [
+        (SKLEARN_SKOPS, "sklearn"),
+        (LGBM_CLASSIFIER, "lightgbm"),
+        (LGBM_BOOSTER, "lightgbm"),
+        (XGB, "xgboost"),
+    ],
+)
+def test_native_safe_formats_load_natively_without_pickles(flavors: Flavors, chosen: str) -> None:
+    decision = decide(flavors, STRICT)
+    assert (decision.flavor, decision.pickled) == (chosen, False)
+
+
+def test_the_first_allowed_flavor_the_model_has_is_chosen() -> None:
+    only_pyfunc = LoadPolicy(flavors=("python_function",))
+    assert decide(SKLEARN_SKOPS, only_pyfunc).flavor == "python_function"
+    # Through python_function, the same skops file is read: still no pickle.
+    assert decide(SKLEARN_SKOPS, only_pyfunc).pickled is False
+    reordered = LoadPolicy(flavors=("python_function", "lightgbm"))
+    assert decide(LGBM_BOOSTER, reordered).flavor == "python_function"
+
+
+def test_a_model_with_none_of_the_allowed_flavors_is_refused() -> None:
+    with pytest.raises(ModelRefused) as refused:
+        decide(XGB, LoadPolicy(flavors=("sklearn", "lightgbm")))
+    assert "flavor python_function, xgboost is not allowed; allowed: sklearn, lightgbm" in str(
+        refused.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("flavors", "why"),
+    [
+        (SKLEARN_CLOUDPICKLE, "serialization_format cloudpickle"),
+        (LGBM_PICKLED, "serialization_format pickle"),
+        (PYFUNC_PICKLED, "python_model pickled with cloudpickle"),
+        (PYFUNC_FROM_CODE, "not known to load safely"),
+        ({"sklearn": {}}, "serialization_format pickle"),  # MLflow's default when unsaid
+        ({"xgboost": {"model_format": "pkl"}}, "model_format pkl"),
+    ],
+)
+def test_loaders_that_unpickle_are_refused_unless_pickles_are_allowed(
+    flavors: Flavors, why: str
+) -> None:
+    with pytest.raises(ModelRefused, match="STREAMOPS_PREDICTOR_ALLOW_PICKLE=true") as refused:
+        decide(flavors, STRICT)
+    assert why in str(refused.value)
+    allowed = decide(flavors, LoadPolicy(allow_pickle=True))
+    assert allowed.pickled is True
+
+
+def test_a_pyfunc_over_a_pickled_native_model_is_a_pickle_too() -> None:
+    with pytest.raises(ModelRefused, match="cloudpickle"):
+        decide(SKLEARN_CLOUDPICKLE, LoadPolicy(flavors=("python_function",)))
+
+
+def test_artifacts_on_a_local_path_are_not_the_registrys() -> None:
+    remote = "http://mlflow:5000"
+    check_source("mlflow-artifacts:/1/models/m-1/artifacts", remote)
+    check_source("s3://bucket/1/models/m-1/artifacts", remote)
+    for uri in ("/etc/models/evil", "file:///tmp/evil"):
+        with pytest.raises(ModelRefused, match="local path"):
+            check_source(uri, remote)
+    check_source("/var/mlruns/1/m-1/artifacts", "sqlite:///mlflow.db")  # a local registry
