@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from predictor.boosters import as_classifier
 from predictor.cache import Served
 from predictor.outputs import gives_probabilities, predict_with
 from shared.datasets import DatasetSpec, spec_schema
@@ -77,7 +78,7 @@ def load(
         raise ModelRefused(f"{name} v{version}: refused: {exc}") from exc
     except Exception as exc:
         raise ModelLoadFailed(f"{name} v{version}: cannot load: {exc}") from exc
-    model = loaded.model
+    model = as_classifier(loaded.model) if loaded.flavor == "lightgbm" else loaded.model
     check_columns(name, version, model, schema)
     classes = tuple(model.classes_) if gives_probabilities(model) else None
     drift = drift_reference(registry, name, version)

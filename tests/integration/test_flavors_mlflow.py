@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import mlflow
+import mlflow.lightgbm
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,3 +141,32 @@ def test_several_output_columns_are_one_object_per_row(mlflow_url: str) -> None:
     (row,) = answer.predictions
     assert row == pytest.approx({"low": ROW["amount"] * 0.9, "high": ROW["amount"] * 1.1})
     assert np.isclose(row["low"], 108.45)
+
+
+def test_a_lightgbm_booster_is_loaded_from_its_native_file_and_gives_probabilities(
+    mlflow_url: str,
+) -> None:
+    import lightgbm
+
+    def log_booster(name: str, seed: int) -> Any:
+        x, y = frame(rows=300, seed=seed)
+        booster = lightgbm.train(
+            {"objective": "binary", "verbose": -1}, lightgbm.Dataset(x, y), num_boost_round=10
+        )
+        return mlflow.lightgbm.log_model(
+            booster,
+            name="model",
+            signature=infer_signature(x, booster.predict(x)),
+            registered_model_name=name,
+            pip_requirements=["lightgbm"],
+        )
+
+    name, version = _register(mlflow_url, log_booster)
+    predictor = _predictor(MlflowRegistry(mlflow_url), LoadPolicy(allow_pickle=False), name)
+    (served,) = predictor.converge()
+    assert (served.flavor, served.version, served.classes) == ("lightgbm", version, (0, 1))
+    answer = predictor.predict(name, pd.DataFrame([ROW]))
+    assert answer.probabilities is not None
+    (low, high) = answer.probabilities[0]
+    assert low + high == pytest.approx(1.0)
+    assert answer.predictions == [int(high > low)]
