@@ -220,3 +220,21 @@ async def test_a_file_outside_the_score_roots_is_rejected(harness: Harness, tmp_
     assert isinstance(event, ScoreRejected)
     assert "is outside the score roots" in event.reason
     assert not harness.jobs.queued
+
+
+async def test_a_model_served_from_its_signature_is_scored_inline(harness: Harness) -> None:
+    from datetime import UTC, datetime
+
+    from shared.schema import Column, ModelSchema
+    from tests.support.catalog import Answers
+
+    schema = ModelSchema(
+        model_name="price", source="signature", columns=(Column(name="a", type="float"),)
+    )
+    model = Answers(lambda f: (f["a"] * 2).to_numpy())
+    harness.predictor.cache.swap(Served("price", 5, model, schema, None, datetime.now(UTC)))
+    rows = ({"a": 1.5}, {"a": -1.0})
+    await harness.scorer.on_requested(ScoreRequested(job_id="j7", model_name="price", rows=rows))
+    (event,) = harness.scored.published
+    assert isinstance(event, Scored)
+    assert (event.model_version, event.predictions) == (5, (3.0, -2.0))

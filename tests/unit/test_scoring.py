@@ -201,3 +201,30 @@ def test_chunk_paths_outside_the_roots_are_refused(tmp_path: Path, source: Path)
         check_chunk_paths(Path("/etc/passwd"), scored_path(source), [root])
     with pytest.raises(ChunkRefused, match="output"):
         check_chunk_paths(source, root / ".." / "x.parquet", [root])
+
+
+def test_a_model_with_several_outputs_gets_one_column_each(source: Path) -> None:
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from shared.schema import Column, ModelSchema
+    from tests.support.catalog import Answers
+
+    schema = ModelSchema(
+        model_name="quote",
+        source="signature",
+        columns=(Column(name="a", type="float"), Column(name="b", type="float")),
+    )
+    model = Answers(lambda f: pd.DataFrame({"low": f["a"] - 1, "high": f["b"] + 1}))
+    served = Served("quote", 2, model, schema, None, datetime.now(UTC))
+    part = part_path(scored_path(source), "j9", 0)
+    assert score_chunk(served, source, (0, 10), part) == 10
+    table = pq.read_table(part)
+    assert table.column_names == ["row", "prediction_low", "prediction_high", "model_version"]
+    whole = pq.read_table(source).slice(0, 10)
+    assert table.column("prediction_low").to_pylist() == pytest.approx(
+        [a - 1 for a in whole.column("a").to_pylist()]
+    )
+    # Inline rows answer as the online path does: one object per row.
+    assert score_rows(served, [{"a": 1.0, "b": 2.0}], limit=5) == [{"low": 0.0, "high": 3.0}]
