@@ -1,8 +1,10 @@
 """The HTTP gateway: predictions, ingest, promotion, batch jobs, health.
 
 `build_app(settings)` is the factory (gunicorn runs `gateway.app:build_app()` in every worker).
-Each worker coalesces its own predict requests (gateway.coalesce) and reads the predictors'
-heartbeats (gateway.fleet); the endpoints are in gateway.api, one module per resource. Named
+Each worker coalesces its own predict requests (gateway.coalesce), reads the predictors'
+heartbeats (gateway.fleet) and keeps its own predict routes in step with the models served
+(gateway.routes: dataset specs and what the replicas advertise, with no restart); the endpoints
+are in gateway.api, one module per resource. Named
 errors from shared.errors become HTTP statuses here, in STATUS, and nowhere else: every error
 answer has the body {"error", "detail"}, except request validation's 422 (FastAPI's own).
 """
@@ -20,15 +22,16 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-from gateway.api import health, ingest, models, predict, scoring
+from gateway.api import health, ingest, models, scoring
 from gateway.api.deps import Bus, Context, Predictions, Replicas
 from gateway.bus import RedisBus
 from gateway.coalesce import Coalescer
 from gateway.fleet import Fleet
 from gateway.limits import BodyLimit
 from gateway.metrics import GatewayMetrics, RequestMetrics
+from gateway.routes import ServedRoutes
+from gateway.specs import SpecSchemas
 from shared.broker import redis_client
-from shared.datasets import served_specs
 from shared.errors import (
     InvalidRows,
     JobNotFound,
@@ -76,11 +79,12 @@ def build_app(
     coalescer: Predictions | None = None,
     fleet: Replicas | None = None,
     bus: Bus | None = None,
+    reconcile_s: float = 1.0,
 ) -> FastAPI:
-    """The app; the parts not given are made on Redis (tests give fakes, which run no Redis)."""
+    """The app; the parts not given are made on Redis (tests give fakes, which run no Redis).
+    Every `reconcile_s` the predict routes follow the models served."""
     settings = settings or GatewaySettings()
     configure_logging(settings.common.log_level)
-    specs = served_specs(settings.common.datasets_dir)
     client = redis_client(settings.common)  # connects on first use only
     started: list[Coalescer | Fleet] = []  # the parts made here, which the lifespan runs
     if coalescer is None:
@@ -95,7 +99,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(client.aclose)
-            for part in started:
+            for part in [*started, served]:  # the routes last: they read the fleet
                 await part.start()
                 stack.push_async_callback(part.stop)
             yield
@@ -109,11 +113,12 @@ def build_app(
         lifespan=lifespan,
     )
     bus = bus or RedisBus(client)
-    app.state.context = Context(settings, specs, bus, coalescer, fleet, metrics, registry)
+    specs = SpecSchemas(settings.common.datasets_dir)
+    max_rows = settings.max_rows_per_request
+    served = ServedRoutes(app, specs, fleet, max_rows, interval=reconcile_s)
+    app.state.context = Context(settings, served, bus, coalescer, fleet, metrics, registry)
     app.include_router(health.router)
-    for spec in specs.values():
-        app.include_router(predict.predict_router(spec, settings.max_rows_per_request))
-    app.include_router(predict.unknown)  # after the models' own routes
+    served.install()  # the models' predict routes, then the catch-all for the other names
     app.include_router(models.router)
     app.include_router(ingest.router)
     app.include_router(scoring.router)

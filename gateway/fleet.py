@@ -1,9 +1,16 @@
 """What the gateway knows about the predictor replicas: their heartbeats.
 
 Each replica's heartbeat (`streamops:heartbeat:predictor:<consumer>`) carries the version of
-each model it serves. The gateway reads them every second, so a predict request with no
-replica alive is answered 503 at once instead of waiting for its timeout, and `/readyz` says
-whether anything can answer.
+each model it serves and, from replicas that know it, the model's input schema:
+`{"models": {name: version}, "schemas": {name: ModelSchema as JSON}}`. The gateway reads them
+every second, so a predict request with no replica alive is answered 503 at once instead of
+waiting for its timeout, `/readyz` says whether anything can answer, and the routes follow the
+models the replicas advertise (gateway.routes).
+
+A heartbeat is input from another process: anything malformed in it (a schema that does not
+validate, a version that is not a number) is logged once and left out, never raised. An old
+heartbeat without "schemas" still says what is served; its models get a route only from a
+dataset spec.
 """
 
 from __future__ import annotations
@@ -12,12 +19,97 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
+from shared.schema import ModelSchema
 from shared.telemetry import heartbeat_key
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One replica's heartbeat, as far as it is well formed."""
+
+    models: dict[str, int]
+    schemas: dict[str, ModelSchema]
+
+
+@dataclass
+class Warned:
+    """Each distinct complaint once: a replica beats every few seconds, the log must not."""
+
+    said: set[str] = field(default_factory=set)
+
+    def __call__(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            log.warning("%s", message)
+
+
+def parse_beat(replica: str, payload: Any, warn: Warned) -> Beat:
+    """The models and schemas of one decoded heartbeat; what is malformed is left out."""
+    if not isinstance(payload, dict):
+        warn(f"heartbeat of {replica} is not a JSON object; ignored")
+        return Beat({}, {})
+    models = _versions(replica, payload.get("models"), warn)
+    raw = payload.get("schemas")
+    if raw is None:
+        return Beat(models, {})  # an older replica: versions only
+    if not isinstance(raw, dict):
+        warn(f"heartbeat of {replica}: 'schemas' is not an object; ignored")
+        return Beat(models, {})
+    schemas = {}
+    for name, value in raw.items():
+        schema = _schema(replica, name, value, warn)
+        if schema is not None and name in models:
+            schemas[name] = schema
+    return Beat(models, schemas)
+
+
+def _versions(replica: str, raw: Any, warn: Warned) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        if raw is not None:
+            warn(f"heartbeat of {replica}: 'models' is not an object; ignored")
+        return {}
+    out = {}
+    for name, version in raw.items():
+        if version is None:
+            continue
+        try:
+            out[str(name)] = int(version)
+        except (TypeError, ValueError):
+            warn(f"heartbeat of {replica}: version {version!r} of {name!r} is not a number")
+    return out
+
+
+def _schema(replica: str, name: str, value: Any, warn: Warned) -> ModelSchema | None:
+    try:
+        schema = ModelSchema.model_validate(value)
+    except ValidationError as exc:
+        warn(f"heartbeat of {replica}: schema of {name!r} is malformed, ignored: {exc}")
+        return None
+    if schema.model_name != name:
+        warn(f"heartbeat of {replica}: schema under {name!r} is {schema.model_name!r}'s; ignored")
+        return None
+    return schema
+
+
+def newest_schemas(beats: dict[str, Beat]) -> dict[str, ModelSchema]:
+    """Per model, the schema of the replica serving its highest version: during a swap the
+    replicas disagree, and the newest version is the one every replica is moving to (ties
+    go to the first replica by name, so every gateway worker picks the same one)."""
+    best: dict[str, tuple[int, ModelSchema]] = {}
+    for replica in sorted(beats):
+        beat = beats[replica]
+        for name, schema in beat.schemas.items():
+            version = beat.models[name]
+            if name not in best or version > best[name][0]:
+                best[name] = (version, schema)
+    return {name: schema for name, (_, schema) in best.items()}
 
 
 @dataclass
@@ -25,6 +117,8 @@ class Fleet:
     client: aioredis.Redis
     interval: float = 1.0
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)
+    _advertised: dict[str, ModelSchema] = field(default_factory=dict)
+    _warn: Warned = field(default_factory=Warned)
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -46,22 +140,23 @@ class Fleet:
             if models.get(model_name) is not None
         }
 
+    def advertised(self) -> dict[str, ModelSchema]:
+        """Model → the input schema the replicas serve it with (see newest_schemas)."""
+        return self._advertised
+
     async def refresh(self) -> None:
         prefix = heartbeat_key("predictor", "")
         keys = [key async for key in self.client.scan_iter(match=f"{prefix}*", count=200)]
         values = await self.client.mget(keys) if keys else []
-        replicas: dict[str, dict[str, int]] = {}
+        beats: dict[str, Beat] = {}
         for key, value in zip(keys, values, strict=True):
             if value is None:
-                continue
-            try:
-                models = json.loads(value).get("models") or {}
-            except (ValueError, AttributeError):
-                models = {}
-            replicas[key.decode()[len(prefix) :]] = {
-                name: int(version) for name, version in models.items() if version is not None
-            }
-        self.replicas = replicas
+                continue  # expired between the scan and the read
+            replica = key.decode()[len(prefix) :]
+            beats[replica] = parse_beat(replica, _decoded(value), self._warn)
+        # Both at once, with no await between: a reader never sees one without the other.
+        self.replicas = {replica: beat.models for replica, beat in beats.items()}
+        self._advertised = newest_schemas(beats)
 
     async def _poll(self) -> None:
         while True:
@@ -70,3 +165,10 @@ class Fleet:
                 await self.refresh()
             except Exception:
                 log.warning("reading predictor heartbeats failed", exc_info=True)
+
+
+def _decoded(value: bytes | str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None  # parse_beat says it is not an object

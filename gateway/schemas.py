@@ -1,42 +1,70 @@
-"""HTTP bodies. The predict request of each model is generated from its dataset spec
-(`predict_request`), so the OpenAPI document shows the real feature names, types and limits.
-`errors` declares an operation's error answers, so generated clients know them too."""
+"""HTTP bodies. The predict request of each model is generated from its input schema
+(`predict_request`: the dataset spec's feature columns, or the MLflow signature's), so the
+OpenAPI document shows the real column names, types and limits. `errors` declares an
+operation's error answers, so generated clients know them too."""
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 
-from shared.datasets import DatasetSpec, feature_row_model
 from shared.events import FeatureStoreInput, ParquetInput, Source
+from shared.schema import ModelSchema, row_model
 
 
 @cache
-def predict_request(spec: DatasetSpec, max_rows: int) -> type[BaseModel]:
-    row = feature_row_model(spec)
+def predict_request(schema: ModelSchema, max_rows: int) -> type[BaseModel]:
+    row = row_model(schema)
     model: type[BaseModel] = create_model(
         f"{row.__name__}_predict_request",
         __config__=ConfigDict(extra="forbid"),
-        __doc__=f"Rows to predict with model {spec.model_name!r}.",
+        __doc__=f"Rows to predict with model {schema.model_name!r}.",
         rows=(
             list[row],  # type: ignore[valid-type]
             Field(
                 min_length=1,
                 description=f"One or more rows (at most {max_rows}); columns that are not "
-                "features are ignored.",
+                "inputs of the model are ignored.",
             ),
         ),
     )
     return model
 
 
+# What a model answers per row depends on the model: documented exactly, kept as `Any` at run
+# time (validating every prediction of every answer again would cost for nothing).
+_ONE_PREDICTION = {
+    "anyOf": [
+        {"type": ["number", "string", "boolean", "null"], "title": "Value"},
+        {"type": "array", "title": "Values (a model with a 2-D output)"},
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "title": "Column → value (a model answering several named columns)",
+        },
+    ]
+}
+Predictions = Annotated[list[Any], WithJsonSchema({"type": "array", "items": _ONE_PREDICTION})]
+
+
 class PredictResponse(BaseModel):
     model_name: str = Field(description="Registered model name.")
     model_version: int = Field(description="Version that predicted (also in `X-Model-Version`).")
     request_id: str = Field(description="Id of this request (also in `X-Request-Id`).")
-    predictions: list[Any] = Field(description="One prediction per row, in order.")
+    predictions: Predictions = Field(
+        description="One prediction per row, in order: a value, a list of values (a model "
+        "with a 2-D output) or an object of column → value (a model answering several named "
+        "columns)."
+    )
     classes: list[Any] | None = Field(default=None, description="Class labels (classifiers).")
     probabilities: list[list[float]] | None = Field(
         default=None, description="Per row, the probability of each class in `classes` order."

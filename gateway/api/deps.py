@@ -1,5 +1,5 @@
-"""What every handler gets: the context (settings, specs and the ports below), the API key
-check, and the request id.
+"""What every handler gets: the context (settings, the served models and the ports below), the
+API key check, and the request id.
 
 The ports say what the handlers need of the coalescer, the fleet and Redis, and no more, so
 the service tests (tests/service/test_gateway_handlers.py) can hand in small fakes.
@@ -17,11 +17,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.coalesce import Answer
 from gateway.metrics import GatewayMetrics
-from shared.datasets import DatasetSpec
 from shared.errors import Unauthorized
 from shared.events import Event
 from shared.jobs import JobStatus
 from shared.registry import Registry
+from shared.schema import ModelSchema
 from shared.settings import GatewaySettings
 from shared.stream_metrics import StreamsCollector
 
@@ -35,15 +35,34 @@ class Predictions(Protocol):
 
 
 class Replicas(Protocol):
-    """The fleet: which predictor replicas beat, and what each serves."""
+    """The fleet: which predictor replicas beat, what each serves, and with which input."""
 
-    replicas: dict[str, dict[str, int]]
+    @property
+    def replicas(self) -> dict[str, dict[str, int]]: ...
 
     def alive(self) -> bool: ...
 
     def serving(self, model_name: str) -> dict[str, int]: ...
 
+    def advertised(self) -> dict[str, ModelSchema]:
+        """Model → the input schema the replicas serve it with (the highest version's)."""
+        ...
+
     async def refresh(self) -> None: ...
+
+
+class Catalog(Protocol):
+    """The models served here now: those of the dataset specs and those a replica advertises
+    (gateway.routes keeps it, and their predict routes, up to date)."""
+
+    def schema(self, model_name: str) -> ModelSchema | None: ...
+
+    def names(self) -> list[str]: ...
+
+    async def find(self, model_name: str) -> ModelSchema | None:
+        """The schema, after reading the fleet and the specs again when it is not known yet
+        (a model advertised a moment ago)."""
+        ...
 
 
 class Bus(Protocol):
@@ -59,7 +78,7 @@ class Bus(Protocol):
 @dataclass
 class Context:
     settings: GatewaySettings
-    specs: dict[str, DatasetSpec]
+    models: Catalog
     bus: Bus
     coalescer: Predictions
     fleet: Replicas

@@ -1,4 +1,6 @@
-"""POST /v1/models/<name>/predict: one route per served model, its body from the spec."""
+"""POST /v1/models/<name>/predict: one route per served model, its body from the model's input
+schema. The routes come and go with the models (gateway.routes); a name with no route of its
+own reaches the catch-all there, which answers 404 ModelNotFound (`not_served`)."""
 
 from __future__ import annotations
 
@@ -8,27 +10,33 @@ from fastapi import APIRouter, Header, Response
 
 from gateway.api.deps import Ctx, request_id
 from gateway.schemas import PredictResponse, errors, predict_request
-from shared.datasets import DatasetSpec
 from shared.errors import ModelNotFound, NoPredictor, PayloadTooLarge
+from shared.schema import ModelSchema
 
+PATH = "/v1/models/{model_name}/predict"
+SHOWN = 20  # served names listed in a 404's detail, at most
 ANSWERS = errors(
     {
         413: "Too many rows, or a body over the size limit",
-        422: "Rows that do not match the spec, or that the model refuses (InvalidRows)",
+        422: "Rows that do not match the model's input, or that the model refuses (InvalidRows)",
         502: "The predictor failed on these rows (PredictionFailed)",
         503: "No predictor alive, or no version of the model in service",
         504: "No predictor answered in time",
     },
     json_body=True,
 )
+_FROM = {
+    "spec": "its dataset spec's feature columns",
+    "signature": "its MLflow signature's input columns",
+}
 
 
-def predict_router(spec: DatasetSpec, max_rows: int) -> APIRouter:
-    """POST /v1/models/<name>/predict for one model, its body generated from the spec."""
+def predict_router(schema: ModelSchema, max_rows: int) -> APIRouter:
+    """POST /v1/models/<name>/predict for one model, its body generated from its schema."""
     router = APIRouter(tags=["predict"])
-    body_type = predict_request(spec, max_rows)
-    features = [(f"c{i}", col.name) for i, col in enumerate(spec.feature_columns)]
-    name = spec.model_name
+    body_type = predict_request(schema, max_rows)
+    features = [(f"c{i}", col.name) for i, col in enumerate(schema.columns)]
+    name = schema.model_name
 
     async def predict(
         body: Any,
@@ -62,22 +70,20 @@ def predict_router(spec: DatasetSpec, max_rows: int) -> APIRouter:
     # The body's type exists only at run time: FastAPI reads it from the annotations.
     predict.__annotations__["body"] = body_type
     router.add_api_route(
-        f"/v1/models/{name}/predict",
+        PATH.replace("{model_name}", name),
         predict,
         methods=["POST"],
         response_model=PredictResponse,
         summary=f"Predict with {name} (the version in production)",
+        description=f"The rows' columns are {_FROM[schema.source]}.",
         responses=ANSWERS,
     )
     return router
 
 
-# Included after the models' own routes, so it only catches the names nobody serves.
-unknown = APIRouter()
-
-
-@unknown.post("/v1/models/{model_name}/predict", tags=["predict"], include_in_schema=False)
-async def predict_unknown(model_name: str, ctx: Ctx) -> None:
-    raise ModelNotFound(
-        f"no model {model_name!r} is served here (served: {sorted(ctx.specs) or 'none'})"
-    )
+def not_served(model_name: str, served: list[str]) -> ModelNotFound:
+    """The 404 of a model with no route: no spec trains it and no replica serves it."""
+    shown = sorted(served)[:SHOWN]
+    more = f" and {len(served) - SHOWN} more" if len(served) > SHOWN else ""
+    listed = f"{shown}{more}" if shown else "none"
+    return ModelNotFound(f"no model {model_name!r} is served here (served: {listed})")

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from gateway.api.deps import Ctx, Mutating
 from gateway.schemas import ScoreAccepted, ScoreRequest, errors
-from shared.datasets import DatasetSpec, feature_row_model
 from shared.errors import JobNotFound, ModelNotFound, PayloadTooLarge
 from shared.events import ScoreRequested
 from shared.jobs import JobStatus
+from shared.schema import ModelSchema, row_model
 from shared.settings import GatewaySettings
 
 router = APIRouter(tags=["batch"])
@@ -38,10 +38,12 @@ _REDIS = "Redis cannot be reached"
 )
 async def score(body: ScoreRequest, ctx: Ctx) -> ScoreAccepted:
     """Submit a batch job; `GET /v1/score/{job_id}` says where it stands."""
-    spec = ctx.specs.get(body.model_name)
-    if spec is None:
+    # The models the predict routes serve, with the same columns (a model advertised a
+    # moment ago included).
+    schema = await ctx.models.find(body.model_name)
+    if schema is None:
         raise ModelNotFound(f"no model {body.model_name!r} is served here")
-    rows = None if body.rows is None else _checked_rows(spec, body.rows, ctx.settings)
+    rows = None if body.rows is None else _checked_rows(schema, body.rows, ctx.settings)
     job_id = body.job_id or uuid.uuid4().hex
     event = ScoreRequested(job_id=job_id, model_name=body.model_name, rows=rows, input=body.input)
     await ctx.bus.publish(event)
@@ -51,12 +53,12 @@ async def score(body: ScoreRequest, ctx: Ctx) -> ScoreAccepted:
 
 
 def _checked_rows(
-    spec: DatasetSpec, rows: list[dict[str, Any]], settings: GatewaySettings
+    schema: ModelSchema, rows: list[dict[str, Any]], settings: GatewaySettings
 ) -> tuple[Any, ...]:
     limit = settings.max_rows_per_request
     if len(rows) > limit:
         raise PayloadTooLarge(f"{len(rows)} inline rows; the limit is {limit}")
-    row_type = feature_row_model(spec)
+    row_type = row_model(schema)
     for i, row in enumerate(rows):  # the same checks as a predict request
         try:
             row_type.model_validate(row)

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.coalesce import Answer
+from gateway.fleet import Beat, Warned, newest_schemas, parse_beat
 from shared.events import BatchPredicted, Event
 from shared.jobs import JobStatus
+from shared.schema import ModelSchema
 
 
 @dataclass
@@ -38,7 +40,15 @@ class FakeCoalescer:
 
 @dataclass
 class FakeFleet:
+    """The replicas' heartbeats with no Redis: `replicas` (replica → model → version) and
+    `schemas` (replica → model → schema, as JSON, the way a replica advertises it), which a
+    test changes as it likes. The schemas go through the fleet's own parsing, so a malformed
+    one is left out exactly as the real fleet leaves it out."""
+
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warned: Warned = field(default_factory=Warned)
+    refreshes: int = 0
 
     def alive(self) -> bool:
         return bool(self.replicas)
@@ -46,8 +56,28 @@ class FakeFleet:
     def serving(self, model_name: str) -> dict[str, int]:
         return {r: m[model_name] for r, m in self.replicas.items() if model_name in m}
 
+    def advertised(self) -> dict[str, ModelSchema]:
+        beats: dict[str, Beat] = {
+            replica: parse_beat(
+                replica, {"models": models, "schemas": self.schemas.get(replica)}, self.warned
+            )
+            for replica, models in self.replicas.items()
+        }
+        return newest_schemas(beats)
+
+    def advertise(self, replica: str, schema: ModelSchema | dict[str, Any], version: int) -> None:
+        """`replica` serves `version` of the schema's model, and says so with its schema."""
+        raw = schema.model_dump(mode="json") if isinstance(schema, ModelSchema) else schema
+        name = raw["model_name"]
+        self.replicas.setdefault(replica, {})[name] = version
+        self.schemas.setdefault(replica, {})[name] = raw
+
+    def withdraw(self, replica: str, model_name: str) -> None:
+        self.replicas.get(replica, {}).pop(model_name, None)
+        self.schemas.get(replica, {}).pop(model_name, None)
+
     async def refresh(self) -> None:
-        return None
+        self.refreshes += 1
 
 
 @dataclass
