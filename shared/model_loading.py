@@ -8,9 +8,10 @@ artifacts downloaded and the model loaded.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -18,17 +19,13 @@ from shared.errors import ModelRefused
 from shared.settings import DEFAULT_FLAVORS
 
 PICKLE_SETTING = "STREAMOPS_PREDICTOR_ALLOW_PICKLE"
+GENERIC = "python_function"
+NATIVE_FLAVORS = frozenset(DEFAULT_FLAVORS) - {GENERIC}
 # Formats each native loader reads without unpickling: skops (an allow-list of types), and the
 # boosters' own files (lightgbm's model.lgb text, xgboost's ubj/json and legacy binary).
 SKOPS = "skops"
 XGBOOST_NATIVE = frozenset({"ubj", "json", "xgb", "deprecated"})
 LIGHTGBM_BOOSTER = "lightgbm.basic.Booster"
-# What python_function hands to each native flavor's own loader (same files, same formats).
-PYFUNC_LOADERS = {
-    "mlflow.sklearn": "sklearn",
-    "mlflow.lightgbm": "lightgbm",
-    "mlflow.xgboost": "xgboost",
-}
 
 
 @dataclass(frozen=True)
@@ -65,11 +62,11 @@ class LoadedModel:
 def decide(flavors: dict[str, dict[str, Any]], policy: LoadPolicy) -> Decision:
     """The flavor to load a model with `flavors` (its MLmodel's) through, and whether that
     unpickles code; ModelRefused when the policy forbids it."""
-    chosen = next((f for f in policy.flavors if f in flavors), None)
+    chosen = next((f for f in policy.flavors if f in candidates(flavors)), None)
     if chosen is None:
-        have = ", ".join(sorted(flavors)) or "none"
+        named = sorted(f for f in flavors if f != GENERIC) or sorted(flavors) or ["none"]
         raise ModelRefused(
-            f"flavor {have} is not allowed; allowed: {', '.join(policy.flavors)} "
+            f"flavor {', '.join(named)} is not allowed; allowed: {', '.join(policy.flavors)} "
             "(STREAMOPS_PREDICTOR_FLAVORS)"
         )
     pickled, why = unpickles(chosen, flavors)
@@ -79,6 +76,16 @@ def decide(flavors: dict[str, dict[str, Any]], policy: LoadPolicy) -> Decision:
             f"here: set {PICKLE_SETTING}=true to trust them"
         )
     return Decision(chosen, pickled)
+
+
+def candidates(flavors: dict[str, dict[str, Any]]) -> list[str]:
+    """The flavors a model may be loaded through. Every MLflow model has python_function
+    besides its own flavor: for a model of a native flavor streamops knows, only that flavor
+    counts, so leaving xgboost out of the allow-list is not undone by its pyfunc wrapper.
+    Custom pyfunc models, and models of flavors streamops has no native loader for, go through
+    python_function."""
+    native = [f for f in flavors if f in NATIVE_FLAVORS]
+    return native or list(flavors)
 
 
 def unpickles(flavor: str, flavors: dict[str, dict[str, Any]]) -> tuple[bool, str]:
@@ -97,18 +104,17 @@ def unpickles(flavor: str, flavors: dict[str, dict[str, Any]]) -> tuple[bool, st
     if flavor == "xgboost":
         fmt = str(conf.get("model_format", "xgb"))
         return fmt not in XGBOOST_NATIVE, f"model_format {fmt}"
-    if flavor == "python_function":
-        return _pyfunc_unpickles(conf, flavors)
+    if flavor == GENERIC:
+        return _pyfunc_unpickles(conf)
     return True, f"flavor {flavor} is not known to load safely"
 
 
-def _pyfunc_unpickles(conf: dict[str, Any], flavors: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+def _pyfunc_unpickles(conf: dict[str, Any]) -> tuple[bool, str]:
+    """python_function is chosen only for models with no native flavor streamops knows (see
+    `candidates`): a custom python_model, a model from code, another library's loader. None
+    of them is known to load without running the model's code."""
     if "python_model" in conf or "cloudpickle_version" in conf:
         return True, "a python_model pickled with cloudpickle"
-    native = PYFUNC_LOADERS.get(str(conf.get("loader_module", "")))
-    if native is not None and native in flavors:
-        return unpickles(native, flavors)
-    # Models from code, other loader modules: they run code of the model's.
     return True, f"loader_module {conf.get('loader_module')!r} is not known to load safely"
 
 
@@ -133,20 +139,36 @@ def load_version(
 
     uri = client.get_model_version_download_uri(name, str(version))
     check_source(uri, tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="streamops-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="streamops-mlmodel-") as tmp:
         # The MLmodel first, alone: the decision is made before the model is even fetched.
         mlmodel = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=tracking_uri
         )
-        decision = decide(Model.load(mlmodel).flavors, policy)
+        flavors = Model.load(mlmodel).flavors
+    decision = decide(flavors, policy)
+    with _model_dir(decision.flavor, flavors) as where:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(Path(tmp) / "model"), tracking_uri=tracking_uri
+            artifact_uri=uri, dst_path=where, tracking_uri=tracking_uri
         )
         meta = Model.load(local)
         decision = decide(meta.flavors, policy)  # the files fetched are the ones judged
         model = _load(decision.flavor, local)
         example = _example(meta, local)
     return LoadedModel(decision.flavor, meta.signature, model, decision.pickled, example)
+
+
+@contextlib.contextmanager
+def _model_dir(flavor: str, flavors: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """Where the model's files go. A model that ships code (code_paths, put on sys.path) or
+    goes through python_function (its context's artifacts are paths into this directory) may
+    read those files after loading, a lazy import or a lookup in predict: its directory is kept
+    for the life of the process. The others are read whole by their loader: removed after."""
+    keeps = flavor == GENERIC or bool((flavors.get(flavor) or {}).get("code"))
+    if keeps:
+        yield tempfile.mkdtemp(prefix="streamops-model-")
+        return
+    with tempfile.TemporaryDirectory(prefix="streamops-model-") as tmp:
+        yield tmp
 
 
 def _load(flavor: str, local: str) -> Any:

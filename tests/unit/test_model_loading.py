@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ModelRefused
-from shared.model_loading import LoadPolicy, check_source, decide
+from shared.model_loading import Decision, LoadPolicy, check_source, decide
 
 STRICT = LoadPolicy()  # the default flavors, no pickles
 Flavors = dict[str, dict[str, Any]]
@@ -67,20 +67,28 @@ def test_native_safe_formats_load_natively_without_pickles(flavors: Flavors, cho
 
 
 def test_the_first_allowed_flavor_the_model_has_is_chosen() -> None:
-    only_pyfunc = LoadPolicy(flavors=("python_function",))
-    assert decide(SKLEARN_SKOPS, only_pyfunc).flavor == "python_function"
-    # Through python_function, the same skops file is read: still no pickle.
-    assert decide(SKLEARN_SKOPS, only_pyfunc).pickled is False
-    reordered = LoadPolicy(flavors=("python_function", "lightgbm"))
-    assert decide(LGBM_BOOSTER, reordered).flavor == "python_function"
+    both = {**XGB, "sklearn": {"serialization_format": "skops"}}
+    assert decide(both, LoadPolicy(flavors=("xgboost", "sklearn"))).flavor == "xgboost"
+    assert decide(both, LoadPolicy(flavors=("sklearn", "xgboost"))).flavor == "sklearn"
+    assert decide(PYFUNC_PICKLED, LoadPolicy(allow_pickle=True)).flavor == "python_function"
 
 
 def test_a_model_with_none_of_the_allowed_flavors_is_refused() -> None:
     with pytest.raises(ModelRefused) as refused:
         decide(XGB, LoadPolicy(flavors=("sklearn", "lightgbm")))
-    assert "flavor python_function, xgboost is not allowed; allowed: sklearn, lightgbm" in str(
-        refused.value
-    )
+    assert "flavor xgboost is not allowed; allowed: sklearn, lightgbm" in str(refused.value)
+    assert "STREAMOPS_PREDICTOR_FLAVORS" in str(refused.value)
+
+
+def test_a_native_flavor_left_out_is_not_let_in_by_its_pyfunc_wrapper() -> None:
+    with pytest.raises(ModelRefused, match="flavor xgboost is not allowed"):
+        decide(XGB, LoadPolicy(flavors=("sklearn", "lightgbm", "python_function")))
+    # A flavor streamops has no native loader for goes through python_function (and its
+    # loader, unknown, counts as a pickle).
+    torch = {"pytorch": {}, "python_function": {"loader_module": "mlflow.pytorch"}}
+    assert decide(torch, LoadPolicy(allow_pickle=True)) == Decision("python_function", True)
+    with pytest.raises(ModelRefused, match="ALLOW_PICKLE"):
+        decide(torch, STRICT)
 
 
 @pytest.mark.parametrize(
@@ -104,9 +112,11 @@ def test_loaders_that_unpickle_are_refused_unless_pickles_are_allowed(
     assert allowed.pickled is True
 
 
-def test_a_pyfunc_over_a_pickled_native_model_is_a_pickle_too() -> None:
-    with pytest.raises(ModelRefused, match="cloudpickle"):
-        decide(SKLEARN_CLOUDPICKLE, LoadPolicy(flavors=("python_function",)))
+def test_a_pyfunc_naming_a_native_loader_without_its_flavor_is_not_known_safe() -> None:
+    # Without the sklearn flavor's configuration, nothing says the file is skops.
+    orphan = {"python_function": {"loader_module": "mlflow.sklearn"}}
+    with pytest.raises(ModelRefused, match="not known to load safely"):
+        decide(orphan, STRICT)
 
 
 def test_artifacts_on_a_local_path_are_not_the_registrys() -> None:
