@@ -87,7 +87,8 @@ def load(
         # The very path requests take, answer shape included.
         predict_with(served, input_frame(schema, warm_rows(schema, loaded.example)))
     except Exception as exc:
-        raise ModelLoadFailed(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
+        # The same rows would fail the same way at every converge: refused for good.
+        raise ModelRefused(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
     return served
 
 

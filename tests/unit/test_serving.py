@@ -106,8 +106,9 @@ def test_a_registry_that_cannot_be_read_drops_nothing(catalog: Catalog) -> None:
         (Entry(Answers(len), None), LoadPolicy(), "no signature"),
         (Entry(Answers(len), signature(), CLOUDPICKLE_PYFUNC), LoadPolicy(), "ALLOW_PICKLE"),
         (_regressor(), LoadPolicy(flavors=("xgboost",)), "not allowed"),
+        (Entry(Answers(lambda f: 1 / 0), signature()), LoadPolicy(), "warm-up"),
     ],
-    ids=["no signature", "pickle", "flavor"],
+    ids=["no signature", "pickle", "flavor", "warm-up"],
 )
 def test_a_refused_version_is_remembered_until_promoted_again(
     entry: Entry, policy: LoadPolicy, why: str
