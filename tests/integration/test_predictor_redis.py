@@ -1,13 +1,17 @@
 """A predictor replica on real Redis and MLflow: loads production at start, swaps on
-model-promoted, refuses a corrupt version and keeps serving the old one."""
+model-promoted, refuses a corrupt version and keeps serving the old one; serves a model
+registered while it runs and drops it with its alias."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import redis.asyncio as aioredis
 from mlflow import MlflowClient
@@ -22,7 +26,9 @@ from shared.events import DataArrived, DataIngested, ModelPromoted
 from shared.feature_store import FeatureStore
 from shared.promotion import promote
 from shared.registry import MlflowRegistry
-from shared.settings import BUNDLED_DATASETS, IngestorSettings, PredictorSettings
+from shared.schema import ModelSchema
+from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings, PredictorSettings
+from shared.telemetry import heartbeat_key
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import running
 from tests.support.waiting import eventually
@@ -98,3 +104,55 @@ async def test_a_replica_serves_production_and_swaps_on_promotion(
     assert answer.model_version == 1
     assert len(answer.predictions) == 4
     print(f"promotion to v2 served {swap_seconds * 1000:.0f} ms after the event")
+
+
+async def test_a_model_registered_while_running_is_served_and_dropped_with_its_alias(
+    common: CommonSettings, mlflow_url: str
+) -> None:
+    """Registered outside streamops (no dataset spec: its signature is its schema), found at
+    a converge, announced in the heartbeat with its schema; gone with its alias."""
+    import mlflow
+
+    from tests.support.outside import ROW, log_lightgbm
+
+    name = f"byom-{uuid.uuid4().hex[:8]}"
+    settings = PredictorSettings(
+        common=common.model_copy(update={"mlflow_tracking_uri": mlflow_url}),
+        converge_s=0.3,
+        models=[name],  # the MLflow server is shared by the session
+    )
+    cache = ModelCache()
+    client = aioredis.Redis.from_url(common.redis_url)
+    beat_key = heartbeat_key("predictor", common.consumer_name)
+
+    async def heartbeat() -> dict[str, Any]:
+        raw = await client.get(beat_key)
+        return {} if raw is None else dict(json.loads(raw))
+
+    async with running(build_app(settings, cache=cache)):
+        assert cache.names() == ()
+        mlflow.set_tracking_uri(mlflow_url)
+        mlflow.set_experiment(f"outside-{name}")
+        with mlflow.start_run():
+            version = int(log_lightgbm(name, 3).registered_model_version)
+        registry = MlflowRegistry(mlflow_url)
+        registry.set_alias(name, "production", version)
+
+        async def announced() -> dict[str, Any] | None:
+            found = await heartbeat()
+            return found if found.get("models") == {name: version} else None
+
+        beat = await eventually(announced, timeout=20, what=f"{name} in the heartbeat")
+        assert beat is not None
+        schema = ModelSchema.model_validate(beat["schemas"][name])
+        assert (schema.source, schema.names) == ("signature", ("amount", "age", "visits"))
+        answer = Predictor(registry, {}, cache).predict(name, pd.DataFrame([ROW]))
+        assert answer.classes == (0, 1)
+
+        MlflowClient(tracking_uri=mlflow_url).delete_registered_model_alias(name, "production")
+
+        async def dropped() -> bool:
+            return (await heartbeat()).get("models") == {} and cache.version(name) is None
+
+        await eventually(dropped, timeout=20, what=f"{name} dropped")
+    await client.aclose()
