@@ -24,7 +24,7 @@ from predictor.service import Predictor
 from shared.errors import ModelRefused
 from shared.model_loading import LoadPolicy
 from shared.registry import MlflowRegistry
-from tests.support.outside import ROW, frame, log_lightgbm, log_pyfunc, log_unsigned
+from tests.support.outside import ROW, frame, log_lightgbm, log_pyfunc, log_unsigned, log_xgboost
 
 pytestmark = pytest.mark.integration
 TRUSTING = LoadPolicy(allow_pickle=True)
@@ -70,6 +70,17 @@ def test_a_lightgbm_classifier_with_a_signature_serves_probabilities(mlflow_url:
     assert type(answer.predictions[0]) is int  # JSON-safe, not a numpy scalar
     # The trainer's view of the same version: something with predict_proba and classes_.
     assert list(registry.load(name, version).classes_) == [0, 1]
+
+
+def test_an_xgboost_classifier_loads_from_its_ubj_file_without_pickles(mlflow_url: str) -> None:
+    name, version = _register(mlflow_url, log_xgboost)
+    predictor = _predictor(MlflowRegistry(mlflow_url), LoadPolicy(allow_pickle=False), name)
+    (served,) = predictor.converge()
+    assert (served.flavor, served.version) == ("xgboost", version)
+    answer = predictor.predict(name, pd.DataFrame([ROW]))
+    assert answer.classes == (0, 1)
+    assert answer.probabilities is not None
+    assert sum(answer.probabilities[0]) == pytest.approx(1.0)
 
 
 def test_a_custom_pyfunc_regressor_serves_its_values(mlflow_url: str) -> None:
