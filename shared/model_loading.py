@@ -97,11 +97,16 @@ def unpickles(flavor: str, flavors: dict[str, dict[str, Any]]) -> tuple[bool, st
         return fmt != SKOPS, f"serialization_format {fmt}"
     if flavor == "lightgbm":
         model_class = str(conf.get("model_class", LIGHTGBM_BOOSTER))
+        if not model_class.startswith("lightgbm."):  # imported by name when loading
+            return True, f"model_class {model_class} is not lightgbm's"
         if model_class == LIGHTGBM_BOOSTER:
             return False, "a Booster in lightgbm's text format"
         fmt = str(conf.get("serialization_format", "cloudpickle"))
         return fmt != SKOPS, f"serialization_format {fmt}"
     if flavor == "xgboost":
+        model_class = str(conf.get("model_class", "xgboost.core.Booster"))
+        if not model_class.startswith("xgboost."):  # imported and built by name
+            return True, f"model_class {model_class} is not xgboost's"
         fmt = str(conf.get("model_format", "xgb"))
         return fmt not in XGBOOST_NATIVE, f"model_format {fmt}"
     if flavor == GENERIC:

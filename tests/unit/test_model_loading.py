@@ -100,6 +100,8 @@ def test_a_native_flavor_left_out_is_not_let_in_by_its_pyfunc_wrapper() -> None:
         (PYFUNC_FROM_CODE, "not known to load safely"),
         ({"sklearn": {}}, "serialization_format pickle"),  # MLflow's default when unsaid
         ({"xgboost": {"model_format": "pkl"}}, "model_format pkl"),
+        ({"xgboost": {"model_class": "evil.Model", "model_format": "ubj"}}, "not xgboost's"),
+        ({"lightgbm": {"model_class": "os.Booster"}}, "not lightgbm's"),
     ],
 )
 def test_loaders_that_unpickle_are_refused_unless_pickles_are_allowed(
