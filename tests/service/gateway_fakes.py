@@ -16,23 +16,28 @@ from shared.schema import ModelSchema
 
 @dataclass
 class FakeCoalescer:
-    """Answers every row with class 1 (probability 0.8), or raises `failure`."""
+    """Answers every row with class 1 (probability 0.8), or, given `predictions`, with those
+    in turn as a model that is no classifier would; or raises `failure`."""
 
     failure: Exception | None = None
     version: int = 3
+    predictions: list[Any] | None = None
     asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
 
     async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
         self.asked.append((model_name, columns, rows))
         if self.failure is not None:
             raise self.failure
+        given = self.predictions
         batch = BatchPredicted(
             request_id=uuid.uuid4(),
             model_name=model_name,
             model_version=self.version,
-            predictions=[1] * rows,
-            probabilities=[[0.2, 0.8]] * rows,
-            classes=[0, 1],
+            predictions=[1] * rows
+            if given is None
+            else [given[i % len(given)] for i in range(rows)],
+            probabilities=[[0.2, 0.8]] * rows if given is None else None,
+            classes=[0, 1] if given is None else None,
             replica="fake-replica",
         )
         return Answer(batch, 0, rows)
