@@ -266,10 +266,14 @@ async def test_each_operation_declares_exactly_its_error_answers(gateway: Start)
         for path, operations in document["paths"].items()
         for method, operation in operations.items()
     }
+    # One predict operation per model a spec in the datasets dir trains: all alike.
+    predicts = {op for op in declared if op.startswith("POST /v1/models/") and "{" not in op}
+    assert "POST /v1/models/churn/predict" in predicts
+    for op in predicts:
+        assert declared.pop(op) == {"200", "400", "413", "422", "502", "503", "504"}, op
     assert declared == {
         "GET /healthz": {"200"},
         "GET /readyz": {"200", "503"},
-        "POST /v1/models/churn/predict": {"200", "400", "413", "422", "502", "503", "504"},
         "GET /v1/models/{model_name}": {"200", "404", "422"},
         "POST /v1/models/{model_name}/promote": {"200", "400", "401", "404", "413", "422", "503"},
         "POST /v1/models/{model_name}/rollback": {"200", "401", "404", "409", "422", "503"},
