@@ -31,7 +31,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,lightgbm,xgboost]'
 	touch $@
 
 # The whole suite: unit, service (in-memory broker), integration (real Redis, started by the

@@ -102,13 +102,29 @@ class GateSpec(BaseModel):
         return hash(json.dumps(self.model_dump(), sort_keys=True))
 
 
+# `package.module:function`: a function of a module importable by the trainer (docs/training.md).
+ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class TrainingSpec(BaseModel):
-    """How the trainer builds, judges and promotes a model of the dataset."""
+    """How the trainer builds, judges and promotes a model of the dataset: a built-in
+    estimator, or the user's own training function (`entry_point`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: Task
-    estimator: EstimatorSpec
+    estimator: EstimatorSpec | None = Field(
+        default=None, description="A built-in estimator (trainer/estimators.py)."
+    )
+    entry_point: str | None = Field(
+        default=None,
+        pattern=ENTRY_POINT,
+        description="`package.module:function` that returns a fitted model, instead of an "
+        "estimator; imported from the trainer's environment or its plugins directory.",
+    )
+    entry_params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the entry point."
+    )
     model_name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
@@ -126,6 +142,19 @@ class TrainingSpec(BaseModel):
     promotion: Literal["auto", "manual"] = "auto"
 
     @model_validator(mode="after")
+    def _estimator_or_entry_point(self) -> Self:
+        if (self.estimator is None) == (self.entry_point is None):
+            raise ValueError(
+                "training needs exactly one of `estimator` (a built-in estimator by name) and "
+                '`entry_point` ("package.module:function", your own training code)'
+            )
+        if self.entry_params and self.entry_point is None:
+            raise ValueError(
+                "training.entry_params are for an entry_point; an estimator has params"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metrics_fit_task(self) -> Self:
         known = METRICS[self.task]
         for name in (self.metric, *self.gate.minimum, *self.gate.maximum):
@@ -134,8 +163,18 @@ class TrainingSpec(BaseModel):
         return self
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of how models are trained. The keys a spec leaves unset are left out, so the
+        fingerprints (and training keys) of estimator specs stay what they were before entry
+        points existed, and an entry point or its parameters changing changes it."""
+        dumped = self.model_dump(mode="json")
+        for key in ("estimator", "entry_point", "entry_params"):
+            if not dumped[key]:
+                del dumped[key]
+        canonical = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def __hash__(self) -> int:  # entry_params is a dict: hash the canonical JSON
+        return hash(self.fingerprint())
 
 
 class DatasetSpec(BaseModel):

@@ -11,6 +11,15 @@ class ConfigError(StreamopsError):
     """Settings or a dataset spec are wrong; the service refuses to start or to use them."""
 
 
+class EntryPointFailed(ConfigError):
+    """A training entry point could not be imported, raised, or returned no usable model: that
+    training fails with the reason (like a bad spec), the trainer keeps running."""
+
+
+class MissingExtra(ConfigError):
+    """A spec names a built-in estimator whose optional package is not installed."""
+
+
 class PermanentError(StreamopsError):
     """Retrying the same message cannot succeed: it goes to the dead-letter stream at once."""
 

@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where a regular (non-editable) install puts the bundled sample: pyproject.toml's
 # [tool.setuptools.data-files], relative to the install scheme's data directory.
 INSTALLED_DATASETS = Path("share") / "streamops" / "datasets"
+# The trainer's default plugins directory, under the datasets directory.
+PLUGINS = "plugins"
 
 
 def bundled_datasets() -> Path:
@@ -163,6 +165,15 @@ class TrainerSettings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"STREAMOPS_TRAINER_PLUGINS_DIR {value} is not a directory")
         return value
+
+    @property
+    def plugins(self) -> Path | None:
+        """The plugins directory in effect: `plugins_dir`, else `<datasets dir>/plugins` when
+        that exists (the bundled example's code lives there), else none."""
+        if self.plugins_dir is not None:
+            return self.plugins_dir
+        default = self.common.datasets_dir / PLUGINS
+        return default if default.is_dir() else None
 
 
 class PredictorSettings(BaseSettings):

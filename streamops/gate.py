@@ -4,8 +4,10 @@ Every dataset under the datasets directory whose spec has a `training:` section 
 its bundled sample, `<datasets dir>/<name>/<name>.csv`, in this process: the sample goes
 through the ingestor's validation into a throwaway feature store (so the model sees exactly the
 rows the ingestor would keep), `trainer.training.fit` trains and evaluates on the spec's
-hold-out rows, and `trainer.gate.judge` applies the spec's thresholds. No MLflow, no broker, so
-there is no production model to compare with: only the absolute thresholds decide.
+hold-out rows (a spec's entry point is imported from `<datasets dir>/plugins`, or
+`--plugins-dir`, as the trainer would), and `trainer.gate.judge` applies the spec's
+thresholds. No MLflow, no broker, so there is no production model to compare with: only the
+absolute thresholds decide.
 
 One line per dataset with its hold-out metrics and the verdict; the exit status is 1 when any
 dataset fails (a dataset with a training section and no sample fails too: a gate that checks
@@ -26,7 +28,7 @@ from pathlib import Path
 from shared.datasets import DatasetSpec, load_spec
 from shared.errors import ConfigError
 from shared.events import CsvSource, DataArrived, DataRejected
-from shared.settings import BUNDLED_DATASETS
+from shared.settings import BUNDLED_DATASETS, PLUGINS
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,16 @@ def trainable(datasets_dir: Path) -> list[DatasetSpec]:
     return specs
 
 
-def check(spec: DatasetSpec, datasets_dir: Path) -> Result:
+def plugins_for(datasets_dir: Path, given: Path | None = None) -> Path | None:
+    """Where entry points come from: `given`, else `<datasets dir>/plugins` when it exists (the
+    trainer's own default)."""
+    if given is not None:
+        return given
+    default = datasets_dir / PLUGINS
+    return default if default.is_dir() else None
+
+
+def check(spec: DatasetSpec, datasets_dir: Path, plugins_dir: Path | None = None) -> Result:
     """Ingest the sample into a temporary feature store, train, judge the hold-out metrics."""
     from threadpoolctl import threadpool_limits
 
@@ -96,7 +107,7 @@ def check(spec: DatasetSpec, datasets_dir: Path) -> Result:
     try:
         # One thread (see main): here for callers that loaded scikit-learn's OpenMP already.
         with threadpool_limits(limits=1):
-            trained = fit(spec, frame)
+            trained = fit(spec, frame, plugins_for(datasets_dir, plugins_dir))
     except ConfigError as exc:
         return Result(spec.name, False, {}, (str(exc),), outcome.rows, outcome.quarantined_rows)
     verdict = judge(training_spec(spec), trained.metrics)
@@ -122,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=BUNDLED_DATASETS,
         help="directory of <name>/spec.yaml and <name>/<name>.csv (default: the bundled ones)",
     )
+    parser.add_argument(
+        "--plugins-dir",
+        type=Path,
+        default=None,
+        help="where entry points are imported from (default: <datasets dir>/plugins)",
+    )
     args = parser.parse_args(argv)
     # One OpenMP thread, set before scikit-learn (imported by `check`) loads its OpenMP runtime:
     # on a busy 2-core CI machine, two OpenMP threads waiting on each other made the churn fit
@@ -139,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     failed = 0
     for spec in specs:
-        result = check(spec, datasets_dir)
+        plugins = args.plugins_dir.expanduser().resolve() if args.plugins_dir else None
+        result = check(spec, datasets_dir, plugins)
         print(result.line(), flush=True)
         failed += not result.passed
     # Not "N passed, N failed": CI reads a line of that shape as a test runner's summary.

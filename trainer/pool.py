@@ -61,12 +61,5 @@ class WorkerPool:
     def _workers(self) -> ProcessPoolExecutor:
         # Made on start, not when the app is built: building an app starts no processes.
         if self._executor is None:
-            common = self._settings.common
-            self._executor = worker.pool(
-                self._settings.workers,
-                common.mlflow_tracking_uri,
-                common.feature_store_root,
-                common.datasets_dir,
-                common.log_level,
-            )
+            self._executor = worker.pool(self._settings)
         return self._executor

@@ -63,9 +63,12 @@ def train_for(
     store: FeatureStore,
     registry: Registry,
     plan: Plan | None = None,
+    *,
+    plugins_dir: Path | None = None,
 ) -> Outcome | None:
     """Train, register and judge the planned model (`plan`, or planned now), unless a model for
-    exactly that state and spec is already registered (then report that one)."""
+    exactly that state and spec is already registered (then report that one). An entry point
+    is imported from the environment or `plugins_dir`."""
     plan = plan or plan_for(event, datasets_dir, store)
     if plan is None:
         log.info("dataset %s has no training section: nothing to train", event.dataset)
@@ -79,7 +82,7 @@ def train_for(
         return _finish(spec, event, existing, _verdict_of(existing), registry)
     info = store.get(event.dataset, version)
     frame = training_frame(store, spec, version)
-    trained = fit(spec, frame)
+    trained = fit(spec, frame, plugins_dir)
     verdict = _judge(spec, trained, registry)
     tags = {
         f"{TAG}dataset": spec.name,
@@ -90,11 +93,13 @@ def train_for(
         f"{TAG}gate_passed": str(verdict.passed).lower(),
         f"{TAG}gate_reasons": json.dumps(list(verdict.reasons)),
     }
+    if training.entry_point is not None:
+        tags[f"{TAG}entry_point"] = training.entry_point
     record = TrainingRecord(
         experiment=spec.name,
         model_name=spec.model_name,
         model=trained.pipeline,
-        params=_params(spec, version, len(frame)),
+        params=_params(spec, version, len(frame), trained),
         metrics={**trained.metrics, "training_seconds": trained.seconds},
         tags=tags,
         input_frame=frame,
@@ -103,8 +108,11 @@ def train_for(
         input_digest=info.content_hash,
         target=spec.target,
         example=trained.split.x_test.head(5),
-        trusted_types=estimators.resolve(training.estimator, training.task).trusted_types,
+        trusted_types=_trusted_types(spec, trained),
         drift_reference=reference_from(spec, trained.split.x_train).model_dump(mode="json"),
+        flavor=trained.flavor,
+        code_paths=_code_paths(trained),
+        requirements=_requirements(trained),
     )
     registered = registry.log(record)
     registry.set_alias(spec.model_name, "dev", registered.version)
@@ -152,22 +160,52 @@ def _judge(spec: DatasetSpec, trained: Trained, registry: Registry) -> Verdict:
     return judge(training, trained.metrics, champion_metrics, current)
 
 
-def _params(spec: DatasetSpec, version: int, rows: int) -> dict[str, object]:
+def _params(spec: DatasetSpec, version: int, rows: int, trained: Trained) -> dict[str, object]:
     training = training_spec(spec)
     params: dict[str, object] = {
         "dataset": spec.name,
         "dataset_version": version,
         "rows": rows,
         "task": training.task,
-        "estimator": training.estimator.name,
+        # An entry point's model is named by its class (a Pipeline, an LGBMClassifier...).
+        "estimator": (
+            training.estimator.name if training.estimator else type(trained.pipeline).__name__
+        ),
         "train_on": training.train_on,
         "split": training.split,
         "holdout_fraction": training.holdout_fraction,
         "seed": training.seed,
         "metric": training.metric,
     }
-    params.update({f"estimator.{k}": v for k, v in training.estimator.params.items()})
+    if training.estimator is not None:
+        params.update({f"estimator.{k}": v for k, v in training.estimator.params.items()})
+    if training.entry_point is not None:
+        params["entry_point"] = training.entry_point
+        params.update({f"entry_params.{k}": v for k, v in training.entry_params.items()})
     return params
+
+
+def _trusted_types(spec: DatasetSpec, trained: Trained) -> tuple[str, ...] | None:
+    """A built-in estimator's reviewed skops types; None for an entry point's model: the
+    logging trusts what skops finds in the object this trainer has just fitted."""
+    training = training_spec(spec)
+    if training.estimator is None:
+        return None
+    return estimators.resolve(training.estimator, training.task).trusted_types
+
+
+def _code_paths(trained: Trained) -> tuple[str, ...]:
+    entry = trained.entry
+    if entry is None or entry.code_path is None:
+        return ()
+    return (str(entry.code_path),)
+
+
+def _requirements(trained: Trained) -> tuple[str, ...]:
+    entry = trained.entry
+    if entry is None or entry.requirement is None:
+        return ()
+    return (entry.requirement,)
 
 
 def _verdict_of(found: RegisteredVersion) -> Verdict:

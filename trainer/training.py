@@ -1,18 +1,29 @@
-"""Fitting and judging a model: plain scikit-learn, no MLflow, no broker."""
+"""Fitting and judging a model: plain scikit-learn, no MLflow, no broker.
+
+The model is the spec's built-in estimator behind the default preprocessing, or whatever the
+spec's entry point returns (trainer/entry_points.py); either way the split and the hold-out
+metrics are streamops' own.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from shared.datasets import METRICS, DatasetSpec, TrainingSpec, feature_frame
-from shared.errors import ConfigError
-from trainer import estimators
+from shared.errors import ConfigError, EntryPointFailed
+from trainer import entry_points, estimators
+from trainer.entry_points import PYFUNC, SKLEARN, EntryPoint
+
+# Metrics that need class probabilities, which a PythonModel classifier does not give.
+PROBABILITY_METRICS = frozenset({"roc_auc", "log_loss"})
 
 
 @dataclass
@@ -29,6 +40,8 @@ class Trained:
     metrics: dict[str, float]
     split: Split
     seconds: float
+    flavor: str = SKLEARN  # how it is logged: sklearn, or python_function (a PythonModel)
+    entry: EntryPoint | None = None  # the entry point that trained it, if any
 
 
 def training_spec(spec: DatasetSpec) -> TrainingSpec:
@@ -113,7 +126,9 @@ def pipeline(spec: DatasetSpec) -> Any:
 
 
 def evaluate(model: Any, task: str, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """Hold-out metrics: accuracy, F1, ROC AUC, log loss; or RMSE, MAE, R²."""
+    """Hold-out metrics: accuracy, F1, ROC AUC, log loss; or RMSE, MAE, R². A classifier
+    without class probabilities (a PythonModel, or a champion loaded as python_function) is
+    judged on its labels: accuracy and F1."""
     from sklearn import metrics
 
     if task == "regression":
@@ -124,6 +139,8 @@ def evaluate(model: Any, task: str, x: pd.DataFrame, y: pd.Series) -> dict[str, 
             "r2": float(metrics.r2_score(y, predicted)),
         }
     predicted = model.predict(x)
+    if not (hasattr(model, "predict_proba") and hasattr(model, "classes_")):
+        return _label_metrics(y, predicted)
     proba = model.predict_proba(x)
     classes = list(model.classes_)
     binary = len(classes) == 2
@@ -148,18 +165,82 @@ def evaluate(model: Any, task: str, x: pd.DataFrame, y: pd.Series) -> dict[str, 
     return out
 
 
-def fit(spec: DatasetSpec, frame: pd.DataFrame) -> Trained:
-    """Split, fit and evaluate on the hold-out rows."""
+def _label_metrics(y: pd.Series, predicted: Any) -> dict[str, float]:
+    from sklearn import metrics
+
+    labels = np.asarray(predicted).ravel()
+    classes = sorted(set(np.unique(y)) | set(np.unique(labels)))
+    binary = len(classes) == 2
+    return {
+        "accuracy": float(metrics.accuracy_score(y, labels)),
+        "f1": float(
+            metrics.f1_score(
+                y,
+                labels,
+                average="binary" if binary else "macro",
+                pos_label=classes[-1] if binary else 1,
+            )
+        ),
+    }
+
+
+def fit(spec: DatasetSpec, frame: pd.DataFrame, plugins_dir: Path | None = None) -> Trained:
+    """Split, fit (the built-in pipeline, or the entry point from the environment or
+    `plugins_dir`) and evaluate on the hold-out rows."""
     training = training_spec(spec)
     if frame[spec.target].nunique() < 2 and training.task == "classification":
         raise ConfigError(f"dataset {spec.name!r}: the target has fewer than two classes")
     parts = split(spec, frame)
+    entry = None
     started = time.perf_counter()
-    model = pipeline(spec).fit(parts.x_train, parts.y_train)
+    if training.entry_point is None:
+        estimators.check_labels(training.estimator, training.task, parts.y_train)
+        model = pipeline(spec).fit(parts.x_train, parts.y_train)
+    else:
+        entry = entry_points.resolve(training.entry_point, plugins_dir)
+        model = entry_points.train(entry, spec, parts.x_train, parts.y_train, training.entry_params)
     seconds = time.perf_counter() - started
-    return Trained(
-        model, evaluate(model, training.task, parts.x_test, parts.y_test), parts, seconds
-    )
+    flavor = entry_points.flavor(model)
+    if flavor == PYFUNC:
+        _check_label_metrics(spec, training.entry_point)
+    judged = Labels(model) if flavor == PYFUNC else model
+    try:
+        metrics = evaluate(judged, training.task, parts.x_test, parts.y_test)
+    except Exception as exc:
+        if entry is None:
+            raise
+        raise EntryPointFailed(
+            f"entry point {entry.name}: its model failed on the hold-out rows: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return Trained(model, metrics, parts, seconds, flavor, entry)
+
+
+def _check_label_metrics(spec: DatasetSpec, name: str | None) -> None:
+    training = training_spec(spec)
+    if training.task != "classification":
+        return
+    needed = {training.metric, *training.gate.minimum, *training.gate.maximum}
+    wanted = sorted(needed & PROBABILITY_METRICS)
+    if wanted:
+        raise EntryPointFailed(
+            f"entry point {name} returned an mlflow.pyfunc.PythonModel, judged on its labels "
+            f"only (accuracy, f1), but the spec's metric or gate uses {wanted}: use accuracy or "
+            "f1, or return a scikit-learn-API classifier (predict_proba, classes_)"
+        )
+
+
+class Labels:
+    """A PythonModel seen as a model with `predict(x)`, as MLflow would call it once loaded
+    (with no context: it has not been saved yet)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, x: pd.DataFrame) -> Any:
+        if "context" in inspect.signature(self.model.predict).parameters:
+            return self.model.predict(None, x)
+        return self.model.predict(x)
 
 
 def better(task: str, metric: str, new: float, old: float, margin: float) -> bool:

@@ -14,20 +14,43 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from shared.errors import ConfigError, InvalidTrainingSpec
 from shared.events import DataIngested, ModelPromoted, ModelTrained
+from shared.settings import TrainerSettings
 from trainer.service import Plan, train_for
 
 _PR_SET_PDEATHSIG = 1
 _state: dict[str, object] = {}
 
 
-def _init(
-    parent: int, tracking_uri: str, feature_store_root: str, datasets_dir: str, log_level: str
-) -> None:
+@dataclass(frozen=True)
+class Setup:
+    """What a worker process needs to know, pickled to it once when it starts."""
+
+    tracking_uri: str
+    feature_store_root: str
+    datasets_dir: str
+    log_level: str
+    plugins_dir: str | None = None
+
+    @classmethod
+    def of(cls, settings: TrainerSettings) -> Setup:
+        common = settings.common
+        plugins = settings.plugins
+        return cls(
+            common.mlflow_tracking_uri,
+            str(common.feature_store_root),
+            str(common.datasets_dir),
+            common.log_level,
+            str(plugins) if plugins else None,
+        )
+
+
+def _init(parent: int, setup: Setup) -> None:
     if sys.platform == "linux":
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -41,12 +64,18 @@ def _init(
     from shared.feature_store import FeatureStore
     from shared.registry import MlflowRegistry
     from shared.telemetry import configure_logging
+    from trainer.entry_points import on_import_path
 
-    configure_logging(log_level)
-    mlflow.set_tracking_uri(tracking_uri)  # this process only exists to log to it
-    _state["registry"] = MlflowRegistry(tracking_uri)
-    _state["store"] = FeatureStore(Path(feature_store_root))
-    _state["datasets_dir"] = Path(datasets_dir)
+    configure_logging(setup.log_level)
+    mlflow.set_tracking_uri(setup.tracking_uri)  # this process only exists to log to it
+    _state["registry"] = MlflowRegistry(setup.tracking_uri)
+    _state["store"] = FeatureStore(Path(setup.feature_store_root))
+    _state["datasets_dir"] = Path(setup.datasets_dir)
+    # A spawned process starts with a fresh sys.path: entry points (and the custom classes in
+    # the models they return) are imported from the plugins directory here too.
+    plugins = Path(setup.plugins_dir) if setup.plugins_dir else None
+    _state["plugins_dir"] = plugins
+    on_import_path(plugins)
 
 
 def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | None:
@@ -59,9 +88,10 @@ def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | Non
     store = cast(FeatureStore, _state["store"])
     registry = cast(MlflowRegistry, _state["registry"])
     datasets_dir = cast(Path, _state["datasets_dir"])
+    plugins_dir = cast(Path | None, _state.get("plugins_dir"))
     try:
-        outcome = train_for(event, datasets_dir, store, registry, plan)
-    except ConfigError as exc:
+        outcome = train_for(event, datasets_dir, store, registry, plan, plugins_dir=plugins_dir)
+    except ConfigError as exc:  # a bad spec, a failing entry point: permanent, with the reason
         raise InvalidTrainingSpec(str(exc)) from None
     if outcome is None:
         return None
@@ -69,14 +99,12 @@ def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | Non
     return outcome.trained.model_dump_json(), promoted
 
 
-def pool(
-    workers: int, tracking_uri: str, feature_store_root: Path, datasets_dir: Path, log_level: str
-) -> ProcessPoolExecutor:
+def pool(settings: TrainerSettings) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
-        max_workers=workers,
+        max_workers=settings.workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
-        initargs=(os.getpid(), tracking_uri, str(feature_store_root), str(datasets_dir), log_level),
+        initargs=(os.getpid(), Setup.of(settings)),
     )
 
 
