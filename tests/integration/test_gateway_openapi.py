@@ -2,21 +2,27 @@
 predictor replica: no 5xx, and no status code that the document does not declare.
 
 It runs without an API key, with one configured and not sent (every mutating operation must
-declare its 401), and with one configured and sent. The gateway runs where schemathesis runs
-ASGI apps (its own event loop thread, lifespan included); the replica runs in a portal of its
-own. Each operation gets a few generated cases in each mode: hypothesis is derandomized, so a
-failure found here is found again on the next run.
+declare its 401), and with one configured and sent. The replica serves two models: churn, from
+its dataset spec, and one registered with no spec, from its MLflow signature, whose answers are
+objects (a frame of two columns), so both kinds of predict route and answer are covered. The
+gateway runs where schemathesis runs ASGI apps (its own event loop thread, lifespan included);
+the replica runs in a portal of its own. Each operation gets a few generated cases in each
+mode: hypothesis is derandomized, so a failure found here is found again on the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hypothesis
+import pandas as pd
 import pytest
+import redis
 import schemathesis
 from anyio.from_thread import start_blocking_portal
 from schemathesis.checks import not_a_server_error
@@ -31,9 +37,12 @@ from schemathesis.specs.openapi.checks import (
 from gateway.app import build_app
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
+from shared.model_loading import LoadedModel, LoadPolicy
 from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
+from shared.telemetry import heartbeat_key
 from tests.support.shelf import ModelShelf
 from tests.support.streams import running
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 KEY = "s3cret"
@@ -46,13 +55,59 @@ CHECKS = [
 ]
 # Path parameters that exist, so the cases reach past the 404s as well.
 KNOWN = {"model_name": "churn", "dataset": "churn"}
+SIGNED = "scorer.signed"  # registered with a signature and no dataset spec
+
+
+class TwoColumns:
+    """A model that answers two named columns per row (as a custom pyfunc model may)."""
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"score": frame["amount"] * 2.0, "many": frame["items"] > 1})
+
+
+@dataclass
+class WithSignedModel(ModelShelf):
+    """The churn shelf, and SIGNED v1 in production, loaded with its MLflow signature."""
+
+    def production_versions(self) -> dict[str, int]:
+        return {**super().production_versions(), SIGNED: 1}
+
+    def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:
+        if name != SIGNED:
+            return super().load_model(name, version, policy)
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        inputs = Schema(
+            [
+                ColSpec("double", "amount"),
+                ColSpec("integer", "items"),
+                ColSpec("string", "note", required=False),
+            ]
+        )
+        return LoadedModel("python_function", ModelSignature(inputs), TwoColumns(), False)
+
+
+def advertised(common: CommonSettings, consumer: str) -> set[str]:
+    client = redis.Redis.from_url(common.redis_url)
+    try:
+        raw = client.get(heartbeat_key("predictor", consumer))
+    finally:
+        client.close()
+    return set(json.loads(raw).get("schemas", {})) if raw else set()
 
 
 @pytest.fixture
 def replica(common: CommonSettings, shelf: ModelShelf) -> Iterator[None]:
     settings = PredictorSettings(common=common, converge_s=3600)
-    app = build_predictor(settings, cache=ModelCache(), registry=shelf)
+    both = WithSignedModel(shelf.models, shelf.production, production_history=[1])
+    app = build_predictor(settings, cache=ModelCache(), registry=both)
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(running(app)):
+        # The gateway reads its routes from this heartbeat when it starts.
+        wait_until(
+            lambda: advertised(common, common.consumer_name) == {"churn", SIGNED},
+            what="the replica advertising both models",
+        )
         yield
 
 
@@ -104,7 +159,8 @@ def test_every_answer_is_declared_and_none_is_a_server_error(
     headers = {"X-API-Key": sent} if sent else {}
     with gateway_schema(settings, shelf) as schema:
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) >= 9, [o.label for o in operations]
+        assert len(operations) >= 10, [o.label for o in operations]
+        assert f"POST /v1/models/{SIGNED}/predict" in {o.label for o in operations}
         for operation in operations:
             known = {
                 name: KNOWN[name]
