@@ -112,6 +112,11 @@ class ModelInfo(BaseModel):
     aliases: dict[str, int] = Field(description="Alias → version.")
     versions: list[VersionInfo]
     serving: dict[str, int] = Field(description="Predictor replica → version it serves now.")
+    input: ModelSchema | None = Field(
+        default=None,
+        description="The columns its predict route takes (from its dataset spec or its MLflow "
+        "signature); null when it is not served here.",
+    )
 
 
 class ScoreRequest(BaseModel):

@@ -1,4 +1,8 @@
-"""The registered models: what they hold, and moving `production` (promote, rollback)."""
+"""The registered models: what they hold, and moving `production` (promote, rollback).
+
+These look models up in the registry, not in the served set: a model can be promoted before
+any replica serves it. What is served shows in `serving` and `input` (the served set of
+gateway.routes, the same one the predict routes follow)."""
 
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ async def model_info(model_name: str, ctx: Ctx) -> ModelInfo:
             for v in versions
         ],
         serving=ctx.fleet.serving(model_name),
+        input=ctx.models.schema(model_name),
     )
 
 

@@ -171,6 +171,8 @@ async def test_promotion_moves_production_and_announces_it(gateway: Start) -> No
     assert missing.status_code == 404
     assert info.json()["aliases"] == {"production": 2}
     assert info.json()["serving"] == {"fake-replica": 3}
+    assert info.json()["input"]["source"] == "spec"
+    assert "tenure_months" in [c["name"] for c in info.json()["input"]["columns"]]
 
 
 async def test_rollback_goes_back_once_then_has_nothing_to_roll_back(gateway: Start) -> None:
