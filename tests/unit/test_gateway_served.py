@@ -14,6 +14,7 @@ import pytest
 import gateway.specs
 from gateway.fleet import Beat, Warned, newest_schemas, parse_beat
 from gateway.specs import SpecSchemas
+from shared.datasets import served_specs
 from shared.schema import Column, ModelSchema
 from shared.settings import BUNDLED_DATASETS
 from tests.support.toy import TOY_SPEC
@@ -64,11 +65,10 @@ def test_specs_are_parsed_again_only_when_their_files_change(
     datasets = tmp_path / "datasets"
     shutil.copytree(BUNDLED_DATASETS / "churn", datasets / "churn")
     parsed: list[list[str]] = []
-    real = gateway.specs.served_specs
 
     def counting(directory: Path, names: list[str]) -> Any:
         parsed.append(list(names))
-        return real(directory, names)
+        return served_specs(directory, names)
 
     monkeypatch.setattr(gateway.specs, "served_specs", counting)
     specs = SpecSchemas(datasets)
