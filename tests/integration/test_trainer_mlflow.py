@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow.artifacts
+import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
-from shared.datasets import load_spec
+from shared.datasets import feature_frame, load_spec
 from shared.drift import DriftReference
 from shared.events import DataArrived, DataIngested
 from shared.feature_store import FeatureStore
@@ -140,3 +149,113 @@ def test_the_registry_flow_on_a_postgresql_backend(
         assert manual.previous_version is None
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def rentals(tmp_path: Path) -> tuple[Path, Path, str]:
+    """The bundled entry-point dataset under a model name of this test's own, and a copy of its
+    plugins directory that no other process has on its import path."""
+    spec = yaml.safe_load((BUNDLED_DATASETS / "rentals" / "spec.yaml").read_text())
+    name = f"rentals-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = name
+    (tmp_path / "datasets" / "rentals").mkdir(parents=True)
+    (tmp_path / "datasets" / "rentals" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    plugins = tmp_path / "plugins"
+    shutil.copytree(BUNDLED_DATASETS / "plugins", plugins)
+    return tmp_path / "datasets", plugins, name
+
+
+# Run in a fresh interpreter, away from the repository and with no plugins directory on its
+# path: only the model's code_paths can make rentals_features importable.
+LOAD_ELSEWHERE = """
+import importlib.util, json, sys
+import mlflow.sklearn
+import pandas as pd
+assert importlib.util.find_spec("rentals_features") is None, "rentals_features is on the path"
+model = mlflow.sklearn.load_model(sys.argv[1])
+rows = pd.DataFrame(json.loads(sys.argv[2]))
+print(json.dumps({
+    "steps": [type(step).__name__ for _, step in model.steps],
+    "classes": [int(c) for c in model.classes_],
+    "proba": model.predict_proba(rows).tolist(),
+}))
+"""
+
+
+def test_an_entry_point_training_has_the_lineage_of_a_built_in_one_and_loads_elsewhere(
+    make_settings: Make, mlflow_url: str, rentals: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    spec_dir, plugins, name = rentals
+    settings = make_settings(datasets_dir=spec_dir)
+    store = FeatureStore(settings.common.feature_store_root)
+    registry = MlflowRegistry(mlflow_url)
+    client = MlflowClient(tracking_uri=mlflow_url)
+    arrived = DataArrived(dataset="rentals", source=str(BUNDLED_DATASETS / "rentals/rentals.csv"))
+    event = ingest(arrived, settings, store)
+    assert isinstance(event, DataIngested), event
+
+    outcome = train_for(event, spec_dir, store, registry, plugins_dir=plugins)
+    assert outcome is not None
+    trained = outcome.trained
+    assert (trained.model_name, trained.model_version, trained.gate_passed) == (name, 1, True)
+    assert outcome.promoted is not None
+    # The same run as a built-in training: parameters, metrics, the input, the version's tags.
+    run = client.get_run(trained.run_id)
+    params = run.data.params
+    assert params["entry_point"] == "rentals_features:train"
+    assert params["estimator"] == "Pipeline"
+    assert params["entry_params.n_estimators"] == "300"
+    assert {"dataset", "dataset_version", "rows", "task", "split", "seed", "metric"} <= set(params)
+    assert {"accuracy", "f1", "roc_auc", "log_loss", "training_seconds"} <= set(run.data.metrics)
+    assert run.inputs is not None
+    (lineage,) = run.inputs.dataset_inputs
+    assert lineage.dataset.name == "rentals@v1"
+    assert lineage.dataset.digest == event.content_hash[:36]
+    tags = client.get_model_version(name, "1").tags
+    assert tags["streamops.dataset_version"] == "1"
+    assert tags["streamops.content_hash"] == event.content_hash
+    assert tags["streamops.entry_point"] == "rentals_features:train"
+    assert tags["streamops.serialization_format"] == "skops"
+    assert "rentals_features:train" in tags["streamops.training_spec"]
+    assert set(client.get_registered_model(name).aliases) == {"dev", "staging", "production"}
+    assert registry.drift_reference(name, 1) is not None
+
+    # The model carries its code and its pinned libraries.
+    uri = client.get_model_version_download_uri(name, "1")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path)))
+    assert (local / "code" / "rentals_features.py").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert any(r.startswith("lightgbm==") for r in requirements)
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["sklearn"]
+    assert flavor["serialization_format"] == "skops"
+
+    rows = pd.read_csv(BUNDLED_DATASETS / "rentals" / "rentals.csv", nrows=3)
+    features = feature_frame(load_spec(spec_dir, "rentals"), rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_ELSEWHERE,
+            f"models:/{name}/1",
+            features.to_json(orient="records"),
+        ],
+        cwd=elsewhere,
+        env={**_clean_env(), "MLFLOW_TRACKING_URI": mlflow_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["steps"] == ["RentalFeatures", "LGBMClassifier"]
+    assert loaded["classes"] == [0, 1]
+    assert len(loaded["proba"]) == 3
+    assert all(abs(sum(p) - 1) < 1e-9 for p in loaded["proba"])
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without anything that adds to the import path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
