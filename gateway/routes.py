@@ -61,7 +61,7 @@ class ServedRoutes:
     interval: float = 1.0
     _served: dict[str, _Served] = field(default_factory=dict)
     _schemas: dict[str, ModelSchema] = field(default_factory=dict)
-    _catch_all: Route | None = None
+    catch_all: Route | None = None
     _refresh: asyncio.Task[None] | None = None
     _refreshed_at: float = float("-inf")
     _task: asyncio.Task[None] | None = None
@@ -70,14 +70,14 @@ class ServedRoutes:
     def install(self) -> None:
         """The catch-all, then the routes of the models known now (the specs'). Call where
         the predict routes belong among the app's routes: they go just before it."""
-        self._catch_all = Route(
+        self.catch_all = Route(
             PATH,
             _CatchAll(self),
             methods=["POST"],
             name="predict_unknown",
             include_in_schema=False,
         )
-        self.app.router.routes.append(self._catch_all)
+        self.app.router.routes.append(self.catch_all)
         self.reconcile()
 
     # --- Catalog -------------------------------------------------------------------------
@@ -121,8 +121,8 @@ class ServedRoutes:
         assert isinstance(route, APIRoute)
         routes = self.app.router.routes
         if old is None:
-            assert self._catch_all is not None, "install() first"
-            routes.insert(routes.index(self._catch_all), route)
+            assert self.catch_all is not None, "install() first"
+            routes.insert(routes.index(self.catch_all), route)
         else:
             routes[routes.index(old.route)] = route
         self._served[schema.model_name] = _Served(schema.fingerprint(), route)
@@ -183,7 +183,7 @@ class _CatchAll:
         self.served = served
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        scope["route"] = self.served._catch_all  # one metrics series for every unknown name
+        scope["route"] = self.served.catch_all  # one metrics series for every unknown name
         name = scope["path_params"]["model_name"]
         await self.served.find(name)
         route = self.served.route_of(name)
