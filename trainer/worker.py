@@ -16,12 +16,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from shared.errors import ConfigError, InvalidTrainingSpec
 from shared.events import DataIngested, ModelPromoted, ModelTrained
 from shared.settings import TrainerSettings
-from trainer.service import Plan, train_for
+from trainer.service import Outcome, Plan, train_for
+
+if TYPE_CHECKING:
+    from shared.feature_store import FeatureStore
+    from shared.registry import Registry
 
 _PR_SET_PDEATHSIG = 1
 _state: dict[str, object] = {}
@@ -85,18 +89,37 @@ def train_in_worker(event_json: str, plan: Plan) -> tuple[str, str | None] | Non
     from shared.registry import MlflowRegistry
 
     event = DataIngested.model_validate_json(event_json)
-    store = cast(FeatureStore, _state["store"])
-    registry = cast(MlflowRegistry, _state["registry"])
-    datasets_dir = cast(Path, _state["datasets_dir"])
-    plugins_dir = cast(Path | None, _state.get("plugins_dir"))
-    try:
-        outcome = train_for(event, datasets_dir, store, registry, plan, plugins_dir=plugins_dir)
-    except ConfigError as exc:  # a bad spec, a failing entry point: permanent, with the reason
-        raise InvalidTrainingSpec(str(exc)) from None
+    outcome = run_training(
+        event,
+        plan,
+        cast(Path, _state["datasets_dir"]),
+        cast(FeatureStore, _state["store"]),
+        cast(MlflowRegistry, _state["registry"]),
+        plugins_dir=cast(Path | None, _state.get("plugins_dir")),
+    )
     if outcome is None:
         return None
     promoted = outcome.promoted.model_dump_json() if outcome.promoted else None
     return outcome.trained.model_dump_json(), promoted
+
+
+def run_training(
+    event: DataIngested,
+    plan: Plan,
+    datasets_dir: Path,
+    store: FeatureStore,
+    registry: Registry,
+    *,
+    plugins_dir: Path | None,
+) -> Outcome | None:
+    """`train_for`, with what cannot succeed on a retry (a bad spec, a failing entry point) as
+    InvalidTrainingSpec: the message is dead-lettered with the reason, and the worker (and the
+    service) carry on. The reason is text, so that any exception of the user's crosses back to
+    the service whether it pickles or not."""
+    try:
+        return train_for(event, datasets_dir, store, registry, plan, plugins_dir=plugins_dir)
+    except ConfigError as exc:
+        raise InvalidTrainingSpec(str(exc)) from None
 
 
 def pool(settings: TrainerSettings) -> ProcessPoolExecutor:

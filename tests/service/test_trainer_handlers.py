@@ -3,6 +3,7 @@ and for the worker pool: data-ingested in, model events out, no Redis, MLflow or
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -17,10 +18,11 @@ from shared.events import DataArrived, DataIngested, ModelPromoted, ModelTrained
 from shared.feature_store import FeatureStore
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
 from tests.service.fakes import FakeLedger, FakeStatusBoard, NoPendingEntries, published
-from tests.service.trainer_fakes import FakeFits, FakeLocks
+from tests.service.trainer_fakes import FakeFits, FakeLocks, InProcessFits, RecordingRegistry
 from tests.support.waiting import eventually
 from trainer.app import build_app
 from trainer.metrics import TrainerMetrics
+from trainer.pool import Fits
 from trainer.service import Outcome, plan_for
 
 pytestmark = pytest.mark.anyio
@@ -65,8 +67,8 @@ def _outcome(event: DataIngested, promoted: bool = True) -> Outcome:
 
 async def _run(
     settings: TrainerSettings,
-    event: DataIngested,
-    fits: FakeFits,
+    event: DataIngested | list[DataIngested],
+    fits: Fits,
     locks: FakeLocks | None = None,
     metrics: TrainerMetrics | None = None,
 ) -> tuple[FakeLedger, dict[str, list[Any]]]:
@@ -83,7 +85,8 @@ async def _run(
     seen = published(broker, "model-trained", "model-promoted")
 
     async with TestRedisBroker(broker, pel=NoPendingEntries()) as test_broker:
-        await test_broker.publish(event.model_dump_json(), stream="data-ingested")
+        for one in event if isinstance(event, list) else [event]:
+            await test_broker.publish(one.model_dump_json(), stream="data-ingested")
     return ledger, seen
 
 
@@ -217,3 +220,77 @@ async def test_the_outcomes_are_counted(settings: TrainerSettings, ingested: Dat
     roc_auc = {"model": "churn", "metric": "roc_auc"}
     assert value("streamops_model_holdout_metric", roc_auc) == 0.91
     assert value("streamops_promotions_total", {"model": "churn", "reason": "auto"}) == 1
+
+
+def _ingest(make_settings: Make, dataset: str) -> DataIngested:
+    ingestor_settings = make_settings()
+    store = FeatureStore(ingestor_settings.common.feature_store_root)
+    arrived = DataArrived(dataset=dataset, source=f"{dataset}/{dataset}.csv")
+    event = ingest(arrived, ingestor_settings, store)
+    assert isinstance(event, DataIngested)
+    return event
+
+
+async def test_the_bundled_entry_point_trains_through_the_handler(
+    settings: TrainerSettings, make_settings: Make
+) -> None:
+    event = _ingest(make_settings, "rentals")
+    # No STREAMOPS_TRAINER_PLUGINS_DIR: the datasets directory's plugins/ is the default.
+    assert settings.plugins == BUNDLED_DATASETS / "plugins"
+    registry = RecordingRegistry()
+    store = FeatureStore(settings.common.feature_store_root)
+    fits = InProcessFits(settings.common.datasets_dir, store, registry, settings.plugins)
+    ledger, seen = await _run(settings, event, fits)
+    (trained,) = seen["model-trained"]
+    assert (trained["model_name"], trained["gate_passed"]) == ("rentals", True)
+    assert len(seen["model-promoted"]) == 1
+    (record,) = registry.records
+    assert record.params["entry_point"] == "rentals_features:train"
+    assert record.tags["streamops.entry_point"] == "rentals_features:train"
+    # The module file goes with the model; its types are trusted as skops finds them.
+    assert record.code_paths == (str(BUNDLED_DATASETS / "plugins" / "rentals_features.py"),)
+    assert record.trusted_types is None
+    assert ledger.done == {event.event_id}
+
+
+BROKEN = {
+    "import": ("raise ImportError('no module named lightgbm_nightly')\n", "cannot import"),
+    "raise": (
+        "def train(x, y, spec, **params):\n    raise ValueError('no rows like these')\n",
+        "raised ValueError: no rows like these",
+    ),
+    "return": ("def train(x, y, spec, **params):\n    return {'not': 'a model'}\n", "not a model"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+async def test_a_failing_entry_point_fails_its_training_and_the_trainer_carries_on(
+    settings: TrainerSettings, make_settings: Make, tmp_path: Path, kind: str
+) -> None:
+    code, words = BROKEN[kind]
+    module = f"broken_{kind}_{tmp_path.name.replace('-', '_')}"  # one module per test
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{module}.py").write_text(code)
+    shutil.copy(BUNDLED_DATASETS / "plugins" / "rentals_features.py", plugins)
+    specs = tmp_path / "specs"
+    shutil.copytree(BUNDLED_DATASETS / "rentals", specs / "rentals")
+    churn = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    del churn["training"]["estimator"]
+    churn["training"]["entry_point"] = f"{module}:train"
+    (specs / "churn").mkdir()
+    (specs / "churn" / "spec.yaml").write_text(yaml.safe_dump(churn))
+    events = [_ingest(make_settings, "churn"), _ingest(make_settings, "rentals")]
+    common = settings.common.model_copy(update={"datasets_dir": specs})
+    trainer_settings = TrainerSettings(common=common, watch_s=0, plugins_dir=plugins)
+    store = FeatureStore(common.feature_store_root)
+    fits = InProcessFits(specs, store, RecordingRegistry(), trainer_settings.plugins)
+
+    ledger, seen = await _run(trainer_settings, events, fits)
+    # The broken training is dead-lettered at once, with the reason...
+    (letter,) = ledger.letters
+    assert letter["reason"].startswith(f"InvalidTrainingSpec: entry point {module}:train")
+    assert words in letter["reason"]
+    assert letter["deliveries"] == 1
+    # ...and the next event is trained as usual.
+    assert [e["dataset"] for e in seen["model-trained"]] == ["rentals"]
