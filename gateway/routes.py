@@ -42,6 +42,7 @@ UNROUTABLE = frozenset("/{}")  # a name with these would not be one path segment
 
 @dataclass
 class _Served:
+    schema: ModelSchema
     fingerprint: str
     route: APIRoute
 
@@ -110,7 +111,14 @@ class ServedRoutes:
         for name, schema in sorted(wanted.items()):
             served = self._served.get(name)
             if served is None or served.fingerprint != schema.fingerprint():
-                changed.append(self._put(schema, served))
+                try:
+                    changed.append(self._put(schema, served))
+                except Exception as exc:  # one odd schema must not hold the others back
+                    self._warn(f"no predict route for {name!r} ({schema.fingerprint()}): {exc}")
+                    if served is None:
+                        del wanted[name]
+                    else:
+                        wanted[name] = served.schema  # the route it still has
         self._schemas = wanted
         if changed:
             self.app.openapi_schema = None  # generated again, from the routes as they are
@@ -125,7 +133,7 @@ class ServedRoutes:
             routes.insert(routes.index(self.catch_all), route)
         else:
             routes[routes.index(old.route)] = route
-        self._served[schema.model_name] = _Served(schema.fingerprint(), route)
+        self._served[schema.model_name] = _Served(schema, schema.fingerprint(), route)
         verb = "added" if old is None else "replaced"
         return f"{verb} {schema.model_name} ({schema.source}: {', '.join(schema.names)})"
 
