@@ -259,3 +259,61 @@ def test_an_entry_point_training_has_the_lineage_of_a_built_in_one_and_loads_els
 def _clean_env() -> dict[str, str]:
     """This process's environment without anything that adds to the import path."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+
+
+PYTHON_MODEL = """
+import mlflow.pyfunc
+
+
+class Threshold(mlflow.pyfunc.PythonModel):
+    def __init__(self, cut):
+        self.cut = cut
+
+    def predict(self, context, model_input, params=None):
+        return (model_input["lead_days"] > self.cut).astype(int).to_numpy()
+
+
+def train(x, y, spec, cut=30):
+    return Threshold(cut)
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")
+def test_a_python_model_entry_point_is_logged_as_pyfunc_with_its_code(
+    make_settings: Make, mlflow_url: str, rentals: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    spec_dir, plugins, name = rentals
+    (plugins / "rentals_threshold.py").write_text(PYTHON_MODEL)
+    spec_path = spec_dir / "rentals" / "spec.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["training"].update(
+        entry_point="rentals_threshold:train",
+        entry_params={"cut": 25},
+        metric="accuracy",
+        gate={"minimum": {"accuracy": 0.5}},
+    )
+    spec_path.write_text(yaml.safe_dump(spec))
+    settings = make_settings(datasets_dir=spec_dir)
+    store = FeatureStore(settings.common.feature_store_root)
+    registry = MlflowRegistry(mlflow_url)
+    arrived = DataArrived(dataset="rentals", source=str(BUNDLED_DATASETS / "rentals/rentals.csv"))
+    event = ingest(arrived, settings, store)
+    assert isinstance(event, DataIngested), event
+
+    outcome = train_for(event, spec_dir, store, registry, plugins_dir=plugins)
+    assert outcome is not None
+    assert set(outcome.trained.metrics) == {"accuracy", "f1"}
+    client = MlflowClient(tracking_uri=mlflow_url)
+    tags = client.get_model_version(name, "1").tags
+    assert tags["streamops.serialization_format"] == "cloudpickle"
+    uri = client.get_model_version_download_uri(name, "1")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path)))
+    assert (local / "code" / "rentals_threshold.py").is_file()
+    assert (
+        "python_model"
+        in yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    )
+    loaded = registry.load(name, 1)  # the champion the next training is compared with
+    rows = pd.read_csv(BUNDLED_DATASETS / "rentals" / "rentals.csv", nrows=20)
+    features = feature_frame(load_spec(spec_dir, "rentals"), rows)
+    assert list(loaded.predict(features)) == (features["lead_days"] > 25).astype(int).tolist()
