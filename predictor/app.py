@@ -90,7 +90,9 @@ def build_app(
             await replica.trained(event)
 
     # Batch scoring (score-requested and its chunks): wired here.
-    create_scoring_groups = wire_scoring(broker, predictor, metrics, client, settings)
+    create_scoring_groups = wire_scoring(
+        broker, predictor, metrics, client, settings, catch_up=replica.catch_up
+    )
 
     endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
-from predictor.service import Predictor
+from predictor.service import PRODUCTION, Predictor
 from shared.errors import ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
 from shared.settings import PredictorSettings
@@ -66,6 +66,22 @@ class Replica:
         if self.predictor.wants(event):
             self.predictor.retry(event.model_name, event.version)  # promoted again: try again
             await self.load(event.model_name, event.version, "promotion")
+
+    async def catch_up(self, name: str) -> None:
+        """Load the production version of `name` now if this replica may serve it and does
+        not yet (a batch job for a model whose alias was set a moment ago, before any converge
+        here). A registry that cannot be read leaves things as they are."""
+        if not self.settings.serves(name) or self.predictor.cache.version(name) is not None:
+            return
+        try:
+            version = await anyio.to_thread.run_sync(
+                self.predictor.registry.alias, name, PRODUCTION
+            )
+        except Exception as exc:
+            log.warning("cannot read the production alias of %s: %s", name, exc)
+            return
+        if version is not None and self.predictor.refused(name) != version:
+            await self.load(name, version, "converge")
 
     async def trained(self, event: ModelTrained) -> None:
         """A version just trained is a candidate: load it now, so its promotion is a swap."""

@@ -80,12 +80,18 @@ class Scorer:
     jobs: Jobs
     scored: Publisher
     rejected: Publisher
+    # Loads a model this replica may serve but does not yet (its alias was set a moment ago
+    # and no converge has run here): a job for it is scored, not rejected.
+    catch_up: Callable[[str], Awaitable[None]] | None = None
 
     # --- score-requested ---------------------------------------------------------------------
 
     async def on_requested(self, event: ScoreRequested) -> None:
         if await self.jobs.exists(event.job_id):  # planned (or refused) by an earlier delivery
             return
+        name = event.model_name
+        if self.catch_up is not None and self.predictor.cache.version(name) is None:
+            await self.catch_up(name)
         try:
             if event.rows is not None:
                 await self._score_inline(event)
@@ -249,6 +255,8 @@ def wire_scoring(
     metrics: PredictorMetrics,
     client: aioredis.Redis,
     settings: PredictorSettings,
+    *,
+    catch_up: Callable[[str], Awaitable[None]] | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Register batch scoring's subscribers and publishers on `broker`; returns the start-up
     hook that creates the consumer groups (run it before the broker starts)."""
@@ -265,7 +273,7 @@ def wire_scoring(
     )
     jobs = JobBook(client, common.done_ttl_s)
     store = FeatureStore(common.feature_store_root)
-    scorer = Scorer(predictor, metrics, settings, store, jobs, scored, rejected)
+    scorer = Scorer(predictor, metrics, settings, store, jobs, scored, rejected, catch_up)
     handlers: list[tuple[Any, Callable[[Any], Awaitable[None]]]] = [
         (ScoreRequested, scorer.on_requested),
         (ScoreChunkRequested, scorer.on_chunk),

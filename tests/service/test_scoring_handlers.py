@@ -5,6 +5,7 @@ out. No Redis, no MLflow."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,24 @@ async def test_a_model_served_from_its_signature_is_scored_inline(harness: Harne
     (event,) = harness.scored.published
     assert isinstance(event, Scored)
     assert (event.model_version, event.predictions) == (5, (3.0, -2.0))
+
+
+async def test_a_model_not_loaded_here_yet_is_caught_up_before_its_job(
+    make_settings: Make, inbox: Path, spec: DatasetSpec, served: Served
+) -> None:
+    # Its alias was set a moment ago: this replica has not converged since, the job is for it.
+    harness = Harness(make_settings().common, inbox, spec, None)
+    asked: list[str] = []
+
+    async def catch_up(name: str) -> None:
+        asked.append(name)
+        harness.predictor.cache.swap(served)
+
+    scorer = dataclasses.replace(harness.scorer, catch_up=catch_up)
+    rows = tuple(toy_frame(5, seed=3).drop(columns=["label"]).to_dict(orient="records"))
+    await scorer.on_requested(ScoreRequested(job_id="j8", model_name="toy", rows=rows))
+    assert asked == ["toy"]
+    (event,) = harness.scored.published
+    assert isinstance(event, Scored)
+    assert event.model_version == VERSION
+    assert not harness.rejected.published
