@@ -15,6 +15,10 @@ predictor and the gateway as processes of their own (what `streamops up` starts)
    (promoted by hand through the gateway if the quality gate keeps the first);
 8. predicts again: the new version answers, the predictor was never restarted;
 9. scores a Parquet file through the `score-requested` stream;
+10. announces the second bundled sample, whose spec trains through an entry point (the user's
+    own feature engineering and LightGBM, in datasets/plugins/), and predicts with it;
+11. registers a LightGBM model the way a notebook would (MLflow's API only, no dataset spec)
+    and gives it the `production` alias: every replica loads it, the gateway answers for it;
 
 printing what happened after each step and where to look, then stops what it started.
 Everything it writes is under var/demo/ (wiped at the start, kept at the end).
@@ -39,8 +43,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
-from shared.settings import BUNDLED_DATASETS, REPO_ROOT
+from shared.settings import BUNDLED_DATASETS, REPO_ROOT, CommonSettings
 from streamops.client import ingest_and_wait
+from streamops.demo_byom import bring_your_own
 from streamops.demo_metrics import show_metrics
 from streamops.demo_serving import failed, predict_step, serving, step, wait_event
 from streamops.stack import Stack, bring_up, local_stack, wait_for
@@ -73,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print()
         assert running.gateway_url is not None
         with httpx.Client(base_url=running.gateway_url, timeout=30) as http:
-            ok = _story(client, http, workdir, args.timeout) and serving(
-                client, http, stack, workdir, args.timeout
+            ok = (
+                _story(client, http, workdir, args.timeout)
+                and serving(client, http, stack, workdir, args.timeout)
+                and bring_your_own(
+                    client, http, mlflow_url, CommonSettings().datasets_dir, args.timeout
+                )
             )
         endpoints = {**running.metrics, "gateway": f"{running.gateway_url}/metrics"}
         if ok:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc.model import PythonModel
 
 # Rows a request to these models carries (the same columns for every kind).
 ROW = {"amount": 120.5, "age": 41, "visits": 3}
@@ -37,7 +37,7 @@ def frame(rows: int = 2000, seed: int = 3) -> tuple[pd.DataFrame, pd.Series]:
     return x, y
 
 
-class Pricing(PythonModel):  # type: ignore[misc]
+class Pricing(PythonModel):
     """A regressor over a frame: the expected basket value of a visit."""
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
