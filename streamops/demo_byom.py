@@ -4,7 +4,12 @@ registered in MLflow as a notebook would, and served with no restart."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +74,8 @@ def _outside(http: httpx.Client, mlflow_url: str, timeout: float) -> bool:
         f"mlflow.lightgbm.log_model and a signature, registers {OUTSIDE!r} and sets its "
         "production alias with MlflowClient; no streamops code, no restart",
     )
-    rows = _notebook(mlflow_url)
+    with _quiet():
+        rows = _notebook(mlflow_url)
     started = time.monotonic()
     answer = _answer(http, OUTSIDE, rows, timeout)
     if answer is None:
@@ -82,6 +88,26 @@ def _outside(http: httpx.Client, mlflow_url: str, timeout: float) -> bool:
     )
     console.print(f"-> POST /v1/models/{OUTSIDE}/predict: {_shown(answer)}")
     return True
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """MLflow's chatter (runs, registrations, schema hints) off the demo's story."""
+    import mlflow  # noqa: F401  (its import sets its logger's level: set ours after)
+
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        mlflow_log.setLevel(level)
 
 
 def _notebook(mlflow_url: str) -> list[dict[str, Any]]:
