@@ -263,14 +263,15 @@ def _clean_env() -> dict[str, str]:
 
 PYTHON_MODEL = """
 import mlflow.pyfunc
+import pandas as pd
 
 
 class Threshold(mlflow.pyfunc.PythonModel):
     def __init__(self, cut):
         self.cut = cut
 
-    def predict(self, context, model_input, params=None):
-        return (model_input["lead_days"] > self.cut).astype(int).to_numpy()
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[int]:
+        return (model_input["lead_days"] > self.cut).astype(int).tolist()
 
 
 def train(x, y, spec, cut=30):
@@ -278,7 +279,6 @@ def train(x, y, spec, cut=30):
 """
 
 
-@pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")
 def test_a_python_model_entry_point_is_logged_as_pyfunc_with_its_code(
     make_settings: Make, mlflow_url: str, rentals: tuple[Path, Path, str], tmp_path: Path
 ) -> None:

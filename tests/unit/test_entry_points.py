@@ -228,12 +228,12 @@ def test_a_missing_module_is_looked_for_in_the_environment_and_the_plugins_dir(
 
 PYFUNC = """
 import mlflow.pyfunc
-import numpy as np
+import pandas as pd
 
 
 class Sign(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return (model_input["a"] + 0.5 * model_input["b"] > 0).astype(int).to_numpy()
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[int]:
+        return (model_input["a"] + 0.5 * model_input["b"] > 0).astype(int).tolist()
 
 
 def train(x, y, spec):
@@ -241,11 +241,6 @@ def train(x, y, spec):
 """
 
 
-# MLflow suggests type hints on predict; this model does without them.
-LABELS_ONLY = pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")
-
-
-@LABELS_ONLY
 def test_a_python_model_classifier_is_judged_on_its_labels(plugins: Path) -> None:
     name = _plugin(plugins, PYFUNC)
     spec = _spec(_training(entry_point=f"{name}:train", metric="accuracy"))
@@ -255,7 +250,6 @@ def test_a_python_model_classifier_is_judged_on_its_labels(plugins: Path) -> Non
     assert trained.metrics["accuracy"] > 0.8
 
 
-@LABELS_ONLY
 def test_a_python_model_cannot_be_gated_on_probabilities(plugins: Path) -> None:
     name = _plugin(plugins, PYFUNC)
     spec = _spec(_training(entry_point=f"{name}:train", metric="roc_auc"))
