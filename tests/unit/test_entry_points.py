@@ -335,3 +335,24 @@ def test_a_booster_without_its_package_names_the_extra(monkeypatch: pytest.Monke
 def test_an_entry_point_spec_has_no_built_in_estimator() -> None:
     with pytest.raises(ConfigError, match="names an entry point"):
         estimators.resolve(None, "classification")
+
+
+def test_the_worker_processes_import_from_the_plugins_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from trainer import worker
+
+    # Spawned processes start with their parent's sys.path: take out what other tests put on
+    # it, so that only the worker's own set-up can find the plugins.
+    plugins = str(BUNDLED_DATASETS / "plugins")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != plugins])
+    settings = TrainerSettings(common=CommonSettings(datasets_dir=BUNDLED_DATASETS))
+    pool = worker.pool(settings)
+    try:
+        found = pool.submit(importlib.util.find_spec, "rentals_features").result(timeout=120)
+    finally:
+        pool.shutdown()
+    assert found is not None
+    assert found.origin == str(BUNDLED_DATASETS / "plugins" / "rentals_features.py")
