@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 
 from gateway.api.deps import Ctx, request_id
+from gateway.coalesce import Answer
 from gateway.schemas import PredictResponse, errors, predict_request
-from shared.errors import ModelNotFound, NoPredictor, PayloadTooLarge
+from shared.errors import ModelNotFound, NoModelInService, NoPredictor, PayloadTooLarge
 from shared.schema import ModelSchema
 
 PATH = "/v1/models/{model_name}/predict"
@@ -31,6 +32,23 @@ _FROM = {
 }
 
 
+# Tries for a batch that reached a replica not serving the model yet while another does.
+NO_MODEL_TRIES = 3
+
+
+async def _answer(ctx: Ctx, name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
+    """The coalescer's answer. Replicas share one stream, so a batch may reach one that has not
+    loaded the model yet (it appeared a moment ago, or that replica just restarted) while
+    another serves it: sent again then, a few times, rather than answered 503."""
+    for _ in range(NO_MODEL_TRIES - 1):
+        try:
+            return await ctx.coalescer.predict(name, columns, rows)
+        except NoModelInService:
+            if not ctx.fleet.serving(name):
+                raise
+    return await ctx.coalescer.predict(name, columns, rows)
+
+
 def predict_router(schema: ModelSchema, max_rows: int) -> APIRouter:
     """POST /v1/models/<name>/predict for one model, its body generated from its schema."""
     router = APIRouter(tags=["predict"])
@@ -49,7 +67,7 @@ def predict_router(schema: ModelSchema, max_rows: int) -> APIRouter:
         if not ctx.fleet.alive():
             raise NoPredictor("no predictor replica is running")
         columns = {column: [getattr(r, field) for r in rows] for field, column in features}
-        answer = await ctx.coalescer.predict(name, columns, len(rows))
+        answer = await _answer(ctx, name, columns, len(rows))
         rid = request_id(x_request_id)
         out = PredictResponse(
             model_name=name,

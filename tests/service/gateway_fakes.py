@@ -17,9 +17,11 @@ from shared.schema import ModelSchema
 @dataclass
 class FakeCoalescer:
     """Answers every row with class 1 (probability 0.8), or, given `predictions`, with those
-    in turn as a model that is no classifier would; or raises `failure`."""
+    in turn as a model that is no classifier would; or raises `failure` (every time) or the
+    next of `failures` (once each, before answering)."""
 
     failure: Exception | None = None
+    failures: list[Exception] = field(default_factory=list)
     version: int = 3
     predictions: list[Any] | None = None
     asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
@@ -28,6 +30,8 @@ class FakeCoalescer:
         self.asked.append((model_name, columns, rows))
         if self.failure is not None:
             raise self.failure
+        if self.failures:
+            raise self.failures.pop(0)
         given = self.predictions
         batch = BatchPredicted(
             request_id=uuid.uuid4(),

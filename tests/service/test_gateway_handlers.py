@@ -112,6 +112,26 @@ async def test_what_the_predictors_answer_becomes_a_status_and_an_error_body(
     assert answer.json() == {"error": error, "detail": str(failure)}
 
 
+async def test_a_batch_that_reached_a_replica_without_the_model_is_sent_again(
+    gateway: Start,
+) -> None:
+    # Another replica serves the model: the one that took the batch has not loaded it yet.
+    missing = NoModelInService("no version of model 'churn' is in service")
+    async with gateway(Parts(coalescer=FakeCoalescer(failures=[missing, missing]))) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
+    assert answer.status_code == 200, answer.text
+    assert len(rig.coalescer.asked) == 3
+
+
+async def test_no_model_anywhere_is_503_at_the_first_answer(gateway: Start) -> None:
+    missing = NoModelInService("no version of model 'churn' is in service")
+    parts = Parts(coalescer=FakeCoalescer(failures=[missing]), fleet=FakeFleet({"r": {}}))
+    async with gateway(parts) as rig:
+        answer = await rig.http.post(PREDICT, json={"rows": [ROW]})
+    assert answer.status_code == 503
+    assert len(rig.coalescer.asked) == 1
+
+
 async def test_a_bug_is_a_500_with_the_error_body_and_no_internals(gateway: Start) -> None:
     parts = Parts(coalescer=FakeCoalescer(failure=RuntimeError("secret internals")))
     async with gateway(parts, raise_bugs=False) as rig:
