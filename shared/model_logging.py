@@ -148,21 +148,28 @@ def skops_types(model: Any) -> tuple[str, ...] | None:
 
 
 def predict(model: Any, rows: Any) -> Any:
-    """`model`'s predictions, a PythonModel's included (called as MLflow would, without a
-    context: it has not been saved yet)."""
+    """`model`'s predictions of the example rows, a PythonModel's included."""
     try:
-        if not _is_python_model(model):
-            return model.predict(rows)
-        if "context" in inspect.signature(model.predict).parameters:
-            return model.predict(None, rows)
-        return model.predict(rows)
+        return predictions(model, rows)
     except Exception as exc:  # the user's model, on the signature's example rows
         raise EntryPointFailed(
             f"the model cannot predict its example rows: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def _is_python_model(model: Any) -> bool:
+def predictions(model: Any, rows: Any) -> Any:
+    """`model.predict(rows)`; a PythonModel's is called as MLflow would, without a context
+    (it has not been saved yet), with or without the `context` argument it may declare."""
+    if not is_python_model(model):
+        return model.predict(rows)
+    if "context" in inspect.signature(model.predict).parameters:
+        return model.predict(None, rows)
+    return model.predict(rows)
+
+
+def is_python_model(model: Any) -> bool:
+    """Whether `model` is an `mlflow.pyfunc.PythonModel`, told by its classes' names, so that
+    asking needs no `import mlflow` (fitting in CI's gate does without it)."""
     return any(
         c.__name__ == "PythonModel" and c.__module__.startswith("mlflow.pyfunc")
         for c in type(model).__mro__

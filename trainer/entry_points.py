@@ -24,9 +24,9 @@ import pandas as pd
 
 from shared.datasets import DatasetSpec, Task
 from shared.errors import EntryPointFailed
+from shared.model_logging import PYFUNC, SKLEARN, is_python_model
 
-SKLEARN = "sklearn"
-PYFUNC = "python_function"
+__all__ = ["PYFUNC", "SKLEARN", "EntryPoint", "check_model", "flavor", "resolve", "train"]
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,8 @@ def train(
 
 def flavor(model: Any) -> str:
     """How a model is logged: an `mlflow.pyfunc.PythonModel` as python_function, anything else
-    (a scikit-learn-API estimator or pipeline) as sklearn. Told by the class names, so that
-    fitting (the gate, in CI) needs no `import mlflow`."""
-    for cls in type(model).__mro__:
-        if cls.__name__ == "PythonModel" and cls.__module__.startswith("mlflow.pyfunc"):
-            return PYFUNC
-    return SKLEARN
+    (a scikit-learn-API estimator or pipeline) as sklearn."""
+    return PYFUNC if is_python_model(model) else SKLEARN
 
 
 def check_model(name: str, model: Any, task: Task) -> None:

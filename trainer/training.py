@@ -7,7 +7,6 @@ metrics are streamops' own.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pandas as pd
 
 from shared.datasets import METRICS, DatasetSpec, TrainingSpec, feature_frame
 from shared.errors import ConfigError, EntryPointFailed
+from shared.model_logging import predictions
 from trainer import entry_points, estimators
 from trainer.entry_points import PYFUNC, SKLEARN, EntryPoint
 
@@ -231,16 +231,13 @@ def _check_label_metrics(spec: DatasetSpec, name: str | None) -> None:
 
 
 class Labels:
-    """A PythonModel seen as a model with `predict(x)`, as MLflow would call it once loaded
-    (with no context: it has not been saved yet)."""
+    """A PythonModel seen as a model with `predict(x)`, as MLflow would call it once loaded."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
     def predict(self, x: pd.DataFrame) -> Any:
-        if "context" in inspect.signature(self.model.predict).parameters:
-            return self.model.predict(None, x)
-        return self.model.predict(x)
+        return predictions(self.model, x)
 
 
 def better(task: str, metric: str, new: float, old: float, margin: float) -> bool:
