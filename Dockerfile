@@ -17,9 +17,12 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone: a change to the code does not reinstall them.
+# The lightgbm and xgboost extras too: the bundled rentals example trains with LightGBM, and a
+# replica loads the models users register with those flavors.
+ARG EXTRAS="lightgbm xgboost"
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" $EXTRAS > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 # Then the project itself (README.md: pyproject.toml names it as the package's readme).
@@ -39,6 +42,10 @@ FROM ${PYTHON_IMAGE} AS runtime
 
 # A fixed uid/gid, so volume ownership is the same on every rebuild. The data directories are
 # created here, owned by that user: an empty named volume mounted on them copies this ownership.
+# libgomp1: OpenMP, which LightGBM's wheel links to instead of bundling it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 streamops \
     && useradd --system --uid 10001 --gid streamops --create-home --home-dir /home/streamops \
        --shell /usr/sbin/nologin streamops \

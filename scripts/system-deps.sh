@@ -6,6 +6,7 @@
 #   scripts/system-deps.sh [GROUP ...]   groups: run (default), test, bench
 #
 #   run    redis-server               the demo's and the tests' own Redis server
+#          libgomp1                   OpenMP, which LightGBM's wheel links to (not bundled)
 #   test   prometheus (promtool too)  the Prometheus config checks and the Prometheus e2e test
 #          chromium                   the gateway's /docs page rendered in a headless browser
 #   bench  wrk                        bench/serve.py's HTTP load
@@ -20,11 +21,27 @@ need() {  # need COMMAND PACKAGE: the package, if the command is not on PATH
     [[ " ${missing[*]} " == *" $2 "* ]] || missing+=("$2")
 }
 
+# Where shared libraries are looked for (SYSTEM_DEPS_LIBDIRS overrides, for the tests).
+libdirs=(${SYSTEM_DEPS_LIBDIRS:-/lib /usr/lib /lib64 /usr/lib64})
+
+need_lib() {  # need_lib LIBRARY PACKAGE: the package, if no library directory holds LIBRARY
+    local dir
+    for dir in "${libdirs[@]}"; do
+        compgen -G "$dir/$1" >/dev/null && return
+        compgen -G "$dir/*/$1" >/dev/null && return
+    done
+    [[ " ${missing[*]} " == *" $2 "* ]] || missing+=("$2")
+}
+
 for group in "${groups[@]}"; do
     case "$group" in
-        run) need redis-server redis-server ;;
+        run)
+            need redis-server redis-server
+            need_lib libgomp.so.1 libgomp1
+            ;;
         test)
             need redis-server redis-server
+            need_lib libgomp.so.1 libgomp1
             need promtool prometheus
             need prometheus prometheus
             need chromium chromium

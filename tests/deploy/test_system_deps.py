@@ -20,9 +20,20 @@ def stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def run(tmp_path: Path, present: list[str], *groups: str, uid: int = 1000) -> tuple[int, str, str]:
+def run(
+    tmp_path: Path,
+    present: list[str],
+    *groups: str,
+    uid: int = 1000,
+    libraries: tuple[str, ...] = ("libgomp.so.1",),
+) -> tuple[int, str, str]:
     directory = tmp_path / "bin"
     directory.mkdir()
+    # The shared libraries present, in a multiarch directory like Debian's.
+    libdir = tmp_path / "lib" / "x86_64-linux-gnu"
+    libdir.mkdir(parents=True)
+    for library in libraries:
+        (libdir / library).write_bytes(b"")
     bash = shutil.which("bash")
     assert bash, "bash is needed to run the script"
     for command in present:
@@ -31,7 +42,11 @@ def run(tmp_path: Path, present: list[str], *groups: str, uid: int = 1000) -> tu
     stub(directory / "apt-get", f'echo "$@" >> {tmp_path / "apt-calls"}')
     done = subprocess.run(
         [bash, str(SCRIPT), *groups],
-        env={"PATH": str(directory), "HOME": str(tmp_path)},
+        env={
+            "PATH": str(directory),
+            "HOME": str(tmp_path),
+            "SYSTEM_DEPS_LIBDIRS": str(tmp_path / "lib"),
+        },
         capture_output=True,
         text=True,
         timeout=30,
@@ -82,3 +97,12 @@ def test_an_unknown_group_is_refused(tmp_path: Path) -> None:
     status, _, err = run(tmp_path, [], "everything")
     assert status == 2
     assert "unknown group everything" in err
+
+
+def test_a_missing_library_is_named_by_its_package(tmp_path: Path) -> None:
+    # LightGBM's wheel links to the system's OpenMP runtime instead of bundling one.
+    status, _, err = run(tmp_path, ["redis-server"], "run", libraries=())
+    assert status == 1
+    assert err.strip() == (
+        "missing: libgomp1; run: sudo apt-get install -y --no-install-recommends libgomp1"
+    )
