@@ -41,16 +41,41 @@ class EntryPoint:
 
 
 def on_import_path(plugins_dir: Path | None) -> None:
-    """Put the plugins directory first on the import path (once): its modules win over
-    installed ones of the same name, as an operator who put them there expects."""
-    if plugins_dir is not None and str(plugins_dir) not in sys.path:
-        sys.path.insert(0, str(plugins_dir))
+    """Put the plugins directory first on the import path: its modules win over installed ones
+    of the same name, as an operator who put them there expects. First again if something
+    went before it since (MLflow puts a loaded model's code directory first)."""
+    if plugins_dir is None:
+        return
+    entry = str(plugins_dir)
+    if sys.path[:1] != [entry]:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+
+
+def _from_plugins(module_name: str, plugins_dir: Path | None) -> None:
+    """Forget an imported copy of a plugins-directory module that came from elsewhere: loading
+    a champion whose model ships that module (MLflow `code_paths`) imports the copy saved with
+    it, and a training must use, and ship, the plugins directory's current code instead."""
+    top = module_name.partition(".")[0]
+    if plugins_dir is None or top not in sys.modules:
+        return
+    ours = [plugins_dir / f"{top}.py", plugins_dir / top]
+    if not any(path.exists() for path in ours):
+        return
+    location = _location(sys.modules[top])
+    if location is not None and location.is_relative_to(plugins_dir.resolve()):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def resolve(name: str, plugins_dir: Path | None = None) -> EntryPoint:
     """Import `package.module:function`, from the plugins directory or the environment."""
     module_name, _, attribute = name.partition(":")
     on_import_path(plugins_dir)
+    _from_plugins(module_name, plugins_dir)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module: anything may go wrong while importing it

@@ -145,15 +145,7 @@ def evaluate(model: Any, task: str, x: pd.DataFrame, y: pd.Series) -> dict[str, 
     classes = list(model.classes_)
     binary = len(classes) == 2
     out = {
-        "accuracy": float(metrics.accuracy_score(y, predicted)),
-        "f1": float(
-            metrics.f1_score(
-                y,
-                predicted,
-                average="binary" if binary else "macro",
-                pos_label=classes[-1] if binary else 1,
-            )
-        ),
+        **_label_metrics(y, predicted, classes),
         "log_loss": float(metrics.log_loss(y, proba, labels=classes)),
     }
     if len(np.unique(y)) > 1:
@@ -165,11 +157,16 @@ def evaluate(model: Any, task: str, x: pd.DataFrame, y: pd.Series) -> dict[str, 
     return out
 
 
-def _label_metrics(y: pd.Series, predicted: Any) -> dict[str, float]:
+def _label_metrics(
+    y: pd.Series, predicted: Any, classes: list[Any] | None = None
+) -> dict[str, float]:
+    """Accuracy and F1 (binary: of the last class; else macro); `classes` the model's own, else
+    every label seen."""
     from sklearn import metrics
 
     labels = np.asarray(predicted).ravel()
-    classes = sorted(set(np.unique(y)) | set(np.unique(labels)))
+    if classes is None:
+        classes = sorted(set(np.unique(y)) | set(np.unique(labels)))
     binary = len(classes) == 2
     return {
         "accuracy": float(metrics.accuracy_score(y, labels)),

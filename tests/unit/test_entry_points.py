@@ -4,8 +4,10 @@ fails a training and how it says so."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,26 @@ def test_an_entry_point_from_the_plugins_dir_ships_its_module_file(plugins: Path
     assert entry.code_path == plugins / f"{name}.py"
     assert entry.requirement is None
     assert str(plugins) in sys.path
+
+
+def test_a_copy_imported_from_a_loaded_model_gives_way_to_the_plugins_dir(
+    plugins: Path, tmp_path: Path
+) -> None:
+    # Loading a champion that ships the module (MLflow code_paths) imports the copy saved with
+    # it, first on the path: the next training must use, and ship, the plugins dir's own.
+    name = _plugin(plugins, LOGISTIC)
+    saved = tmp_path / "model" / "code"
+    saved.mkdir(parents=True)
+    (saved / f"{name}.py").write_text("def train(x, y, spec):\n    return 'the old code'\n")
+    sys.path.insert(0, str(saved))
+    try:
+        importlib.import_module(name)
+        entry = entry_points.resolve(f"{name}:train", plugins)
+    finally:
+        sys.path.remove(str(saved))
+    assert entry.code_path == plugins / f"{name}.py"
+    assert sys.modules[name].__file__ == str(plugins / f"{name}.py")
+    assert sys.path[0] == str(plugins)
 
 
 def test_an_entry_point_in_a_plugin_package_ships_the_package(plugins: Path) -> None:
@@ -283,7 +305,7 @@ class Opaque:
     """A model skops cannot rebuild: it holds a lambda."""
 
     def __init__(self) -> None:
-        self.scale = lambda v: v * 2
+        self.scale: Callable[[Any], Any] = lambda v: v * 2
 
     def predict(self, x: Any) -> Any:
         return self.scale(x)
