@@ -65,6 +65,8 @@ def build_app(
         policy=LoadPolicy(tuple(settings.flavors), settings.pickle_allowed),
         serves=settings.serves,
         read_specs=read_specs,
+        compiles=settings.compiles,
+        threads=settings.threads,
     )
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)

@@ -31,6 +31,10 @@ class Served:
     # The training rows' distribution, for live drift; None for a version logged without one.
     drift: DriftReference | None = None
     flavor: str = "sklearn"
+    # What runs `model`: onnx (its compiled graph, `model` is a CompiledModel) or native; and
+    # the compile verdict (verified, or why not).
+    runtime: str = "native"
+    verdict: str = ""
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -51,6 +55,11 @@ class ModelCache:
     def version(self, name: str) -> int | None:
         served = self._live.get(name)
         return None if served is None else served.version
+
+    def runtime(self, name: str) -> str:
+        """What runs the version of `name` in service (onnx, native), or none."""
+        served = self._live.get(name)
+        return "none" if served is None else served.runtime
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._live)

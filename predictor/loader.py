@@ -1,9 +1,11 @@
 """Loading a model version for service: load it under the trust policy, find its input schema
-(the dataset spec's, else its MLflow signature's), check it, warm it up."""
+(the dataset spec's, else its MLflow signature's), check it, choose its runtime (compiled or
+native: predictor/runtimes.py), warm it up."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +14,7 @@ import pandas as pd
 from predictor.boosters import as_classifier
 from predictor.cache import Served
 from predictor.outputs import gives_probabilities, predict_with
+from predictor.runtimes import choose
 from shared.datasets import DatasetSpec, spec_schema
 from shared.drift import DriftReference
 from shared.errors import ModelLoadFailed, ModelRefused
@@ -68,6 +71,8 @@ def load(
     version: int,
     spec: DatasetSpec | None,
     policy: LoadPolicy,
+    *,
+    threads: int = 1,
 ) -> Served:
     """The model version, ready to serve; ModelLoadFailed says why it is not (ModelRefused:
     it never will be, as it is)."""
@@ -84,12 +89,17 @@ def load(
     drift = drift_reference(registry, name, version)
     served = Served(name, version, model, schema, classes, datetime.now(UTC), drift, loaded.flavor)
     try:
+        rows = input_frame(schema, warm_rows(schema, loaded.example))
         # The very path requests take, answer shape included.
-        predict_with(served, input_frame(schema, warm_rows(schema, loaded.example)))
+        predict_with(served, rows)
     except Exception as exc:
         # The same rows would fail the same way at every converge: refused for good.
         raise ModelRefused(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
-    return served
+    runtime = choose(loaded, model, schema, rows, classes, wanted=policy.compiled, threads=threads)
+    log.info("%s v%d: served by %s: %s", name, version, runtime.name, runtime.verdict)
+    compiled = replace(served, model=runtime.model, runtime=runtime.name, verdict=runtime.verdict)
+    predict_with(compiled, rows)  # checked against the native answers already: warms it up
+    return compiled
 
 
 def check_columns(name: str, version: int, model: Any, schema: ModelSchema) -> None:

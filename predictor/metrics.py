@@ -24,6 +24,13 @@ class PredictorMetrics:
             ["model"],
             registry=r,
         )
+        self.runtime = Gauge(
+            "streamops_model_runtime",
+            "1 for the runtime that serves each model's version in service here (onnx: its "
+            "verified compiled graph; native: the model's own library), 0 for the other",
+            ["model", "runtime"],
+            registry=r,
+        )
         self.loads = Counter(
             "streamops_model_loads",
             "Model versions loaded (outcome loaded) or refused (outcome refused), by trigger",
@@ -56,8 +63,8 @@ class PredictorMetrics:
         )
         self.predict_seconds = Histogram(
             "streamops_predict_seconds",
-            "Time of one predict call (several coalesced batches of one model)",
-            ["model"],
+            "Time of one predict call (several coalesced batches of one model), by runtime",
+            ["model", "runtime"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

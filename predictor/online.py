@@ -179,7 +179,10 @@ class OnlinePredictor:
         for name, requests in by_model.items():
             started = time.perf_counter()
             answers = await anyio.to_thread.run_sync(answer, self.predictor, requests)
-            self.metrics.predict_seconds.labels(name).observe(time.perf_counter() - started)
+            runtime = self.predictor.cache.runtime(name)
+            self.metrics.predict_seconds.labels(name, runtime).observe(
+                time.perf_counter() - started
+            )
             await self._reply(requests, answers)
             self._count(name, requests, answers)
             answered += len(answers)

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
+from predictor.runtimes import RUNTIMES
 from predictor.service import PRODUCTION, Predictor
 from shared.errors import ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
@@ -92,6 +93,8 @@ class Replica:
         old = self.predictor.remove(name)
         if old is not None:
             self.metrics.version.remove(name)
+            for runtime in RUNTIMES:
+                self.metrics.runtime.remove(name, runtime)
             self.changed.set()
 
     async def load(self, name: str, version: int, trigger: Trigger) -> None:
@@ -100,8 +103,10 @@ class Replica:
         started = time.monotonic()
         reason = ""
         work = self.predictor.stage if trigger == "prefetch" else self.predictor.swap_in
+        served = None
         try:
-            if await anyio.to_thread.run_sync(work, name, version) is None:
+            served = await anyio.to_thread.run_sync(work, name, version)
+            if served is None:
                 return  # already staged or in service
         except ModelLoadFailed as exc:
             reason = str(exc)
@@ -123,6 +128,8 @@ class Replica:
                 reason=reason[:2000],
                 seconds=round(seconds, 4),
                 trigger=trigger,
+                runtime=served.runtime if served else "",
+                compiled=served.verdict[:2000] if served else "",
             )
         )
 
@@ -157,6 +164,9 @@ class Replica:
             version = cache.version(name)
             if version is not None:
                 self.metrics.version.labels(name).set(version)
+            serving = cache.runtime(name)
+            for runtime in RUNTIMES:
+                self.metrics.runtime.labels(name, runtime).set(int(runtime == serving))
 
     async def _announce(self, event: ModelLoaded) -> None:
         if self.client is None:

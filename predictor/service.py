@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -55,6 +55,8 @@ class Predictor:
         policy: LoadPolicy | None = None,
         serves: Callable[[str], bool] | None = None,
         read_specs: Callable[[], dict[str, DatasetSpec]] | None = None,
+        compiles: Callable[[str], bool] | None = None,
+        threads: int = 1,
     ) -> None:
         self.registry = registry
         # Dataset specs by registered model name: their models' schemas. Read again at each
@@ -63,6 +65,10 @@ class Predictor:
         self.cache = cache
         self.policy = policy or LoadPolicy()
         self.serves = serves or (lambda name: True)
+        # Whether a model may be served compiled (ONNX) when its graph is verified; the
+        # threads a compiled model predicts with.
+        self.compiles = compiles or (lambda name: True)
+        self.threads = threads
         self.read_specs = read_specs
         # Online rows are counted against the training reference (batch jobs are not: one big
         # file would swamp the window that watches live traffic).
@@ -222,7 +228,10 @@ class Predictor:
 
     def _load(self, name: str, version: int) -> Served:
         try:
-            return load(self.registry, name, version, self.specs.get(name), self.policy)
+            policy = replace(self.policy, compiled=self.compiles(name))
+            return load(
+                self.registry, name, version, self.specs.get(name), policy, threads=self.threads
+            )
         except ModelRefused:
             self._refused = {**self._refused, name: version}
             raise

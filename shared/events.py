@@ -269,6 +269,16 @@ class ModelLoaded(Event):
         description="What made the replica load it (prefetch: a version just trained, loaded "
         "ahead of its promotion and not in service yet)."
     )
+    runtime: str = Field(
+        default="",
+        pattern="^(onnx|native|)$",
+        description="What runs the version loaded: onnx (its verified compiled graph, through "
+        "onnxruntime) or native (the model's own library); empty when refused.",
+    )
+    compiled: str = Field(
+        default="",
+        description="The compile verdict: `verified`, or `refused: <reason>` (served natively).",
+    )
 
 
 # --- Online prediction ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from shared.compiling import ONNX_ARTIFACT, VERDICT_TAG, VERIFIED
 from shared.errors import ModelRefused
 from shared.settings import DEFAULT_FLAVORS
 
@@ -30,10 +31,13 @@ LIGHTGBM_BOOSTER = "lightgbm.basic.Booster"
 
 @dataclass(frozen=True)
 class LoadPolicy:
-    """What a caller trusts: the flavors it loads, in order of preference, and pickles."""
+    """What a caller trusts: the flavors it loads, in order of preference, and pickles; and
+    whether it wants the version's compiled graph too (an ONNX file is data, run by
+    onnxruntime: no code of the artifact's runs when it is loaded)."""
 
     flavors: tuple[str, ...] = DEFAULT_FLAVORS
     allow_pickle: bool = False
+    compiled: bool = False
 
 
 # The trainer's own champion, evaluated in process: anything it logged may be loaded.
@@ -57,6 +61,10 @@ class LoadedModel:
     model: Any
     pickled: bool  # whether loading it unpickled code (cloudpickle, pickle)
     example: Any = None  # the input example logged with the model (a DataFrame), if any
+    # The version's compile verdict (shared/compiling.py), None for a version that has none
+    # (registered outside streamops); and its ONNX graph when the verdict is `verified`.
+    verdict: str | None = None
+    onnx: bytes | None = None
 
 
 def decide(flavors: dict[str, dict[str, Any]], policy: LoadPolicy) -> Decision:
@@ -159,7 +167,33 @@ def load_version(
         decision = decide(meta.flavors, policy)  # the files fetched are the ones judged
         model = _load(decision.flavor, local)
         example = _example(meta, local)
-    return LoadedModel(decision.flavor, meta.signature, model, decision.pickled, example)
+    verdict, onnx = (
+        _compiled(client, tracking_uri, name, version) if policy.compiled else (None, None)
+    )
+    return LoadedModel(
+        decision.flavor, meta.signature, model, decision.pickled, example, verdict, onnx
+    )
+
+
+def _compiled(
+    client: Any, tracking_uri: str, name: str, version: int
+) -> tuple[str | None, bytes | None]:
+    """The version's compile verdict and, when verified, its ONNX graph from its run."""
+    import mlflow.artifacts
+
+    found = client.get_model_version(name, str(version))
+    verdict = (found.tags or {}).get(VERDICT_TAG)
+    if verdict != VERIFIED or not found.run_id:
+        return verdict, None
+    with tempfile.TemporaryDirectory(prefix="streamops-onnx-") as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=found.run_id,
+            artifact_path=ONNX_ARTIFACT,
+            dst_path=tmp,
+            tracking_uri=tracking_uri,
+        )
+        with open(path, "rb") as handle:
+            return verdict, handle.read()
 
 
 @contextlib.contextmanager

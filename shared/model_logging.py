@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from shared.compiling import ONNX_ARTIFACT
 from shared.errors import EntryPointFailed
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class TrainingRecord:
     flavor: str = SKLEARN  # or python_function, for an mlflow.pyfunc.PythonModel
     code_paths: tuple[str, ...] = ()  # files or directories of code the model needs to load
     requirements: tuple[str, ...] = ()  # `package==version` besides those found in the model
+    # The model compiled to ONNX and verified (shared/compiling.py), logged beside it; its
+    # verdict is one of `tags`.
+    onnx: bytes | None = None
 
 
 def log_training(client: Any, record: TrainingRecord) -> tuple[int, str]:
@@ -80,6 +86,8 @@ def log_training(client: Any, record: TrainingRecord) -> tuple[int, str]:
         mlflow.log_input(dataset, context="training")
         if record.drift_reference is not None:
             mlflow.log_dict(record.drift_reference, DRIFT_ARTIFACT)
+        if record.onnx is not None:
+            _log_bytes(record.onnx, ONNX_ARTIFACT)
         signature = infer_signature(record.example, predict(record.model, record.example))
         info, serialization = _log_model(record, signature)
         mlflow.set_tag(SERIALIZATION_TAG, serialization)
@@ -87,6 +95,16 @@ def log_training(client: Any, record: TrainingRecord) -> tuple[int, str]:
     for key, value in {**record.tags, SERIALIZATION_TAG: serialization}.items():
         client.set_model_version_tag(record.model_name, str(version), key, value)
     return version, run.info.run_id
+
+
+def _log_bytes(data: bytes, artifact: str) -> None:
+    import mlflow
+
+    directory, _, filename = artifact.rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="streamops-artifact-") as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), artifact_path=directory or None)
 
 
 def _log_model(record: TrainingRecord, signature: Any) -> tuple[Any, str]:

@@ -10,7 +10,7 @@ import os
 import socket
 import sysconfig
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -197,6 +197,12 @@ class PredictorSettings(BaseSettings):
     environment: str = Field(default="development", pattern=r"^(development|production)$")
     # Unset: allowed in development, refused in production.
     allow_pickle: bool | None = None
+    # How versions are run (docs/serving.md: compiled serving): auto serves a version's
+    # verified ONNX graph with onnxruntime (compiling at load a version that has no verdict),
+    # native always calls the model's own library; `native_models` forces native for the
+    # models it names (names or shell patterns).
+    runtime: Literal["auto", "native"] = "auto"
+    native_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How often the replica compares what it serves with the registry's production aliases.
     converge_s: float = Field(default=10.0, gt=0, le=3600)
     # Threads a model may use to predict (OpenMP, BLAS). One: a replica is one core's worth of
@@ -220,7 +226,7 @@ class PredictorSettings(BaseSettings):
         default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
 
-    @field_validator("models", "flavors", "score_roots", mode="before")
+    @field_validator("models", "flavors", "native_models", "score_roots", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -243,6 +249,14 @@ class PredictorSettings(BaseSettings):
         if self.allow_pickle is not None:
             return self.allow_pickle
         return self.environment == "development"
+
+    def compiles(self, model_name: str) -> bool:
+        """Whether this replica may serve `model_name` compiled."""
+        from fnmatch import fnmatchcase
+
+        if self.runtime == "native":
+            return False
+        return not any(fnmatchcase(model_name, p) for p in self.native_models)
 
     def serves(self, model_name: str) -> bool:
         """Whether `models` lets this replica serve `model_name`."""

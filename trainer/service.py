@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
+from shared.compiling import VERDICT_TAG
 from shared.datasets import DatasetSpec, load_spec
 from shared.drift import reference_from
 from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
@@ -21,6 +22,7 @@ from shared.feature_store import FeatureStore
 from shared.promotion import PRODUCTION, promote
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
 from trainer import estimators
+from trainer.compile import compile_trained
 from trainer.gate import Verdict, judge
 from trainer.training import Trained, evaluate, fit, training_spec
 
@@ -95,6 +97,8 @@ def train_for(
     }
     if training.entry_point is not None:
         tags[f"{TAG}entry_point"] = training.entry_point
+    onnx, compiled = compile_trained(spec, trained)
+    tags[VERDICT_TAG] = compiled.text
     record = TrainingRecord(
         experiment=spec.name,
         model_name=spec.model_name,
@@ -113,6 +117,7 @@ def train_for(
         flavor=trained.flavor,
         code_paths=_code_paths(trained),
         requirements=_requirements(trained),
+        onnx=onnx,
     )
     registered = registry.log(record)
     registry.set_alias(spec.model_name, "dev", registered.version)

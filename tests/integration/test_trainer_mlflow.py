@@ -12,12 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow.artifacts
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from ingestor.service import ingest
+from predictor.cache import ModelCache
+from predictor.service import Predictor
+from shared.compiled import CompiledModel
 from shared.datasets import feature_frame, load_spec
 from shared.drift import DriftReference
 from shared.events import DataArrived, DataIngested
@@ -27,7 +31,7 @@ from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from streamops.stack import local_stack
 from tests.support.data import churn_rows, write_csv
-from trainer.service import train_for
+from trainer.service import train_for, training_frame
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., IngestorSettings]
@@ -212,10 +216,16 @@ def test_an_entry_point_training_has_the_lineage_of_a_built_in_one_and_loads_els
     assert lineage.dataset.name == "rentals@v1"
     assert lineage.dataset.digest == event.content_hash[:36]
     tags = client.get_model_version(name, "1").tags
-    assert tags["streamops.dataset_version"] == "1"
-    assert tags["streamops.content_hash"] == event.content_hash
+    assert (tags["streamops.dataset_version"], tags["streamops.content_hash"]) == (
+        "1",
+        event.content_hash,
+    )
     assert tags["streamops.entry_point"] == "rentals_features:train"
     assert tags["streamops.serialization_format"] == "skops"
+    # Its custom transformer has no ONNX converter: served natively, and the tag says why.
+    assert (
+        tags["streamops.onnx"] == "refused: no ONNX converter for rentals_features.RentalFeatures"
+    )
     assert "rentals_features:train" in tags["streamops.training_spec"]
     assert set(client.get_registered_model(name).aliases) == {"dev", "staging", "production"}
     assert registry.drift_reference(name, 1) is not None
@@ -317,3 +327,44 @@ def test_a_python_model_entry_point_is_logged_as_pyfunc_with_its_code(
     rows = pd.read_csv(BUNDLED_DATASETS / "rentals" / "rentals.csv", nrows=20)
     features = feature_frame(load_spec(spec_dir, "rentals"), rows)
     assert list(loaded.predict(features)) == (features["lead_days"] > 25).astype(int).tolist()
+
+
+def test_a_trained_version_is_compiled_verified_and_served_compiled(
+    make_settings: Make, mlflow_url: str, datasets: tuple[Path, str]
+) -> None:
+    """The trainer logs the version's ONNX graph and its verdict; a replica serves the graph,
+    and its answers are the native model's, row by row; a replica told to serve natively
+    does so."""
+    spec_dir, name = datasets
+    settings = make_settings(datasets_dir=spec_dir)
+    store = FeatureStore(settings.common.feature_store_root)
+    registry = MlflowRegistry(mlflow_url)
+    client = MlflowClient(tracking_uri=mlflow_url)
+    outcome = train_for(
+        _ingest(settings, str(BUNDLED_DATASETS / "churn" / "churn.csv")), spec_dir, store, registry
+    )
+    assert outcome is not None
+    assert outcome.promoted is not None
+    assert client.get_model_version(name, "1").tags["streamops.onnx"] == "verified"
+    run = client.get_run(outcome.trained.run_id)
+    assert run.data.tags["streamops.onnx"] == "verified"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")] == ["onnx/model.onnx"]
+
+    specs = {name: load_spec(spec_dir, "churn")}
+    compiled = Predictor(registry, specs, ModelCache(), serves=lambda n: n == name)
+    native = Predictor(
+        registry, specs, ModelCache(), serves=lambda n: n == name, compiles=lambda n: False
+    )
+    (fast,) = compiled.converge()
+    (slow,) = native.converge()
+    assert (fast.runtime, fast.verdict) == ("onnx", "verified")
+    assert isinstance(fast.model, CompiledModel)
+    assert slow.runtime == "native"
+    assert slow.verdict.startswith("native: forced")
+
+    rows = training_frame(store, specs[name], 1).head(600)  # the validated rows
+    a, b = compiled.predict(name, rows), native.predict(name, rows)
+    assert a.predictions == b.predictions
+    assert a.probabilities is not None
+    assert b.probabilities is not None
+    assert np.abs(np.asarray(a.probabilities) - np.asarray(b.probabilities)).max() < 1e-4
