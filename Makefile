@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 
 IMAGE ?= streamops:latest
 
-.PHONY: deps deps-test deps-bench bootstrap test test-fast lint typecheck gate image demo bench bench-batch bench-serve clean
+.PHONY: deps deps-test deps-bench bootstrap test test-native test-fast lint typecheck gate image demo bench bench-batch bench-serve clean
 
 # Machine-level prerequisites, from Debian's packages when missing (as root; otherwise the
 # one command to run): redis-server for the demo; prometheus and chromium for the tests too;
@@ -38,6 +38,12 @@ $(STAMP): pyproject.toml | $(PY)
 # fixtures) and e2e (services as processes).
 test: deps-test bootstrap
 	$(PY) -m pytest
+	$(MAKE) test-native
+
+# The e2e serving tests again with every model served natively (no ONNX): the compiled path
+# must never be the only one that works (docs/serving.md, compiled serving).
+test-native: deps-test bootstrap
+	STREAMOPS_PREDICTOR_RUNTIME=native $(PY) -m pytest tests/e2e/test_serving_processes.py
 
 # Unit, service and deploy-config tests: no servers (the deploy checks run promtool).
 test-fast: deps-test bootstrap

@@ -110,7 +110,8 @@ def register(datasets: Path, tracking_uri: str) -> int:
     """Fit the pipeline the trainer would build for the spec and register it as production."""
     import mlflow
 
-    from shared.datasets import load_spec
+    from shared.compiling import VERDICT_TAG, compile_verified
+    from shared.datasets import load_spec, spec_schema
     from shared.drift import reference_from
     from shared.registry import MlflowRegistry, TrainingRecord
     from trainer import estimators
@@ -127,13 +128,16 @@ def register(datasets: Path, tracking_uri: str) -> int:
     mlflow.set_tracking_uri(tracking_uri)
     registry = MlflowRegistry(tracking_uri)
     trusted = estimators.resolve(spec.training.estimator, spec.training.task).trusted_types
+    # As the trainer does: compiled and verified on the hold-out rows, logged with a verdict.
+    classes = tuple(model.classes_)
+    onnx, verdict = compile_verified(model, spec_schema(spec), test[FEATURES], classes)
     record = TrainingRecord(
         experiment=DATASET,
         model_name=spec.model_name,
         model=model,
         params=dict(ESTIMATOR),
         metrics=metrics,
-        tags={"streamops.bench": "serve"},
+        tags={"streamops.bench": "serve", VERDICT_TAG: verdict.text},
         input_frame=train,
         input_name=f"{DATASET}@bench",
         input_source="bench/serve.py",
@@ -143,10 +147,15 @@ def register(datasets: Path, tracking_uri: str) -> int:
         trusted_types=trusted,
         # As the trainer logs it: the replica then counts every online row for drift.
         drift_reference=reference_from(spec, train[FEATURES]).model_dump(mode="json"),
+        onnx=onnx,
     )
     version = registry.log(record).version
     registry.set_alias(spec.model_name, "production", version)
-    print(f"registered {spec.model_name} v{version}: roc_auc {metrics['roc_auc']:.3f}", flush=True)
+    print(
+        f"registered {spec.model_name} v{version}: roc_auc {metrics['roc_auc']:.3f}; "
+        f"ONNX: {verdict.text}",
+        flush=True,
+    )
     return version
 
 
@@ -501,7 +510,10 @@ def report(
         f"model: {DATASET}, RandomForestClassifier (100 trees, depth 10) on 20 numeric "
         "features, one row per request; the same registered version on both"
     )
-    print(f"workers: {split}; Redis is infrastructure (not counted)")
+    print(
+        f"workers: {split}; Redis is infrastructure (not counted); "
+        f"streamops runtime: {args.runtime}"
+    )
     runs = f"median of {args.repeat} runs" if args.repeat > 1 else "1 run"
     print(
         f"load: {generator}, keep-alive, closed loop; {args.duration:g} s per point after a "
@@ -591,6 +603,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--mlflow-only", action="store_true", help="measure mlflow models serve alone"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "native"],
+        default="auto",
+        help="streamops' predictor runtime: auto serves the verified ONNX graph, native "
+        "scikit-learn (STREAMOPS_PREDICTOR_RUNTIME)",
+    )
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
     args.gateway_workers = args.gateway_workers or max(1, args.workers // 2)
@@ -638,6 +657,7 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         "STREAMOPS_DATASETS_DIR": str(datasets),
         "STREAMOPS_FEATURE_STORE_ROOT": str(work / "feature-store"),
         "STREAMOPS_PREDICTOR_MODELS": DATASET,
+        "STREAMOPS_PREDICTOR_RUNTIME": args.runtime,
         "STREAMOPS_GATEWAY_INBOX": str(work / "inbox"),
     }
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)

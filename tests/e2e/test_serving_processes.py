@@ -9,6 +9,7 @@ streams, the next promote v2 (trained, refused by the gate, prefetched, timed) a
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -112,6 +113,18 @@ def test_ingest_train_promote_then_predict_over_http(world: World) -> None:
     assert answer.json()["model_version"] == 1
     assert answer.headers["X-Model-Version"] == "1"
     assert answer.json()["predictions"][0] in (0, 1)
+    # Served compiled (its graph verified at registration), unless this run forces native
+    # (`make test` runs this module again with STREAMOPS_PREDICTOR_RUNTIME=native).
+    native = os.environ.get("STREAMOPS_PREDICTOR_RUNTIME") == "native"
+    loads = [e for e in world.events("model-loads") if e["model_name"] == world.model]
+    v1 = [e for e in loads if e["version"] == 1 and e["loaded"]]
+    assert len({e["replica"] for e in v1}) == 2
+    assert {e["runtime"] for e in v1} == {"native" if native else "onnx"}
+    assert {e["compiled"] for e in v1} == (
+        {"native: forced by settings (STREAMOPS_PREDICTOR_RUNTIME, _NATIVE_MODELS)"}
+        if native
+        else {"verified"}
+    )
 
 
 def test_a_promotion_is_served_by_every_replica_within_a_second(world: World) -> None:
