@@ -65,7 +65,7 @@ def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> lis
     name = requests[0].model_name
     columns = _columns(requests)
     try:
-        merged = predictor.predict(name, pd.DataFrame(columns), columns)
+        merged = predictor.predict(name, None, columns)
     except NoModelInService as exc:
         return [_failure(r, "no_model", str(exc)) for r in requests]
     except Exception:

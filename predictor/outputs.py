@@ -45,7 +45,7 @@ def gives_probabilities(model: Any) -> bool:
     return hasattr(model, "predict_proba") and hasattr(model, "classes_")
 
 
-def probabilities(served: Served, features: pd.DataFrame) -> tuple[np.ndarray[Any, Any], Any]:
+def probabilities(served: Served, features: Any) -> tuple[np.ndarray[Any, Any], Any]:
     """(predicted classes, probabilities) from one predict_proba call: the prediction is the
     most probable class, as scikit-learn's own predict does, so the work is not done twice."""
     assert served.classes is not None
@@ -71,6 +71,9 @@ def output(raw: Any) -> Output:
 
 def plain(values: Any) -> list[Any]:
     """One column of values as JSON-safe Python values (numpy scalars to Python)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in PLAIN_KINDS:
+        listed: list[Any] = values.tolist()  # the common case, with no Series built
+        return listed
     series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
     if isinstance(series.dtype, np.dtype) and series.dtype.kind in PLAIN_KINDS:
         found: list[Any] = series.to_numpy().tolist()
@@ -108,8 +111,9 @@ def output_columns(out: Output) -> dict[str, Any]:
     return {f"prediction_{i}": out.matrix[:, i] for i in range(out.matrix.shape[1])}
 
 
-def predict_with(served: Served, features: pd.DataFrame) -> Prediction:
-    """The answer of `served` for `features`, in one model call."""
+def predict_with(served: Served, features: Any) -> Prediction:
+    """The answer of `served` for `features` (its input frame; or, for a compiled model, its
+    input columns as plain lists), in one model call."""
     if served.classes is not None:
         predicted, proba = probabilities(served, features)
         return Prediction(

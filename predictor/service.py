@@ -20,12 +20,13 @@ from predictor.cache import ModelCache, Served
 from predictor.drift import DriftMonitor
 from predictor.loader import load
 from predictor.outputs import Prediction, predict_with
+from shared.compiled import CompiledModel
 from shared.datasets import DatasetSpec
 from shared.errors import ModelRefused, NoModelInService
 from shared.events import ModelPromoted
 from shared.model_loading import LoadPolicy
 from shared.registry import PRODUCTION, ServingRegistry
-from shared.schema import input_frame
+from shared.schema import input_columns, input_frame
 
 __all__ = ["PINNED_KEPT", "PRODUCTION", "Changes", "Prediction", "Predictor", "predict_with"]
 
@@ -159,13 +160,18 @@ class Predictor:
     # --- predicting ----------------------------------------------------------------------------
 
     def predict(
-        self, name: str, rows: pd.DataFrame, columns: Mapping[str, Any] | None = None
+        self, name: str, rows: pd.DataFrame | None, columns: Mapping[str, Any] | None = None
     ) -> Prediction:
         """One call for the whole batch; the model is taken once, so a swap in the middle does
-        not split a batch between versions. The rows are counted for drift, from `columns`
-        (the same rows as plain lists, cheaper to bin) when given."""
+        not split a batch between versions. `columns` are the same rows as plain lists (an
+        online batch as it arrived), or the rows when `rows` is None: a compiled model is fed
+        from them with no DataFrame built, and drift bins them (cheaper than a frame)."""
         served = self.cache.get(name)
-        features = input_frame(served.schema, rows)
+        if columns is not None and isinstance(served.model, CompiledModel):
+            features: Any = input_columns(served.schema, columns)
+        else:
+            frame = rows if rows is not None else pd.DataFrame(columns)
+            features = input_frame(served.schema, frame)
         prediction = predict_with(served, features)
         if self.drift is not None:
             self.drift.observe(served, features if columns is None else columns)

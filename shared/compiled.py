@@ -1,6 +1,7 @@
 """A model compiled to ONNX, run by onnxruntime behind the face the serving code already calls:
 `predict_proba` and `classes_` for a classifier, `predict` otherwise, on the frame the native
-model would get (shared.schema.input_frame).
+model would get (shared.schema.input_frame), or on an online batch's columns of plain values
+as they arrived, with no DataFrame built (shared.schema.input_columns).
 
 The graph's inputs say how it is fed (shared.compiling writes them): one `[N, 1]` tensor per
 column (double for numbers and booleans, string for text) when the model starts by selecting
@@ -12,6 +13,7 @@ number is NaN, as natively.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,9 +58,11 @@ class CompiledModel:
         if classes is not None:
             self.classes_ = np.asarray(classes)
 
-    def feed(self, frame: pd.DataFrame) -> dict[str, np.ndarray[Any, Any]]:
-        """The graph's inputs from `frame`'s columns, without copying a number column that is
-        already float64."""
+    def feed(self, frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """The graph's inputs from `frame`'s columns, or straight from columns of plain values
+        (an online batch as it arrived: no DataFrame is built for it)."""
+        if not isinstance(frame, pd.DataFrame):
+            return self._feed_lists(frame)
         if self.layout == MATRIX:
             matrix = np.empty((len(frame), len(self.columns)), dtype=np.float64)
             for i, name in enumerate(self.columns):
@@ -69,21 +73,40 @@ class CompiledModel:
             for name, text in self.inputs
         }
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
+    def _feed_lists(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        if self.layout == MATRIX:
+            matrix = np.array([columns[n] for n in self.columns], dtype=np.float64).T
+            return {self.inputs[0][0]: matrix}
+        return {
+            name: (_text_list(columns[name]) if text else _number_list(columns[name]))
+            for name, text in self.inputs
+        }
+
+    def predict_proba(self, frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> Any:
         proba = self.session.run([self.outputs[1]], self.feed(frame))[0]
         return np.asarray(proba, dtype=np.float64)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
+    def predict(self, frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> Any:
         if hasattr(self, "classes_"):
             found: np.ndarray[Any, Any] = self.classes_.take(self.predict_proba(frame).argmax(1))
             return found
         values = np.asarray(self.session.run([self.outputs[0]], self.feed(frame))[0])
-        return values.reshape(len(frame)) if values.ndim == 2 and values.shape[1] == 1 else values
+        return values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
 
 
 def _numbers(column: pd.Series[Any]) -> np.ndarray[Any, Any]:
     # None in an object column becomes NaN, as the native imputers see it.
     return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def _number_list(values: Sequence[Any]) -> np.ndarray[Any, Any]:
+    # None becomes NaN, booleans 0/1, as in a float64 frame column.
+    return np.array(values, dtype=np.float64).reshape(-1, 1)
+
+
+def _text_list(values: Sequence[Any]) -> np.ndarray[Any, Any]:
+    column = np.array([MISSING_TEXT if v is None else v for v in values], dtype=object)
+    return column.reshape(-1, 1)
 
 
 def _text(column: pd.Series[Any]) -> np.ndarray[Any, Any]:

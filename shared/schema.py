@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal, Self
@@ -158,6 +159,18 @@ def input_frame(schema: ModelSchema, frame: Any) -> Any:
         elif col.dtype is not None and not (col.nullable and out[col.name].isna().any()):
             out[col.name] = out[col.name].astype(col.dtype)
     return out
+
+
+def input_columns(schema: ModelSchema, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The schema's columns of an online batch as plain lists, for a compiled model (which is
+    fed from them directly): an optional column that is absent as missing values, a required
+    one absent a KeyError, as `input_frame` says."""
+    absent = [c for c in schema.columns if c.name not in columns]
+    required = [c.name for c in absent if not c.nullable]
+    if required:
+        raise KeyError(f"missing input columns: {required}")
+    rows = len(next(iter(columns.values()), ()))
+    return {c.name: columns[c.name] if c.name in columns else [None] * rows for c in schema.columns}
 
 
 def _missing(schema: ModelSchema, frame: Any) -> bool:

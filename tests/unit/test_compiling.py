@@ -12,7 +12,7 @@ import pytest
 from shared.compiled import CompiledModel
 from shared.compiling import NotCompiled, Verdict, check, compile_verified
 from shared.datasets import feature_frame, parse_spec, spec_schema
-from shared.schema import Column, ModelSchema
+from shared.schema import Column, ModelSchema, input_columns
 from trainer.training import pipeline
 
 SPEC = """
@@ -182,3 +182,29 @@ def test_a_verdict_reads_back_from_its_tag() -> None:
     refused = Verdict(False, "no ONNX conversion: X")
     assert refused.text == "refused: no ONNX conversion: X"
     assert Verdict.parse(refused.text) == refused
+
+
+def test_an_online_batch_of_plain_values_feeds_the_graph_as_its_frame_does() -> None:
+    spec, model, rows = _fitted("HistGradientBoostingClassifier", params="{max_iter: 20}")
+    classes = _classes(model)
+    onnx, _ = compile_verified(model, spec_schema(spec), rows, classes)
+    assert onnx is not None
+    compiled = CompiledModel(onnx, classes)
+    # As JSON brings them: None for a missing value, booleans as they came.
+    lists = {c: [None if pd.isna(v) else v for v in rows[c].tolist()] for c in rows.columns}
+    lists["autopay"] = [bool(v) for v in lists["autopay"]]
+    fed = input_columns(spec_schema(spec), lists)
+    np.testing.assert_array_equal(compiled.predict_proba(fed), compiled.predict_proba(rows))
+    assert (compiled.predict(fed) == model.predict(rows)).all()
+
+
+def test_input_columns_fill_an_absent_optional_column_and_refuse_a_required_one() -> None:
+    schema = spec_schema(_spec("LogisticRegression"))
+    given: dict[str, list[Any]] = {
+        "count": [1, 2],
+        "plan": ["basic", None],
+        "autopay": [True, False],
+    }
+    assert input_columns(schema, given)["amount"] == [None, None]
+    with pytest.raises(KeyError, match="missing input columns"):
+        input_columns(schema, {"amount": [1.0]})
