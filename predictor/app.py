@@ -10,6 +10,7 @@ predictor/service.py, predict batches predictor/online.py, batch jobs predictor/
 from __future__ import annotations
 
 import logging
+import time
 from typing import TypeVar
 
 from faststream import FastStream
@@ -24,7 +25,7 @@ from predictor.replica import SERVICE, Replica
 from predictor.scoring_app import wire_scoring
 from predictor.service import Predictor
 from predictor.specs import SpecReader
-from shared.broker import build_broker, redis_client
+from shared.broker import build_broker, fan_out_start, redis_client
 from shared.delivery import parse_event
 from shared.errors import InvalidEvent
 from shared.events import Event, ModelPromoted, ModelTrained
@@ -74,7 +75,9 @@ def build_app(
         client, predictor, common.consumer_name, settings.read_batches, metrics=metrics
     )
     replica = Replica(settings, predictor, metrics, RedisStatusBoard(client), online, client)
-    promotions = StreamSub(ModelPromoted.stream, last_id="$")
+    # Fan-out: every replica reads every promotion and every new version, from now on.
+    start = fan_out_start(time.time())
+    promotions = StreamSub(ModelPromoted.stream, last_id=start)
 
     @broker.subscriber(stream=promotions, description=ModelPromoted.__doc__)
     async def on_promoted(msg: RedisStreamMessage) -> None:
@@ -83,7 +86,7 @@ def build_app(
             await replica.promoted(event)
 
     # Fan-out too: every replica prefetches every new version of the models it may serve.
-    trained = StreamSub(ModelTrained.stream, last_id="$")
+    trained = StreamSub(ModelTrained.stream, last_id=start)
 
     @broker.subscriber(stream=trained, description=ModelTrained.__doc__)
     async def on_trained(msg: RedisStreamMessage) -> None:

@@ -97,8 +97,14 @@ def load(
         raise ModelRefused(f"{name} v{version}: warm-up prediction failed: {exc}") from exc
     runtime = choose(loaded, model, schema, rows, classes, wanted=policy.compiled, threads=threads)
     log.info("%s v%d: served by %s: %s", name, version, runtime.name, runtime.verdict)
+    if runtime.model is model:
+        return replace(served, runtime=runtime.name, verdict=runtime.verdict)
     compiled = replace(served, model=runtime.model, runtime=runtime.name, verdict=runtime.verdict)
-    predict_with(compiled, rows)  # checked against the native answers already: warms it up
+    try:
+        predict_with(compiled, rows)  # checked against the native answers already: warms it up
+    except Exception as exc:
+        log.warning("%s v%d: the compiled model failed its warm-up; native: %s", name, version, exc)
+        return replace(served, runtime="native", verdict=f"refused: warm-up failed: {exc}")
     return compiled
 
 

@@ -56,3 +56,16 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def fan_out_start(now: float) -> str:
+    """Where a fan-out subscriber (XREAD, no group) starts reading: the stream id of the
+    millisecond before `now`, so it gets every entry added from then on.
+
+    Not "$": FastStream keeps reading from "$" until the first entry arrives, and each XREAD
+    with "$" sees only what is added while it blocks. An entry added between two reads (when
+    one block times out and the next read is sent, or while the event loop is busy) is lost.
+    A replica then missed a promotion until its next converge, up to 10 s later. Stream ids
+    come from Redis' clock: a replica whose clock runs ahead of the server's skips what is added
+    in that lead after it starts, and the converge catches up on that too."""
+    return f"{int(now * 1000) - 1}-0"

@@ -47,7 +47,7 @@ from shared.settings import BUNDLED_DATASETS, REPO_ROOT, CommonSettings
 from streamops.client import ingest_and_wait
 from streamops.demo_byom import bring_your_own
 from streamops.demo_metrics import show_metrics
-from streamops.demo_serving import failed, predict_step, serving, step, wait_event
+from streamops.demo_serving import failed, predict_step, serving, show_runtime, step, wait_event
 from streamops.stack import Stack, bring_up, local_stack, wait_for
 
 console = Console()
@@ -182,6 +182,7 @@ def _training(client: redis.Redis, ingested: DataIngested, timeout: float) -> bo
         f"-> [green]model-promoted[/green]: {promoted['model_name']} "
         f"v{promoted['version']} is in production ({promoted['reason']})"
     )
+    show_runtime(client, promoted["model_name"], promoted["version"])
     return True
 
 

@@ -226,6 +226,31 @@ def wait_event(
     return found[-1]
 
 
+def show_runtime(client: redis.Redis, model: str, version: int, timeout: float = 30) -> None:
+    """Say what runs the version the replicas loaded: its verified ONNX graph, or the native
+    model and why (docs/serving.md, compiled serving)."""
+    found: list[dict[str, Any]] = []
+
+    def loaded() -> bool:
+        found[:] = [
+            e
+            for e in _events(client, "model-loads")
+            if e.get("model_name") == model and e.get("version") == version and e.get("loaded")
+        ]
+        return bool(found)
+
+    try:
+        wait_for(loaded, timeout, "model-loads")
+    except TimeoutError:
+        console.print("   (no replica has announced loading it yet)")
+        return
+    event = found[-1]
+    console.print(
+        f"   served by [bold]{event.get('runtime') or 'native'}[/bold] on {event['replica']} "
+        f"(compiled: {event.get('compiled') or 'no verdict'}; see `XRANGE model-loads - +`)"
+    )
+
+
 def step(n: int, text: str) -> None:
     console.rule(f"[bold]step {n}[/bold]")
     console.print(text)
