@@ -178,22 +178,27 @@ def load_version(
 def _compiled(
     client: Any, tracking_uri: str, name: str, version: int
 ) -> tuple[str | None, bytes | None]:
-    """The version's compile verdict and, when verified, its ONNX graph from its run."""
+    """The version's compile verdict and, when verified, its ONNX graph from its run. A graph
+    that cannot be fetched is a refusal to serve compiled, never a failed load: the native
+    model serves."""
     import mlflow.artifacts
 
     found = client.get_model_version(name, str(version))
     verdict = (found.tags or {}).get(VERDICT_TAG)
     if verdict != VERIFIED or not found.run_id:
         return verdict, None
-    with tempfile.TemporaryDirectory(prefix="streamops-onnx-") as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=found.run_id,
-            artifact_path=ONNX_ARTIFACT,
-            dst_path=tmp,
-            tracking_uri=tracking_uri,
-        )
-        with open(path, "rb") as handle:
-            return verdict, handle.read()
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamops-onnx-") as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=found.run_id,
+                artifact_path=ONNX_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=tracking_uri,
+            )
+            with open(path, "rb") as handle:
+                return verdict, handle.read()
+    except Exception as exc:  # deleted, or the artifact store unreachable for this file
+        return f"refused: its graph cannot be read: {type(exc).__name__}: {exc}"[:500], None
 
 
 @contextlib.contextmanager

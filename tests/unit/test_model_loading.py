@@ -3,6 +3,7 @@ which flavor loads it, whether that unpickles code, and the refusals' reasons.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,3 +130,23 @@ def test_artifacts_on_a_local_path_are_not_the_registrys() -> None:
         with pytest.raises(ModelRefused, match="local path"):
             check_source(uri, remote)
     check_source("/var/mlruns/1/m-1/artifacts", "sqlite:///mlflow.db")  # a local registry
+
+
+def test_a_verified_graph_that_cannot_be_read_is_a_refusal_not_a_failed_load(
+    tmp_path: Path,
+) -> None:
+    from shared.model_loading import _compiled
+
+    class Version:
+        tags = {"streamops.onnx": "verified"}
+        run_id = "0123456789abcdef"
+
+    class Client:
+        def get_model_version(self, name: str, version: str) -> Version:
+            return Version()
+
+    # A registry where that run has no artifacts at all.
+    verdict, onnx = _compiled(Client(), f"file://{tmp_path}", "m", 1)
+    assert onnx is None
+    assert verdict is not None
+    assert verdict.startswith("refused: its graph cannot be read: ")
