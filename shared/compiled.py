@@ -54,7 +54,6 @@ class CompiledModel:
         self.columns: tuple[str, ...] = tuple(json.loads(meta.get(COLUMNS_KEY, "[]")))
         self.inputs = [(i.name, i.type == STRING) for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.size = len(onnx)
         if classes is not None:
             self.classes_ = np.asarray(classes)
 

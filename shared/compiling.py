@@ -71,12 +71,6 @@ class Verdict:
     def text(self) -> str:
         return VERIFIED if self.verified else f"refused: {self.reason}"
 
-    @classmethod
-    def parse(cls, text: str) -> Verdict:
-        if text == VERIFIED:
-            return cls(True)
-        return cls(False, text.removeprefix("refused: "))
-
 
 def compile_verified(
     model: Any, schema: ModelSchema, rows: pd.DataFrame, classes: tuple[Any, ...] | None
