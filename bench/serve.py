@@ -1,22 +1,26 @@
-"""Online predict throughput and latency against `mlflow models serve`, in one run.
+"""Online predict throughput and latency against `mlflow models serve` and BentoML, in one run.
 
     python bench/serve.py [--workers 2] [--duration 10] [--warmup 5] [--concurrency 1,8,32]
                           [--repeat 1] [--quiet-cores 0.3] [--quiet-wait 120] [--workdir DIR]
+                          [--runtime auto|native] [--no-mlflow] [--no-bentoml] [--peers-only]
 
 Starts, as local processes in a temporary directory: Redis, an MLflow tracking server, then
 
-- baseline: `mlflow models serve -m models:/NAME@production --env-manager local -w WORKERS`
+- `mlflow models serve -m models:/NAME@production --env-manager local -w WORKERS`
   (uvicorn workers, each with the model loaded; no batching);
+- BentoML: bench/bentoml_service.py under `bentoml serve`, WORKERS worker processes, an API
+  with adaptive batching (`batchable=True`), the pipeline loaded from the same registry with
+  mlflow.sklearn; in a venv of its own that bench/bentoml_peer.py creates on first use;
 - streamops: `streamops predictor` replicas and `streamops gateway` (FastAPI under gunicorn,
   coalescing concurrent predict requests into batches sent to the predictors over Redis).
 
-Both serve the same registered model version: a scikit-learn pipeline (median imputation,
+All serve the same registered model version: a scikit-learn pipeline (median imputation,
 scaling, RandomForestClassifier with 100 trees of depth 10, n_jobs=1) fitted on 20 numeric
-features and registered with alias `production`, as the trainer would. Both get the same number
-of worker processes in total (`--workers`, default 2: mlflow `-w 2` against 1 gateway worker +
-1 predictor replica); Redis is infrastructure, like the OS, and is not counted (its CPU is shown).
-Process supervisors (uvicorn's and gunicorn's master processes) do not serve requests and are
-not counted either.
+features and registered with alias `production`, as the trainer would (with its verified ONNX
+graph, which only streamops uses). Each gets the same number of worker processes in total
+(`--workers`, default 2: mlflow `-w 2` and BentoML `workers=2` against 1 gateway worker + 1
+predictor replica); Redis is infrastructure, like the OS, and is not counted in the workers
+(its CPU is counted in streamops' CPU per request).
 
 Load: one row per request, keep-alive connections, closed loop (each connection sends its next
 request when the answer arrives) at each concurrency, one system at a time, each warmed up
@@ -25,9 +29,10 @@ generator is `wrk` (-t1) when it is on PATH, otherwise a lean asyncio HTTP/1.1 c
 process; the output says which. Prints, per concurrency and system: req/s, p50, p99, the CPU
 milliseconds the system spent per request (this depends far less on other load than the rates
 do) and the CPU each process group used, with what the rest of the machine used meanwhile (on
-a busy machine the rates say little); then the ratios and the targets: at concurrency 32, at
-least 5x the throughput of `mlflow models serve` with at most half its p99; at concurrency 1,
-a p50 at most 0.75x its p50. Figures are recorded in docs/benchmarks.md.
+a busy machine the rates say little); then the ratios against each peer and the targets of
+docs/benchmarks.md: at concurrency 32, at least 2x BentoML's throughput with at most half its
+p99, and at least 50x mlflow's throughput; at concurrency 1, a p50 of at most 3 ms and at most
+half BentoML's; the gateway's CPU at most 0.3 ms per request.
 """
 
 from __future__ import annotations
@@ -46,11 +51,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bentoml_peer
 import common
+import profiling
 
 from streamops.stack import Stack, free_port, wait_for
 
@@ -68,6 +76,7 @@ class Target:
     url: str
     bodies: list[bytes]
     groups: dict[str, list[int]]  # label -> leader pids whose process trees do the work
+    batches: Callable[[], int] | None = None  # streamops: predict batches sent so far
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class Point:
     p99_ms: float
     errors: int
     cpu: dict[str, float]  # label -> CPU seconds per wall second (1.0 = one core)
+    batches: int | None = None  # predict batches the requests were coalesced into
 
     @property
     def rate(self) -> float:
@@ -240,19 +250,30 @@ def start_streamops(
     return url
 
 
-def check_agreement(mlflow_url: str, ours_url: str, records: list[dict[str, float]]) -> None:
-    """Both answer every sample row, and with the same predictions: the same model is served."""
-    theirs = post(f"{mlflow_url}/invocations", json.dumps({"dataframe_records": records}).encode())[
-        "predictions"
-    ]
+def check_agreement(
+    peers: dict[str, Target], ours_url: str, records: list[dict[str, float]]
+) -> None:
+    """Every system answers every sample row, with the same predictions: the same model."""
     answer = post(f"{ours_url}/v1/models/{DATASET}/predict", json.dumps({"rows": records}).encode())
-    if list(theirs) != list(answer["predictions"]):
-        raise SystemExit(f"the two systems disagree: {theirs} vs {answer['predictions']}")
+    for name, target in peers.items():
+        theirs = post(target.url, batch_body(name, records))
+        labels = theirs["predictions"] if isinstance(theirs, dict) else theirs
+        if list(labels) != list(answer["predictions"]):
+            raise SystemExit(f"{name} and streamops disagree: {labels} vs {answer['predictions']}")
     print(
-        f"both serve {DATASET}: predictions agree on {len(records)} rows "
-        f"(streamops answered with v{answer['model_version']})",
+        f"{', '.join(peers)} and streamops serve {DATASET}: predictions agree on "
+        f"{len(records)} rows (streamops answered with v{answer['model_version']})",
         flush=True,
     )
+
+
+def batch_body(peer: str, records: list[dict[str, float]]) -> bytes:
+    """The request body of a peer for these rows: each peer's own input format."""
+    if peer == "bentoml":
+        return json.dumps({"rows": [[r[f] for f in FEATURES] for r in records]}).encode()
+    if peer == "mlflow":
+        return json.dumps({"dataframe_records": records}).encode()
+    return json.dumps({"rows": records}).encode()
 
 
 # --- CPU accounting -----------------------------------------------------------------------------
@@ -449,10 +470,13 @@ Generator = Wrk | AsyncioLoad
 
 def measure(load: Generator, target: Target, concurrency: int, seconds: float) -> Point:
     """One point, with the CPU each process group (and the generator) used while it ran."""
+    batches = target.batches() if target.batches else None
     before, gen_before, busy_before = cpu_ticks(target.groups), _generator_cpu(), _machine_busy()
     wall = time.perf_counter()
     point = load.run(target.url, target.bodies, concurrency, seconds)
     wall = time.perf_counter() - wall
+    if target.batches is not None and batches is not None:
+        batches = target.batches() - batches
     after, gen_after, busy_after = cpu_ticks(target.groups), _generator_cpu(), _machine_busy()
     cpu = {label: (after[label] - before[label]) / CLK_TCK / wall for label in target.groups}
     cpu["load generator"] = (gen_after - gen_before) / wall
@@ -460,7 +484,25 @@ def measure(load: Generator, target: Target, concurrency: int, seconds: float) -
     cpu["other processes"] = max(
         0.0, (busy_after - busy_before) / CLK_TCK / wall - sum(cpu.values())
     )
-    return Point(point.requests, point.seconds, point.p50_ms, point.p99_ms, point.errors, cpu)
+    return Point(
+        point.requests, point.seconds, point.p50_ms, point.p99_ms, point.errors, cpu, batches
+    )
+
+
+def batches_sent(redis_url: str) -> Callable[[], int]:
+    """Entries ever added to the predict stream: the batches the gateway sent (the requests
+    wrk counts include the warm-up's, so only differences mean anything)."""
+    import redis
+
+    from shared.events import PredictionRequested
+
+    client = redis.Redis.from_url(redis_url)
+
+    def count() -> int:
+        info: Any = client.xinfo_stream(PredictionRequested.stream)
+        return int(info["entries-added"])
+
+    return count
 
 
 def wait_for_quiet(threshold: float, timeout: float) -> float:
@@ -485,6 +527,8 @@ def combine(points: list[Point]) -> Point:
     """Per-figure medians over the repetitions."""
     rate = _median([p.rate for p in points])
     cpu = {k: _median([p.cpu[k] for p in points]) for k in points[0].cpu}
+    counted = [p.requests / p.batches for p in points if p.batches]
+    per_batch = _median(counted) if counted else None
     return Point(
         round(rate * 1000),
         1000.0,
@@ -492,6 +536,7 @@ def combine(points: list[Point]) -> Point:
         _median([p.p99_ms for p in points]),
         sum(p.errors for p in points),
         cpu,
+        None if per_batch is None else round(rate * 1000 / per_batch),
     )
 
 
@@ -502,13 +547,16 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+PEERS = {"mlflow": "mlflow models serve", "bentoml": "BentoML", "streamops": "streamops"}
+
+
 def report(
     results: dict[int, dict[str, Point]], args: argparse.Namespace, generator: str, split: str
 ) -> None:
     print()
     print(
         f"model: {DATASET}, RandomForestClassifier (100 trees, depth 10) on 20 numeric "
-        "features, one row per request; the same registered version on both"
+        "features, one row per request; the same registered version on every system"
     )
     print(
         f"workers: {split}; Redis is infrastructure (not counted); "
@@ -521,50 +569,80 @@ def report(
         f"{os.cpu_count()} cores"
     )
     print(
-        "CPU ms/req: CPU time of the system's processes (mlflow: its uvicorn processes; "
-        "streamops: gateway, predictors and Redis) per answered request"
+        "CPU ms/req: CPU time of the system's process trees (mlflow: uvicorn; BentoML: its "
+        "arbiter and workers; streamops: gateway, predictors and Redis) per answered request"
     )
-    rows_fmt = "{:<24}{:>9}{:>9}{:>9}{:>12}   {}"
-    for concurrency, pair in results.items():
-        base, ours = pair["mlflow"], pair["streamops"]
+    rows_fmt = "{:<26}{:>9}{:>9}{:>9}{:>12}   {}"
+    for concurrency, points in results.items():
+        ours = points["streamops"]
         print()
         print(f"concurrency {concurrency}")
         print(rows_fmt.format("", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "CPU (cores)"))
-        for label, point in (("mlflow models serve", base), ("streamops", ours)):
+        for name, point in points.items():
             cpu = ", ".join(f"{k} {v:.2f}" for k, v in point.cpu.items())
             errors = f"; {point.errors} ERRORS" if point.errors else ""
             print(
                 rows_fmt.format(
-                    label,
+                    PEERS[name],
                     f"{point.rate:,.0f}",
                     f"{point.p50_ms:.1f}",
                     f"{point.p99_ms:.1f}",
-                    f"{cpu_per_request(point):.1f}",
+                    f"{cpu_per_request(point):.2f}",
                     cpu,
                 )
                 + errors
             )
-        throughput = ours.rate / base.rate
-        p50, p99 = ours.p50_ms / base.p50_ms, ours.p99_ms / base.p99_ms
-        cost = cpu_per_request(ours) / cpu_per_request(base)
-        print(
-            rows_fmt.format(
-                "ratio streamops/mlflow",
-                f"{throughput:.2f}x",
-                f"{p50:.2f}x",
-                f"{p99:.2f}x",
-                f"{cost:.2f}x",
-                "",
+        if "gateway" in ours.cpu:
+            gateway = ours.cpu["gateway"] / ours.rate * 1000
+            per_batch = (
+                f"; {ours.requests / ours.batches:.1f} requests per batch" if ours.batches else ""
             )
-        )
-        noisy = max(base.cpu["other processes"], ours.cpu["other processes"])
+            print(f"  streamops gateway CPU: {gateway:.2f} ms/req{per_batch}")
+            if concurrency == max(results):
+                print(f"  target gateway CPU <= 0.3 ms/req: {verdict(gateway <= 0.3)}")
+        ratios = {name: ratio(ours, point) for name, point in points.items() if name != "streamops"}
+        for name, (throughput, p50, p99, cost) in ratios.items():
+            print(
+                rows_fmt.format(
+                    f"ratio streamops/{name}",
+                    f"{throughput:.2f}x",
+                    f"{p50:.2f}x",
+                    f"{p99:.2f}x",
+                    f"{cost:.2f}x",
+                    "",
+                )
+            )
+        noisy = max(point.cpu["other processes"] for point in points.values())
         if noisy > args.quiet_cores:
             print(f"  WARNING: other processes used up to {noisy:.2f} cores while measuring")
-        if concurrency == 32:
-            print(f"  target throughput >= 5x: {verdict(throughput >= 5)}")
-            print(f"  target p99 <= 0.5x: {verdict(p99 <= 0.5)}")
-        if concurrency == 1:
-            print(f"  target p50 <= 0.75x: {verdict(p50 <= 0.75)}")
+        print_targets(concurrency, ours, ratios)
+
+
+def ratio(ours: Point, theirs: Point) -> tuple[float, float, float, float]:
+    """streamops against a peer: throughput, p50, p99 and CPU per request."""
+    return (
+        ours.rate / theirs.rate,
+        ours.p50_ms / theirs.p50_ms,
+        ours.p99_ms / theirs.p99_ms,
+        cpu_per_request(ours) / cpu_per_request(theirs),
+    )
+
+
+def print_targets(
+    concurrency: int, ours: Point, ratios: dict[str, tuple[float, float, float, float]]
+) -> None:
+    """The targets of issue 12 (docs/benchmarks.md), for the peers that were measured."""
+    if concurrency == 32:
+        if "bentoml" in ratios:
+            throughput, _, p99, _ = ratios["bentoml"]
+            print(f"  target throughput >= 2x BentoML: {verdict(throughput >= 2)}")
+            print(f"  target p99 <= 0.5x BentoML: {verdict(p99 <= 0.5)}")
+        if "mlflow" in ratios:
+            print(f"  target throughput >= 50x mlflow: {verdict(ratios['mlflow'][0] >= 50)}")
+    if concurrency == 1:
+        print(f"  target p50 <= 3 ms: {verdict(ours.p50_ms <= 3)}")
+        if "bentoml" in ratios:
+            print(f"  target p50 <= 0.5x BentoML: {verdict(ratios['bentoml'][1] <= 0.5)}")
 
 
 def cpu_per_request(point: Point) -> float:
@@ -601,7 +679,16 @@ def parse_args() -> argparse.Namespace:
         "--no-wrk", action="store_true", help="use the asyncio client even if wrk is on PATH"
     )
     parser.add_argument(
-        "--mlflow-only", action="store_true", help="measure mlflow models serve alone"
+        "--peers-only", action="store_true", help="measure the peers alone, not streamops"
+    )
+    parser.add_argument("--no-mlflow", action="store_true", help="leave mlflow models serve out")
+    parser.add_argument("--no-bentoml", action="store_true", help="leave BentoML out")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy profiles of the gateway and the predictors at the highest concurrency, "
+        "written to this directory and summarised (bench/profiling.py)",
     )
     parser.add_argument(
         "--runtime",
@@ -619,6 +706,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def peer_target(name: str, url: str, records: list[dict[str, float]], stack: Stack) -> Target:
+    process = "mlflow-serve" if name == "mlflow" else name
+    bodies = [batch_body(name, [r]) for r in records]
+    return Target(url, bodies, {process: [stack.processes[process].pid]})
+
+
 def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
     """Redis, MLflow, the registered model, then both systems, each checked to answer."""
     work = stack.workdir
@@ -634,16 +727,17 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
     write_spec(datasets)
     register(datasets, tracking_uri)
     records = sample_rows()
-    print(f"starting mlflow models serve -w {args.workers} ...", flush=True)
-    mlflow_url = start_mlflow_serve(stack, tracking_uri, args.workers, env)
-    targets = {
-        "mlflow": Target(
-            f"{mlflow_url}/invocations",
-            [json.dumps({"dataframe_records": [r]}).encode() for r in records],
-            {"mlflow-serve": [stack.processes["mlflow-serve"].pid]},
-        )
-    }
-    if args.mlflow_only:
+    targets: dict[str, Target] = {}
+    if not args.no_mlflow:
+        print(f"starting mlflow models serve -w {args.workers} ...", flush=True)
+        mlflow_url = start_mlflow_serve(stack, tracking_uri, args.workers, env)
+        targets["mlflow"] = peer_target("mlflow", f"{mlflow_url}/invocations", records, stack)
+    if not args.no_bentoml:
+        print(f"starting BentoML with {args.workers} workers ...", flush=True)
+        model_uri = f"models:/{DATASET}@production"
+        url = bentoml_peer.start(stack, model_uri, tracking_uri, args.workers, env["PATH"])
+        targets["bentoml"] = peer_target("bentoml", f"{url}/predict", records, stack)
+    if args.peers_only:
         return targets
     print(
         f"starting {args.predictors} predictor replica(s) and the gateway "
@@ -661,7 +755,7 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         "STREAMOPS_GATEWAY_INBOX": str(work / "inbox"),
     }
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)
-    check_agreement(mlflow_url, ours_url, records)
+    check_agreement(dict(targets), ours_url, records)
     targets["streamops"] = Target(
         f"{ours_url}/v1/models/{DATASET}/predict",
         [json.dumps({"rows": [r]}).encode() for r in records],
@@ -670,6 +764,7 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
             "predictors": [stack.processes[f"predictor-{i}"].pid for i in range(args.predictors)],
             "redis": [stack.processes["redis"].pid],
         },
+        batches_sent(redis_url),
     )
     return targets
 
@@ -677,7 +772,7 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
 def main() -> None:
     args = parse_args()
     split = (
-        f"mlflow models serve -w {args.workers} against streamops {args.gateway_workers} "
+        f"{args.workers} per peer against streamops {args.gateway_workers} "
         f"gateway worker(s) + {args.predictors} predictor replica(s)"
     )
     with tempfile.TemporaryDirectory(prefix="streamops-bench-serve-", dir=args.workdir) as tmp:
@@ -689,15 +784,16 @@ def main() -> None:
             results = run_points(load, targets, args.levels, args)
         finally:
             stop(stack)
-    if args.mlflow_only:
-        for concurrency, pair in results.items():
-            point = pair["mlflow"]
-            cpu = ", ".join(f"{k} {v:.2f}" for k, v in point.cpu.items())
-            print(
-                f"mlflow models serve -w {args.workers}, concurrency {concurrency}: "
-                f"{point.rate:,.0f} req/s, p50 {point.p50_ms:.1f} ms, p99 {point.p99_ms:.1f} ms "
-                f"(CPU cores: {cpu}) [{load.name}]"
-            )
+    if args.peers_only:
+        for concurrency, points in results.items():
+            for name, point in points.items():
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in point.cpu.items())
+                print(
+                    f"{PEERS[name]} ({args.workers} workers), concurrency {concurrency}: "
+                    f"{point.rate:,.0f} req/s, p50 {point.p50_ms:.1f} ms, p99 "
+                    f"{point.p99_ms:.1f} ms, {cpu_per_request(point):.2f} CPU ms/req "
+                    f"(CPU cores: {cpu}) [{load.name}]"
+                )
         return
     report(results, args, load.name, split)
 
@@ -714,17 +810,38 @@ def run_points(
         for concurrency in levels:
             for name, target in targets.items():
                 idle = wait_for_quiet(args.quiet_cores, args.quiet_wait)
+                profiles = profile_point(args, name, concurrency, repetition, target)
                 point = measure(load, target, concurrency, args.duration)
+                if profiles is not None:
+                    profiles.finish()
                 runs[concurrency][name].append(point)
                 print(
                     f"  run {repetition + 1} c={concurrency:<3} {name:<10} {point.rate:>8,.0f} "
                     f"req/s  p50 {point.p50_ms:7.1f} ms  p99 {point.p99_ms:7.1f} ms  "
                     f"(machine busy before: {idle:.2f} cores; other processes during: "
                     f"{point.cpu['other processes']:.2f})"
-                    + (f"  {point.errors} errors" if point.errors else ""),
+                    + (f"  {point.errors} errors" if point.errors else "")
+                    + (
+                        f"  {point.requests / point.batches:.1f} req/batch" if point.batches else ""
+                    ),
                     flush=True,
                 )
     return {c: {n: combine(points) for n, points in pair.items()} for c, pair in runs.items()}
+
+
+def profile_point(
+    args: argparse.Namespace, name: str, concurrency: int, repetition: int, target: Target
+) -> profiling.Profiles | None:
+    """With --profile: py-spy on streamops' processes during its first point at the highest
+    concurrency (py-spy's own CPU shows as other processes)."""
+    if args.profile is None or name != "streamops" or repetition > 0:
+        return None
+    if concurrency != max(args.levels):
+        return None
+    profiles = profiling.Profiles(args.profile, args.duration)
+    groups = {k: v for k, v in target.groups.items() if k in ("gateway", "predictors")}
+    profiles.start(groups)
+    return profiles
 
 
 def stop(stack: Stack) -> None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import http
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
@@ -26,6 +29,7 @@ from gateway.api import health, ingest, models, scoring
 from gateway.api.deps import Bus, Context, Predictions, Replicas
 from gateway.bus import RedisBus
 from gateway.coalesce import Coalescer
+from gateway.fastpath import FastPredict
 from gateway.fleet import Fleet
 from gateway.limits import BodyLimit
 from gateway.metrics import GatewayMetrics, RequestMetrics
@@ -87,13 +91,13 @@ def build_app(
     configure_logging(settings.common.log_level)
     client = redis_client(settings.common)  # connects on first use only
     started: list[Coalescer | Fleet] = []  # the parts made here, which the lifespan runs
+    metrics = GatewayMetrics()
     if coalescer is None:
-        coalescer = Coalescer(client, settings)
+        coalescer = Coalescer(client, settings, answered=metrics.answered)
         started.append(coalescer)
     if fleet is None:
         fleet = Fleet(client)
         started.append(fleet)
-    metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +110,9 @@ def build_app(
 
     # /docs and /redoc serve Swagger UI and ReDoc from the package: no CDN to reach.
     app = FastAPIOffline(
+        # FastAPI's own OpenTelemetry instrumentation asks every request whether a provider
+        # is configured (about 4% of a predict's CPU); the gateway's telemetry is Prometheus.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="streamops gateway",
         description="Predictions from the models in production, ingest, promotion and batch "
         "scoring. Mutating endpoints need the API key (`X-API-Key`) when one is configured.",
@@ -116,7 +123,8 @@ def build_app(
     specs = SpecSchemas(settings.common.datasets_dir)
     max_rows = settings.max_rows_per_request
     served = ServedRoutes(app, specs, fleet, max_rows, interval=reconcile_s)
-    app.state.context = Context(settings, served, bus, coalescer, fleet, metrics, registry)
+    context = Context(settings, served, bus, coalescer, fleet, metrics, registry)
+    app.state.context = context
     app.include_router(health.router)
     served.install()  # the models' predict routes, then the catch-all for the other names
     app.include_router(models.router)
@@ -124,6 +132,11 @@ def build_app(
     app.include_router(scoring.router)
     app.add_middleware(BodyLimit, limit_for=_limits(settings), answer=error_response)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if settings.fast_path:  # the outermost: a valid predict request meets none of the above
+        limit = settings.max_body_bytes
+        app.add_middleware(
+            FastPredict, served=served, context=context, limit=limit, answer=error_response
+        )
     _error_handlers(app)
     return app
 
@@ -143,6 +156,24 @@ def error_response(exc: StreamopsError) -> JSONResponse:
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
     return JSONResponse(
         {"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers
+    )
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every float that JSON cannot hold (NaN, infinities) as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def internal_error() -> JSONResponse:
+    return JSONResponse(
+        {"error": "InternalError", "detail": "unexpected error; the gateway's log says more"},
+        status_code=500,
     )
 
 
@@ -168,11 +199,16 @@ def _error_handlers(app: FastAPI) -> None:
         # A bug: the error body, without internals. Starlette raises the exception again once
         # this is sent, so the server logs its traceback; this line says which request it was.
         log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
-        return JSONResponse(
-            {"error": "InternalError", "detail": "unexpected error; the gateway's log says more"},
-            status_code=500,
-        )
+        return internal_error()
 
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own 422, except that a number JSON cannot hold (a NaN that json.loads
+        # read) is shown as text: FastAPI's answer would fail to render it and become a 500.
+        assert isinstance(exc, RequestValidationError)
+        detail = _finite(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StreamopsError, named)
     app.add_exception_handler(HTTPException, routing)
     app.add_exception_handler(Exception, unexpected)

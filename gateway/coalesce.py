@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,13 +62,13 @@ class Answer:
 
 @dataclass
 class _Part:
-    columns: dict[str, list[Any]]
-    rows: int
+    values: Sequence[tuple[Any, ...]]  # each row's values, in the order of its batch's columns
     future: asyncio.Future[Answer]
 
 
 @dataclass
 class _Batch:
+    columns: tuple[str, ...]
     parts: list[_Part] = field(default_factory=list)
     rows: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -88,10 +88,12 @@ class Coalescer:
         client: aioredis.Redis,
         settings: GatewaySettings,
         clock: Callable[[], float] = time.time,
+        answered: Callable[[BatchPredicted], None] = lambda batch: None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.clock = clock
+        self.answered = answered  # told of every batch answered in time (the metrics)
         # Several gunicorn workers may share a consumer name (settings read before the fork).
         self.channel = f"streamops:replies:{settings.common.consumer_name}:{uuid.uuid4().hex[:12]}"
         self._open: dict[str, _Batch] = {}
@@ -114,31 +116,32 @@ class Coalescer:
         if self._pubsub is not None:
             await self._pubsub.aclose()
 
-    async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
-        """The predictions for `rows` rows (given column by column); raises PredictorTimeout,
-        NoModelInService, InvalidRows, PredictionFailed or NoPredictor."""
+    async def predict(
+        self, model_name: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+    ) -> Answer:
+        """The predictions for `rows` (each a tuple of values in `columns` order); raises
+        PredictorTimeout, NoModelInService, InvalidRows, PredictionFailed or NoPredictor."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._add(model_name, _Part(columns, rows, future))
-        try:
-            return await asyncio.wait_for(future, self.settings.predict_timeout_s)
-        except TimeoutError:
-            raise PredictorTimeout(
-                f"no predictor answered for {model_name!r} within "
-                f"{self.settings.predict_timeout_s:g} s"
-            ) from None
+        self._add(model_name, columns, _Part(rows, future))
+        # The timeout is the batch's (`_expire`): one timer per batch, not one per request.
+        return await future
 
-    def _add(self, model_name: str, part: _Part) -> None:
+    def _add(self, model_name: str, columns: tuple[str, ...], part: _Part) -> None:
         batch = self._open.get(model_name)
-        if batch is not None and batch.rows + part.rows > self.settings.batch_rows:
+        rows = len(part.values)
+        # Other columns: the model's route changed between two requests; they go apart.
+        if batch is not None and (
+            batch.rows + rows > self.settings.batch_rows or batch.columns != columns
+        ):
             self._flush(model_name)
             batch = None
         if batch is None:
-            batch = self._open[model_name] = _Batch()
+            batch = self._open[model_name] = _Batch(columns)
             # call_later(0) still runs after the requests already parsed in this loop turn.
             wait = self.settings.batch_wait_ms / 1000 if self._in_flight[model_name] else 0.0
             batch.timer = asyncio.get_running_loop().call_later(wait, self._flush, model_name)
         batch.parts.append(part)
-        batch.rows += part.rows
+        batch.rows += rows
         if batch.rows >= self.settings.batch_rows:
             self._flush(model_name)
 
@@ -148,23 +151,24 @@ class Coalescer:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        parts = [p for p in batch.parts if not p.future.done()]  # timed out while waiting
+        parts = [p for p in batch.parts if not p.future.done()]  # cancelled: client gone
         if not parts:
             return
         request = PredictionRequested(
             model_name=model_name,
             reply_to=self.channel,
             deadline=self.clock() + self.settings.predict_timeout_s,
-            columns=_merge([p.columns for p in parts]),
+            columns=_by_column(batch.columns, parts),
         )
         offsets, start = [], 0
         for part in parts:
-            offsets.append((part.future, start, start + part.rows))
-            start += part.rows
+            offsets.append((part.future, start, start + len(part.values)))
+            start += len(part.values)
         self._sent[request.event_id] = _Sent(model_name, tuple(offsets))
         self._in_flight[model_name] += 1
+        # Counted from the batch's departure: its requests arrived at most batch_wait_ms before.
         loop = asyncio.get_running_loop()
-        loop.call_later(self.settings.predict_timeout_s + 1, self._forget, request.event_id)
+        loop.call_later(self.settings.predict_timeout_s, self._expire, request.event_id)
         task = asyncio.create_task(self._send(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -183,6 +187,18 @@ class Coalescer:
             for future, _, _ in sent.parts if sent else ():
                 if not future.done():
                     future.set_exception(error)
+
+    def _expire(self, request_id: uuid.UUID) -> None:
+        sent = self._forget(request_id)
+        if sent is None:
+            return  # answered in time
+        said = (
+            f"no predictor answered for {sent.model_name!r} within "
+            f"{self.settings.predict_timeout_s:g} s"
+        )
+        for future, _, _ in sent.parts:
+            if not future.done():
+                future.set_exception(PredictorTimeout(said))
 
     def _forget(self, request_id: uuid.UUID) -> _Sent | None:
         sent = self._sent.pop(request_id, None)
@@ -212,6 +228,7 @@ class Coalescer:
         sent = self._forget(batch.request_id)
         if sent is None:
             return  # answered after its deadline: the requests have had their 504
+        self.answered(batch)
         for future, start, stop in sent.parts:
             if future.done():
                 continue
@@ -229,11 +246,8 @@ def _failure(batch: BatchPredicted) -> Exception:
     return PredictionFailed(batch.error or f"the predictor failed to predict {batch.model_name}")
 
 
-def _merge(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
-    if len(parts) == 1:
-        return parts[0]
-    merged: dict[str, list[Any]] = {name: [] for name in parts[0]}
-    for part in parts:
-        for name, values in part.items():
-            merged[name].extend(values)
-    return merged
+def _by_column(columns: tuple[str, ...], parts: list[_Part]) -> dict[str, list[Any]]:
+    """The rows of every part, column by column (transposed in C, once per batch)."""
+    rows = parts[0].values if len(parts) == 1 else [r for part in parts for r in part.values]
+    by_column = zip(*rows, strict=True) if rows else iter(() for _ in columns)
+    return {name: list(values) for name, values in zip(columns, by_column, strict=True)}

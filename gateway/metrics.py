@@ -1,5 +1,7 @@
 """What the gateway exports: requests by route and status, their latency, and what the models
-answer (class counts and probabilities for classifiers, values for regressors).
+answer (class counts and probabilities for classifiers, values for regressors), counted once
+per batch answered by a predictor rather than once per request (a batch holds the rows of every
+request coalesced in it, and counting per batch is what keeps this off the per-request cost).
 
 Under gunicorn each worker is a process of its own, so the metrics use prometheus-client's
 multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set (`streamops gateway` sets it): every
@@ -24,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
+from shared.events import BatchPredicted
 from shared.metrics import LATENCY_BUCKETS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -70,6 +73,28 @@ class GatewayMetrics:
             ["model", "version"],
             registry=r,
         )
+        # Routes are few (the paths of the app's routes, not of requests), statuses fewer.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (the labelled children kept: looking them up is a lock
+        and a dict per call, paid once per route here)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def answered(self, batch: BatchPredicted) -> None:
+        """What a predictor answered for one batch (all the requests coalesced in it)."""
+        if batch.failure is None:
+            self.predictions(
+                batch.model_name, batch.model_version or 0, batch.predictions, batch.probabilities
+            )
 
     def predictions(
         self,
@@ -141,5 +166,4 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.requests.labels(path, method, str(status[0])).inc()
-            self.metrics.latency.labels(path, method).observe(time.perf_counter() - started)
+            self.metrics.request(path, method, status[0], time.perf_counter() - started)

@@ -31,13 +31,14 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match, Route
 
 from gateway.api.deps import Replicas
-from gateway.api.predict import PATH, not_served, predict_router
+from gateway.api.predict import PATH, Plan, not_served, predict_router
 from gateway.fleet import Warned
 from shared.schema import ModelSchema
 
 log = logging.getLogger(__name__)
 MISS_REFRESH_S = 0.25  # a flood of unknown names reads Redis at most this often
 UNROUTABLE = frozenset("/{}")  # a name with these would not be one path segment
+_PREFIX, _SUFFIX = PATH.split("{model_name}")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class _Served:
     schema: ModelSchema
     fingerprint: str
     route: APIRoute
+    plan: Plan
 
 
 @dataclass
@@ -125,7 +127,8 @@ class ServedRoutes:
             log.info("predict routes: %s", "; ".join(changed))
 
     def _put(self, schema: ModelSchema, old: _Served | None) -> str:
-        (route,) = predict_router(schema, self.max_rows).routes
+        plan = Plan.of(schema, self.max_rows)
+        (route,) = predict_router(plan).routes
         assert isinstance(route, APIRoute)
         routes = self.app.router.routes
         if old is None:
@@ -133,7 +136,7 @@ class ServedRoutes:
             routes.insert(routes.index(self.catch_all), route)
         else:
             routes[routes.index(old.route)] = route
-        self._served[schema.model_name] = _Served(schema, schema.fingerprint(), route)
+        self._served[schema.model_name] = _Served(schema, schema.fingerprint(), route, plan)
         verb = "added" if old is None else "replaced"
         return f"{verb} {schema.model_name} ({schema.source}: {', '.join(schema.names)})"
 
@@ -144,6 +147,13 @@ class ServedRoutes:
     def route_of(self, model_name: str) -> APIRoute | None:
         served = self._served.get(model_name)
         return None if served is None else served.route
+
+    def plan_of(self, path: str) -> tuple[Plan, APIRoute] | None:
+        """The plan and route of a predict path, when it names a model with a route."""
+        served = self._served.get(path[len(_PREFIX) : -len(_SUFFIX)])
+        if served is None or served.route.path != path:
+            return None
+        return served.plan, served.route
 
     # --- Running ------------------------------------------------------------------------
 

@@ -159,15 +159,24 @@ def psi(reference: Sequence[float], counts: np.ndarray[Any, Any]) -> float:
 
 class Window:
     """The bins of the last `size` live rows of one model version. Thread-safe: predictions
-    write from the predict thread, scrapes read from the metrics server's."""
+    write from the predict thread, scrapes read from the metrics server's.
 
-    def __init__(self, reference: DriftReference, size: int) -> None:
+    Rows given as lists (online batches, often of a few rows) are gathered until `gather`
+    rows are waiting, then binned together: binning costs a few numpy calls per feature
+    whatever the rows, which for a compiled model was more than the prediction itself. What
+    waits is binned before any reading (`rows`, `psi`), so readers never see it missing."""
+
+    def __init__(self, reference: DriftReference, size: int, gather: int = 256) -> None:
         self.reference = reference
         self.size = size
+        self.gather = gather
         self._bins = np.zeros((size, len(reference.features)), dtype=np.int16)
         self._next = 0
         self._filled = 0
         self._lock = threading.Lock()
+        self._waiting: dict[str, list[Any]] = {f.name: [] for f in reference.features}
+        self._waiting_rows = 0
+        self._waiting_lock = threading.Lock()
 
     def observe(self, columns: Columns) -> None:
         """Count rows given column by column (a DataFrame, or a dict of lists as requests
@@ -175,7 +184,34 @@ class Window:
         features = self.reference.features
         if not features:
             return
-        binned = [f.bin_of(columns[f.name]) for f in features]
+        if isinstance(columns, pd.DataFrame):
+            self._count(columns)
+            return
+        given = [columns[f.name] for f in features]  # a missing feature raises before any change
+        with self._waiting_lock:
+            for f, values in zip(features, given, strict=True):
+                self._waiting[f.name].extend(values)
+            self._waiting_rows += len(given[0])
+            if self._waiting_rows < self.gather:
+                return
+            waiting = self._take_waiting()
+        self._count(waiting)
+
+    def _take_waiting(self) -> dict[str, list[Any]]:
+        waiting = self._waiting
+        self._waiting = {f.name: [] for f in self.reference.features}
+        self._waiting_rows = 0
+        return waiting
+
+    def _flush(self) -> None:
+        with self._waiting_lock:
+            if not self._waiting_rows:
+                return
+            waiting = self._take_waiting()
+        self._count(waiting)
+
+    def _count(self, columns: Columns) -> None:
+        binned = [f.bin_of(columns[f.name]) for f in self.reference.features]
         found = np.column_stack(binned)[-self.size :]
         if not len(found):
             return
@@ -192,10 +228,12 @@ class Window:
 
     @property
     def rows(self) -> int:
+        self._flush()
         return self._filled
 
     def psi(self) -> dict[str, float]:
         """PSI per feature over the rows in the window."""
+        self._flush()
         with self._lock:
             window = self._bins[: self._filled].copy()
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -30,8 +31,10 @@ class Predictions(Protocol):
     """The coalescer, as the predict handler sees it."""
 
     async def predict(
-        self, model_name: str, columns: dict[str, list[Any]], rows: int
-    ) -> Answer: ...
+        self, model_name: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+    ) -> Answer:
+        """The answer for `rows`, each a tuple of values in `columns` order."""
+        ...
 
 
 class Replicas(Protocol):

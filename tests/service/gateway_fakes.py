@@ -4,6 +4,7 @@ Redis. The registry's fake is the in-memory shelf (tests.support.shelf)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,15 @@ class FakeCoalescer:
     failures: list[Exception] = field(default_factory=list)
     version: int = 3
     predictions: list[Any] | None = None
+    # What it was asked: model, column → values (as the batch will carry them), rows.
     asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
 
-    async def predict(self, model_name: str, columns: dict[str, list[Any]], rows: int) -> Answer:
-        self.asked.append((model_name, columns, rows))
+    async def predict(
+        self, model_name: str, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+    ) -> Answer:
+        rows = len(values)
+        by_column = {name: [row[i] for row in values] for i, name in enumerate(columns)}
+        self.asked.append((model_name, by_column, rows))
         if self.failure is not None:
             raise self.failure
         if self.failures:
