@@ -12,8 +12,8 @@ of 100,000, the default chunk size). Then, each `--repeat` times, alternating:
   a `score-requested` job for the file; the clock runs from the XADD to the job being done
   (plan, chunks read and scored by both replicas, parts assembled into the output, `scored`).
 
-Prints rows/s of each (medians), and their ratio (target >= 0.6). Figures are recorded in
-docs/benchmarks.md.
+Prints rows/s of each (medians), and their ratio (target >= 1.6: 80% of two cores, issue 12).
+Figures are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ def report(
         f"{'baseline: model.predict, one call, one process':<52}{base_rate:>12,.0f}{base_s:>10.2f}"
     )
     print(f"{'streamops: score-requested -> scored (file)':<52}{our_rate:>12,.0f}{our_s:>10.2f}")
-    print(f"ratio streamops/baseline: {ratio:.2f} (target >= 0.60): "
-          f"{'PASS' if ratio >= 0.6 else 'MISS'}")  # fmt: skip
+    print(f"ratio streamops/baseline: {ratio:.2f} (target >= 1.6): "
+          f"{'PASS' if ratio >= 1.6 else 'MISS'}")  # fmt: skip
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,16 @@ class Scorer:
             (chunk.start, chunk.stop),
             scoring.part_path(output, chunk.job_id, chunk.chunk),
         )
+        started = time.perf_counter()
         rows = await anyio.to_thread.run_sync(work)
+        log.debug(
+            "job %s chunk %d: %d rows in %.3f s (%s)",
+            chunk.job_id,
+            chunk.chunk,
+            rows,
+            time.perf_counter() - started,
+            served.runtime,
+        )
         self.metrics.rows.labels(chunk.model_name, "batch").inc(rows)
         done, status = await self.jobs.chunk_done(chunk.job_id, chunk.chunk)
         if done >= chunk.chunks and status not in SETTLED:
