@@ -203,3 +203,16 @@ def test_request_columns_as_plain_lists_bin_like_the_frame(
     from_lists.observe(lists)
     assert from_lists.rows == 300
     assert from_lists.psi() == from_frame.psi()
+
+
+def test_small_online_batches_are_gathered_and_none_is_missing_when_read(
+    spec: DatasetSpec, reference: DriftReference
+) -> None:
+    frame = feature_frame(spec, rows(300, seed=13))
+    whole, gathered = Window(reference, 1000), Window(reference, 1000, gather=256)
+    whole.observe(frame)
+    lists = {name: frame[name].tolist() for name in frame.columns}
+    for start in range(0, 300, 7):  # 43 batches of at most 7 rows, as requests bring them
+        gathered.observe({name: values[start : start + 7] for name, values in lists.items()})
+    assert gathered.rows == 300  # 256 binned on the way, the last 44 when read
+    assert gathered.psi() == whole.psi()
