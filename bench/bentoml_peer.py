@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streamops.stack import Stack, free_port, wait_for
+from streamops.stack import Stack, free_port, http_ok, wait_for
 
 BENTOML = "bentoml==1.4.40"
 # What mlflow.sklearn.load_model and the pipeline need, pinned to the versions in use here.
@@ -74,16 +74,5 @@ def start(stack: Stack, model_uri: str, tracking_uri: str, workers: int, path: s
     }
     stack.spawn("bentoml", argv, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ready(url), 180, f"bentoml serve ({stack.log('bentoml')})")
+    wait_for(lambda: http_ok(f"{url}/readyz"), 180, f"bentoml serve ({stack.log('bentoml')})")
     return url
-
-
-def _ready(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False

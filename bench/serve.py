@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ import bentoml_peer
 import common
 import profiling
 
-from streamops.stack import Stack, free_port, wait_for
+from streamops.stack import Stack, free_port, http_ok, wait_for
 
 DATASET = "servebench"
 FEATURES = [f"f{i:02d}" for i in range(20)]
@@ -170,14 +169,6 @@ def register(datasets: Path, tracking_uri: str) -> int:
 
 
 # --- the two systems ----------------------------------------------------------------------------
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False
 
 
 def post(url: str, body: bytes) -> Any:

@@ -249,5 +249,6 @@ def _failure(batch: BatchPredicted) -> Exception:
 def _by_column(columns: tuple[str, ...], parts: list[_Part]) -> dict[str, list[Any]]:
     """The rows of every part, column by column (transposed in C, once per batch)."""
     rows = parts[0].values if len(parts) == 1 else [r for part in parts for r in part.values]
-    by_column = zip(*rows, strict=True) if rows else iter(() for _ in columns)
-    return {name: list(values) for name, values in zip(columns, by_column, strict=True)}
+    return {
+        name: list(values) for name, values in zip(columns, zip(*rows, strict=True), strict=True)
+    }

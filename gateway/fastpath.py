@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.deps import Context
 from gateway.api.predict import answer
-from gateway.limits import Answer
+from gateway.limits import Answer, content_length
 from gateway.routes import ServedRoutes
 from shared.errors import StreamopsError
 
@@ -63,7 +63,7 @@ class FastPredict:
         if found is None:
             return receive
         headers = _headers(scope)
-        if not _is_json(headers.get(b"content-type")) or _declared(headers) > self.limit:
+        if not _is_json(headers.get(b"content-type")) or (content_length(scope) or 0) > self.limit:
             return receive
         started = time.perf_counter()
         messages, body = await self._read(receive)
@@ -127,16 +127,6 @@ def _is_json(content_type: bytes | None) -> bool:
         return False
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == _JSON
-
-
-def _declared(headers: dict[bytes, bytes]) -> int:
-    value = headers.get(b"content-length")
-    if value is None:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        return 1 << 62  # not a length: FastAPI's route says what it makes of it
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -45,7 +45,8 @@ def redis_answers(port: int) -> bool:
         return False
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 within a second (a process's health or readiness route)."""
     import urllib.request
 
     try:
@@ -122,7 +123,7 @@ class Stack:
         self.spawn("mlflow", argv, env=env)
         url = f"http://127.0.0.1:{port}"
         wait_for(
-            lambda: _http_ok(f"{url}/health"),
+            lambda: http_ok(f"{url}/health"),
             120,
             f"mlflow server on port {port} (log: {self.log('mlflow')})",
         )
@@ -336,7 +337,7 @@ def bring_up(
             gateway_url = f"http://127.0.0.1:{port}"
             health = f"{gateway_url}/healthz"
             what = f"the gateway (log: {stack.log(name)})"
-            wait_for(lambda url=health: _http_ok(url), timeout, what)  # type: ignore[misc]
+            wait_for(lambda url=health: http_ok(url), timeout, what)  # type: ignore[misc]
             continue
 
         def beating(kind: str = service, known: set[Any] = before) -> bool:
