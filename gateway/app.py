@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-from gateway.api import health, ingest, models, scoring
+from gateway.api import feedback, health, ingest, models, scoring
 from gateway.api.deps import Bus, Context, Predictions, Replicas
 from gateway.bus import RedisBus
 from gateway.coalesce import Coalescer
@@ -130,6 +130,7 @@ def build_app(
     app.include_router(models.router)
     app.include_router(ingest.router)
     app.include_router(scoring.router)
+    app.include_router(feedback.router)
     app.add_middleware(BodyLimit, limit_for=_limits(settings), answer=error_response)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.fast_path:  # the outermost: a valid predict request meets none of the above

@@ -64,6 +64,7 @@ class Answer:
 class _Part:
     values: Sequence[tuple[Any, ...]]  # each row's values, in the order of its batch's columns
     future: asyncio.Future[Answer]
+    request_id: str  # the HTTP request's (X-Request-Id): the prediction log is keyed by it
 
 
 @dataclass
@@ -117,12 +118,17 @@ class Coalescer:
             await self._pubsub.aclose()
 
     async def predict(
-        self, model_name: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+        self,
+        model_name: str,
+        columns: tuple[str, ...],
+        rows: Sequence[tuple[Any, ...]],
+        request_id: str,
     ) -> Answer:
-        """The predictions for `rows` (each a tuple of values in `columns` order); raises
-        PredictorTimeout, NoModelInService, InvalidRows, PredictionFailed or NoPredictor."""
+        """The predictions for `rows` (each a tuple of values in `columns` order) of request
+        `request_id`; raises PredictorTimeout, NoModelInService, InvalidRows,
+        PredictionFailed or NoPredictor."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._add(model_name, columns, _Part(rows, future))
+        self._add(model_name, columns, _Part(rows, future, request_id))
         # The timeout is the batch's (`_expire`): one timer per batch, not one per request.
         return await future
 
@@ -159,6 +165,7 @@ class Coalescer:
             reply_to=self.channel,
             deadline=self.clock() + self.settings.predict_timeout_s,
             columns=_by_column(batch.columns, parts),
+            requests=[(p.request_id, len(p.values)) for p in parts],
         )
         offsets, start = [], 0
         for part in parts:

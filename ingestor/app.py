@@ -10,7 +10,11 @@ import anyio.to_thread
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 
+from ingestor.labels import LabelJoiner, LabelMetrics
 from ingestor.metrics import IngestorMetrics
+from ingestor.predlog import LogMetrics, PredictionLogger
+from ingestor.quality import LiveQuality
+from ingestor.quality import register as register_quality
 from ingestor.service import ingest
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
@@ -80,6 +84,44 @@ def build_app(
     )
 
     heartbeat: list[asyncio.Task[None]] = []
+    logger = (
+        PredictionLogger(
+            client,
+            common.feature_store_root,
+            common.consumer_name,
+            flush_entries=settings.log_flush_entries,
+            flush_s=settings.log_flush_s,
+            lease_ms=common.lease_ms,
+            keep_days=settings.log_retention_days,
+            metrics=LogMetrics(metrics.registry),
+        )
+        if settings.log_compaction
+        else None
+    )
+    joiner = (
+        LabelJoiner(
+            client,
+            common.feature_store_root,
+            common.consumer_name,
+            grace_s=settings.label_grace_s,
+            lease_ms=common.lease_ms,
+            metrics=LabelMetrics(metrics.registry),
+        )
+        if settings.label_join
+        else None
+    )
+    quality = (
+        LiveQuality(
+            common.feature_store_root,
+            common.datasets_dir,
+            register_quality(metrics.registry),
+            window_rows=settings.quality_window_rows,
+            window_s=settings.quality_window_s,
+            interval_s=settings.quality_interval_s,
+        )
+        if settings.label_join
+        else None
+    )
 
     endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
 
@@ -92,6 +134,9 @@ def build_app(
     async def start_heartbeat() -> None:
         # After the broker started: a heartbeat means the subscribers are reading.
         heartbeat.append(asyncio.create_task(beat(board, GROUP, common.consumer_name)))
+        for loop in (logger, joiner, quality):
+            if loop is not None:
+                heartbeat.append(asyncio.create_task(loop.run()))
 
     @app.on_shutdown
     async def stop_heartbeat() -> None:

@@ -21,6 +21,7 @@ from predictor.cache import ModelCache
 from predictor.drift import DriftMonitor
 from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
+from predictor.predlog import LogPolicy
 from predictor.replica import SERVICE, Replica
 from predictor.scoring_app import wire_scoring
 from predictor.service import Predictor
@@ -28,7 +29,7 @@ from predictor.specs import SpecReader
 from shared.broker import build_broker, fan_out_start, redis_client
 from shared.delivery import parse_event
 from shared.errors import InvalidEvent
-from shared.events import Event, ModelPromoted, ModelTrained
+from shared.events import Event, ModelPromoted, ModelTrained, PredictionsLogged
 from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.model_loading import LoadPolicy
 from shared.registry import MlflowRegistry, ServingRegistry
@@ -71,8 +72,13 @@ def build_app(
     )
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)
+    log = (
+        LogPolicy(settings.log_sample, settings.log_maxlen, settings.logs_features)
+        if settings.log_predictions
+        else None
+    )
     online = OnlinePredictor(
-        client, predictor, common.consumer_name, settings.read_batches, metrics=metrics
+        client, predictor, common.consumer_name, settings.read_batches, metrics=metrics, log=log
     )
     replica = Replica(settings, predictor, metrics, RedisStatusBoard(client), online, client)
     # Fan-out: every replica reads every promotion and every new version, from now on.
@@ -93,6 +99,13 @@ def build_app(
         event = _fanned_out(ModelTrained, msg)
         if event is not None:
             await replica.trained(event)
+
+    # Documented only: the online loop XADDs log entries with its answers (predictor/online).
+    broker.publisher(
+        stream=PredictionsLogged.stream,
+        schema=PredictionsLogged,
+        description=PredictionsLogged.__doc__,
+    )
 
     # Batch scoring (score-requested and its chunks): wired here.
     create_scoring_groups = wire_scoring(

@@ -7,12 +7,13 @@ state. The version a swap replaces stays loaded for an instant rollback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from shared.drift import DriftReference
 from shared.errors import NoModelInService
+from shared.events import Lineage
 from shared.schema import ModelSchema
 
 
@@ -35,6 +36,8 @@ class Served:
     # the compile verdict (verified, or why not).
     runtime: str = "native"
     verdict: str = ""
+    # Where it comes from (its run, its training dataset), copied into the prediction log.
+    lineage: Lineage = field(default_factory=Lineage)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -78,6 +81,14 @@ class ModelCache:
 
     def previous(self, name: str) -> Served | None:
         return self._previous.get(name)
+
+    def lineage(self, name: str, version: int | None) -> Lineage:
+        """The lineage of `version` of `name` if it is served here (or was, just before the
+        last swap); an empty one otherwise."""
+        for served in (self._live.get(name), self._previous.get(name)):
+            if served is not None and served.version == version:
+                return served.lineage
+        return Lineage()
 
     def remove(self, name: str) -> Served | None:
         """Take `name` out of service (its previous version too); the version that served."""

@@ -19,7 +19,7 @@ from shared.datasets import DatasetSpec, spec_schema
 from shared.drift import DriftReference
 from shared.errors import ModelLoadFailed, ModelRefused
 from shared.model_loading import LoadedModel, LoadPolicy
-from shared.registry import ServingRegistry
+from shared.registry import ServingRegistry, lineage_of
 from shared.schema import Column, ModelSchema, UnservableSignature, from_signature, input_frame
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,18 @@ def load(
     check_columns(name, version, model, schema)
     classes = tuple(model.classes_) if gives_probabilities(model) else None
     drift = drift_reference(registry, name, version)
-    served = Served(name, version, model, schema, classes, datetime.now(UTC), drift, loaded.flavor)
+    lineage = lineage_of(loaded.run_id, loaded.tags)
+    served = Served(
+        name,
+        version,
+        model,
+        schema,
+        classes,
+        datetime.now(UTC),
+        drift,
+        loaded.flavor,
+        lineage=lineage,
+    )
     try:
         rows = input_frame(schema, warm_rows(schema, loaded.example))
         # The very path requests take, answer shape included.

@@ -29,12 +29,18 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from predictor.metrics import PredictorMetrics
+from predictor.predlog import LogPolicy, online_entry
 from predictor.runtimes import ONNX
 from predictor.service import Prediction, Predictor
 from shared.broker import ensure_group
 from shared.errors import NoModelInService
-from shared.events import BatchPredicted, PredictionRequested, dead_letter_stream
-from shared.wire import DATA_FIELD, entry_body
+from shared.events import (
+    BatchPredicted,
+    PredictionRequested,
+    PredictionsLogged,
+    dead_letter_stream,
+)
+from shared.wire import DATA_FIELD, entry_body, entry_fields
 
 GROUP = "predictor"
 STREAM = PredictionRequested.stream
@@ -142,6 +148,7 @@ class OnlinePredictor:
         *,
         clock: Callable[[], float] = time.time,
         metrics: PredictorMetrics | None = None,
+        log: LogPolicy | None = None,
     ) -> None:
         self.client = client
         self.predictor = predictor
@@ -149,6 +156,7 @@ class OnlinePredictor:
         self.read_batches = read_batches
         self.clock = clock
         self.metrics = metrics or PredictorMetrics()
+        self.log = log  # None: nothing goes to the prediction log
 
     async def run(self) -> None:
         await ensure_group(self.client, STREAM, GROUP)
@@ -189,10 +197,9 @@ class OnlinePredictor:
                 answers = answer(self.predictor, requests)
             else:
                 answers = await anyio.to_thread.run_sync(answer, self.predictor, requests)
-            self.metrics.predict_seconds.labels(name, runtime).observe(
-                time.perf_counter() - started
-            )
-            await self._reply(requests, answers)
+            seconds = time.perf_counter() - started
+            self.metrics.predict_seconds.labels(name, runtime).observe(seconds)
+            await self._reply(requests, answers, self._entry(name, requests, answers, seconds))
             self._count(name, requests, answers)
             answered += len(answers)
         return answered
@@ -222,20 +229,51 @@ class OnlinePredictor:
                 self.metrics.expired.inc()
         return live, rejected
 
+    def _entry(
+        self,
+        name: str,
+        requests: Sequence[PredictionRequested],
+        answers: Sequence[BatchPredicted],
+        seconds: float,
+    ) -> PredictionsLogged | None:
+        if self.log is None:
+            return None
+        version = next((a.model_version for a in answers if a.failure is None), None)
+        return online_entry(
+            requests,
+            answers,
+            self.predictor.cache.lineage(name, version),
+            replica=self.consumer,
+            latency_ms=seconds * 1000,
+            sample=self.log.sample,
+            features=self.log.keeps_features(name),
+        )
+
     async def _reply(
-        self, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]
+        self,
+        requests: Sequence[PredictionRequested],
+        answers: Sequence[BatchPredicted],
+        entry: PredictionsLogged | None = None,
     ) -> None:
+        """The answers, then the log entry, in one round trip: the log costs no extra wait."""
         replies = [
             (request.reply_to, batch.model_copy(update={"replica": self.consumer}))
             for request, batch in zip(requests, answers, strict=True)
         ]
-        if len(replies) == 1:  # the common case at low load: a pipeline costs more than it saves
+        if len(replies) == 1 and entry is None:  # a pipeline costs more than it saves
             channel, stamped = replies[0]
             await self.client.publish(channel, stamped.model_dump_json())
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for channel, stamped in replies:
                 pipe.publish(channel, stamped.model_dump_json())
+            if entry is not None and self.log is not None:
+                pipe.xadd(
+                    entry.stream,
+                    entry_fields(entry),  # type: ignore[arg-type]
+                    maxlen=self.log.maxlen,
+                    approximate=True,
+                )
             await pipe.execute()
 
     async def _dead_letter(self, rejected: list[Rejected]) -> None:

@@ -155,15 +155,23 @@ def predictions_table(served: Served, features: pd.DataFrame, first_row: int) ->
     return pa.table(columns)
 
 
-def score_chunk(served: Served, path: Path, rows: tuple[int, int], part: Path) -> int:
-    """Score rows [start, stop) of `path` into the part file `part`; the rows written."""
+@dataclass(frozen=True)
+class ScoredChunk:
+    """A chunk's rows as read (the feature columns) and its results, as written."""
+
+    inputs: pa.Table
+    results: pa.Table
+
+
+def score_chunk(served: Served, path: Path, rows: tuple[int, int], part: Path) -> ScoredChunk:
+    """Score rows [start, stop) of `path` into the part file `part`."""
     start, stop = rows
     present = set(pq.read_schema(path).names)  # an optional column may be absent
     names = [name for name in served.schema.names if name in present]
-    frame = read_range(path, start, stop, names).to_pandas()
-    table = predictions_table(served, input_frame(served.schema, frame), start)
+    inputs = read_range(path, start, stop, names)
+    table = predictions_table(served, input_frame(served.schema, inputs.to_pandas()), start)
     write_atomic(table, part)
-    return int(table.num_rows)
+    return ScoredChunk(inputs, table)
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:

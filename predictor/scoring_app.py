@@ -21,7 +21,7 @@ import anyio.to_thread
 import redis.asyncio as aioredis
 from faststream.redis import RedisBroker
 
-from predictor import scoring
+from predictor import predlog, scoring
 from predictor.cache import Served
 from predictor.metrics import PredictorMetrics
 from predictor.scoring_jobs import ChunkLedger, JobBook
@@ -216,15 +216,9 @@ class Scorer:
         served = await anyio.to_thread.run_sync(
             self.predictor.model_for, chunk.model_name, chunk.model_version
         )
-        work = functools.partial(
-            scoring.score_chunk,
-            served,
-            Path(chunk.input_path),
-            (chunk.start, chunk.stop),
-            scoring.part_path(output, chunk.job_id, chunk.chunk),
-        )
+        part = scoring.part_path(output, chunk.job_id, chunk.chunk)
         started = time.perf_counter()
-        rows = await anyio.to_thread.run_sync(work)
+        rows = await anyio.to_thread.run_sync(self._score, served, chunk, part)
         log.debug(
             "job %s chunk %d: %d rows in %.3f s (%s)",
             chunk.job_id,
@@ -237,6 +231,27 @@ class Scorer:
         done, status = await self.jobs.chunk_done(chunk.job_id, chunk.chunk)
         if done >= chunk.chunks and status not in SETTLED:
             await self._finish(chunk, output)
+
+    def _score(self, served: Served, chunk: ScoreChunkRequested, part: Path) -> int:
+        """Score the chunk into its part and, when predictions are logged, log its rows: both
+        durable before the chunk is acked. The rows scored."""
+        started = time.perf_counter()
+        scored = scoring.score_chunk(
+            served, Path(chunk.input_path), (chunk.start, chunk.stop), part
+        )
+        if self.settings.log_predictions:
+            features = scored.inputs if self.settings.logs_features(served.name) else None
+            latency_ms = (time.perf_counter() - started) * 1000
+            predlog.chunk_part(
+                self.settings.common.feature_store_root,
+                served,
+                chunk,
+                features,
+                scored.results,
+                latency_ms=latency_ms,
+                replica=self.settings.common.consumer_name,
+            )
+        return int(scored.results.num_rows)
 
     async def _finish(self, chunk: ScoreChunkRequested, output: Path) -> None:
         """Assemble, publish, mark done, tidy up: in that order, so a crash anywhere is repaired

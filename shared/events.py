@@ -300,12 +300,19 @@ class PredictionRequested(Event):
     columns: dict[str, list[Any]] = Field(
         description="The rows, column by column: every list has the same length."
     )
+    requests: list[tuple[Annotated[str, StringConstraints(max_length=200)], int]] = Field(
+        default_factory=list,
+        description="The HTTP requests coalesced into the batch, in row order: (request id, "
+        "rows). Empty: the batch is one request, whose id is the event id.",
+    )
 
     @model_validator(mode="after")
     def _rectangular(self) -> Self:
         lengths = {len(values) for values in self.columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns differ in length: {sorted(lengths)}")
+        if self.requests and sum(rows for _, rows in self.requests) != self.rows:
+            raise ValueError("the requests' rows do not add up to the batch's rows")
         return self
 
     @property
@@ -333,6 +340,80 @@ class BatchPredicted(BaseModel):
     replica: str = Field(default="", description="Consumer name of the replica that answered.")
     failure: PredictFailure | None = Field(default=None, description="Why there is no answer.")
     error: str | None = Field(default=None, description="What went wrong, for people.")
+
+
+class Lineage(BaseModel):
+    """Where a model version comes from: its MLflow run and the feature-store version it was
+    trained on (empty for a version registered outside streamops)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str = Field(default="", description="MLflow run that logged the version.")
+    dataset: str = Field(default="", description="Dataset it was trained on.")
+    dataset_version: int | None = Field(default=None, description="That dataset's version.")
+    content_hash: str = Field(default="", description="Content hash of that dataset version.")
+
+
+class PredictionsLogged(Event):
+    """Rows a replica answered online, for the prediction log: one entry per answered batch,
+    compacted into Parquet by the loggers (group `prediction-log`, in the ingestor)."""
+
+    stream: ClassVar[str] = "predictions"
+
+    model_name: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    model_version: int = Field(ge=1, description="Version that answered.")
+    replica: str = Field(default="", description="Consumer name of the replica that answered.")
+    latency_ms: float = Field(ge=0, description="Time the replica took to predict the batch.")
+    requests: list[tuple[Annotated[str, StringConstraints(max_length=200)], int]] = Field(
+        min_length=1, description="The requests answered, in row order: (request id, rows)."
+    )
+    features: dict[str, list[Any]] | None = Field(
+        description="The rows as received, column by column; null when the model's features "
+        "are not kept (STREAMOPS_PREDICTOR_LOG_WITHOUT_FEATURES)."
+    )
+    predictions: list[Any] = Field(description="One per row, in order.")
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Class probabilities per row (classifiers), in `classes` order."
+    )
+    classes: list[Any] | None = Field(default=None, description="Class labels (classifiers).")
+    lineage: Lineage = Field(default_factory=Lineage, description="Where the version comes from.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        rows = len(self.predictions)
+        if sum(count for _, count in self.requests) != rows:
+            raise ValueError("the requests' rows do not add up to the predictions")
+        lengths = {len(values) for values in (self.features or {}).values()}
+        if lengths - {rows} or (self.probabilities is not None and len(self.probabilities) != rows):
+            raise ValueError("features, predictions and probabilities differ in length")
+        return self
+
+
+LabelValue = str | bool | int | float
+
+
+class Label(BaseModel):
+    """The truth about one answered row, known later."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str = Field(
+        min_length=1, max_length=200, description="The request's id (X-Request-Id, or job id)."
+    )
+    row: int = Field(default=0, ge=0, description="The row within the request (0 for one row).")
+    label: LabelValue = Field(description="The true class, or the true value (regression).")
+
+
+class LabelsArrived(Event):
+    """Ground truth for rows a model answered: joined to the prediction log by the label
+    joiners (group `label-join`, in the ingestor), for live quality."""
+
+    stream: ClassVar[str] = "labels-arrived"
+
+    model_name: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    labels: list[Label] = Field(
+        min_length=1, max_length=10_000, description="The labels, at most 10,000 per event."
+    )
 
 
 # --- Batch scoring ------------------------------------------------------------------------------
@@ -435,6 +516,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ModelPromoted,
     ModelLoaded,
     PredictionRequested,
+    PredictionsLogged,
+    LabelsArrived,
     ScoreRequested,
     Scored,
     ScoreChunkRequested,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -65,6 +65,9 @@ class LoadedModel:
     # (registered outside streamops); and its ONNX graph when the verdict is `verified`.
     verdict: str | None = None
     onnx: bytes | None = None
+    # The version's MLflow run, and its tags (the trainer's record the dataset it came from).
+    run_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def decide(flavors: dict[str, dict[str, Any]], policy: LoadPolicy) -> Decision:
@@ -150,6 +153,7 @@ def load_version(
     import mlflow.artifacts
     from mlflow.models import Model
 
+    described = client.get_model_version(name, str(version))
     uri = client.get_model_version_download_uri(name, str(version))
     check_source(uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="streamops-mlmodel-") as tmp:
@@ -171,7 +175,15 @@ def load_version(
         _compiled(client, tracking_uri, name, version) if policy.compiled else (None, None)
     )
     return LoadedModel(
-        decision.flavor, meta.signature, model, decision.pickled, example, verdict, onnx
+        decision.flavor,
+        meta.signature,
+        model,
+        decision.pickled,
+        example,
+        verdict,
+        onnx,
+        run_id=described.run_id or "",
+        tags=dict(described.tags or {}),
     )
 
 

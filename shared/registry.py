@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.events import Lineage
 from shared.model_loading import PERMISSIVE, LoadedModel, LoadPolicy, load_version
 from shared.model_logging import DRIFT_ARTIFACT, TrainingRecord, log_training
 
@@ -172,6 +173,18 @@ class MlflowRegistry:
         return RegisteredVersion(
             mv.name, int(mv.version), mv.run_id or "", dict(mv.tags), dict(metrics)
         )
+
+
+def lineage_of(run_id: str, tags: dict[str, str]) -> Lineage:
+    """A version's lineage, from its run and the tags the trainer sets (empty fields for a
+    version registered elsewhere)."""
+    version = tags.get(f"{TAG}dataset_version", "")
+    return Lineage(
+        run_id=run_id,
+        dataset=tags.get(f"{TAG}dataset", ""),
+        dataset_version=int(version) if version.isdigit() else None,
+        content_hash=tags.get(f"{TAG}content_hash", ""),
+    )
 
 
 def _quote(text: str) -> str:

@@ -130,6 +130,23 @@ class IngestorSettings(BaseSettings):
     sql_chunk_rows: int = Field(default=50_000, ge=100)
     rest_max_pages: int = Field(default=10_000, ge=1)
     rest_timeout_s: float = Field(default=30.0, gt=0)
+    # The prediction log's loggers (docs/feedback.md), one per ingestor: a batch of
+    # `predictions` entries is written when it holds `log_flush_entries`, or `log_flush_s`
+    # after its first entry; date partitions older than `log_retention_days` are removed
+    # (0: kept for ever).
+    log_compaction: bool = True
+    log_flush_entries: int = Field(default=1000, ge=1, le=100_000)
+    log_flush_s: float = Field(default=2.0, gt=0, le=3600)
+    log_retention_days: int = Field(default=30, ge=0, le=36_500)
+    # Labels (docs/feedback.md), joined to the prediction log by a joiner in each ingestor: a
+    # label whose request is not in the log yet is waited for up to `label_grace_s`. Live
+    # quality: each version over its last `quality_window_rows` labelled rows and over the
+    # rows labelled in the last `quality_window_s`, recomputed every `quality_interval_s`.
+    label_join: bool = True
+    label_grace_s: float = Field(default=30.0, ge=0, le=86_400)
+    quality_window_rows: int = Field(default=1000, ge=10, le=10_000_000)
+    quality_window_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    quality_interval_s: float = Field(default=10.0, gt=0, le=3600)
 
     @field_validator("data_roots", "sql_allow", "rest_allow_hosts", mode="before")
     @classmethod
@@ -216,6 +233,14 @@ class PredictorSettings(BaseSettings):
     # reference, and how many the window must hold before PSI is exported at all.
     drift_window: int = Field(default=5000, ge=100, le=1_000_000)
     drift_min_rows: int = Field(default=500, ge=1, le=1_000_000)
+    # The prediction log (docs/feedback.md): whether answered rows are logged, the share of
+    # online requests logged (decided by request id), the models whose feature values are
+    # left out of it (names or shell patterns), and the entries the `predictions` stream
+    # keeps for the loggers (trimmed approximately beyond that).
+    log_predictions: bool = True
+    log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    log_without_features: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_maxlen: int = Field(default=100_000, ge=100, le=100_000_000)
     # Batch scoring: rows per chunk of a file job (chunks are shared by all replicas).
     score_chunk_rows: int = Field(default=100_000, ge=100, le=50_000_000)
     # Batch scoring: the most rows a score-requested event may carry inline.
@@ -226,7 +251,9 @@ class PredictorSettings(BaseSettings):
         default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
 
-    @field_validator("models", "flavors", "native_models", "score_roots", mode="before")
+    @field_validator(
+        "models", "flavors", "native_models", "log_without_features", "score_roots", mode="before"
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -263,6 +290,12 @@ class PredictorSettings(BaseSettings):
         from fnmatch import fnmatchcase
 
         return not self.models or any(fnmatchcase(model_name, p) for p in self.models)
+
+    def logs_features(self, model_name: str) -> bool:
+        """Whether the prediction log keeps `model_name`'s feature values."""
+        from fnmatch import fnmatchcase
+
+        return not any(fnmatchcase(model_name, p) for p in self.log_without_features)
 
 
 class GatewaySettings(BaseSettings):

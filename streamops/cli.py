@@ -116,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--limit", type=int, default=50)
     quarantine.set_defaults(run=_quarantine)
     _add_score(commands)
+
+    explain = commands.add_parser(
+        "explain-request",
+        help="what answered a request, and the data that made it (the prediction log)",
+    )
+    explain.add_argument("request_id")
+    explain.set_defaults(run=_explain_request)
     return parser
 
 
@@ -512,6 +519,58 @@ def _quarantine(args: argparse.Namespace) -> int:
         table.add_row(str(line["row"]), line["column"] or "", line["value"] or "", line["reason"])
     console.print(table)
     return 0
+
+
+def _explain_request(args: argparse.Namespace) -> int:
+    """request → version → run → dataset version → source, from the prediction log and the
+    feature store (docs/feedback.md)."""
+    from shared import predlog
+    from shared.errors import VersionNotFound
+    from shared.feature_store import FeatureStore
+    from shared.settings import CommonSettings
+
+    root = CommonSettings().feature_store_root
+    records = predlog.find_request(root, args.request_id).to_pylist()
+    if not records:
+        err.print(
+            f"request {args.request_id!r} is not in the prediction log under {root} (is it "
+            "logged, sampled in, and compacted yet? docs/feedback.md)"
+        )
+        return 1
+    store = FeatureStore(root)
+    for first in _by_version(records):
+        rows = [
+            r for r in records if (r["model"], r["version"]) == (first["model"], first["version"])
+        ]
+        console.print(
+            f"request {args.request_id}: {len(rows)} row(s), {first['source']}, answered "
+            f"{first['time'].isoformat(timespec='milliseconds')} by replica {first['replica']}"
+        )
+        for row in rows[:20]:
+            console.print(f"  row {row['row']}: {row['prediction']!r} {row['probabilities'] or ''}")
+        console.print(f"  → model {first['model']} v{first['version']}")
+        console.print(f"  → MLflow run {first['run_id'] or '(unknown: registered elsewhere)'}")
+        if not first["dataset"] or first["dataset_version"] is None:
+            console.print("  → dataset: not recorded (a version registered outside streamops)")
+            continue
+        line = f"  → dataset {first['dataset']} v{first['dataset_version']}"
+        try:
+            info = store.get(first["dataset"], first["dataset_version"])
+        except VersionNotFound:
+            console.print(f"{line} (content hash {first['content_hash']}; no longer stored)")
+            continue
+        console.print(f"{line}: {info.rows} rows, content hash {info.content_hash[:16]}")
+        console.print(f"  → source {info.source} (ingested {info.created_at.isoformat()})")
+    return 0
+
+
+def _by_version(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first record of each (model, version) among `records`: a reused client request id
+    may have been answered by several."""
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for record in records:
+        seen.setdefault((record["model"], record["version"]), record)
+    return list(seen.values())
 
 
 if __name__ == "__main__":

@@ -31,9 +31,14 @@ class Predictions(Protocol):
     """The coalescer, as the predict handler sees it."""
 
     async def predict(
-        self, model_name: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+        self,
+        model_name: str,
+        columns: tuple[str, ...],
+        rows: Sequence[tuple[Any, ...]],
+        request_id: str,
     ) -> Answer:
-        """The answer for `rows`, each a tuple of values in `columns` order."""
+        """The answer for `rows`, each a tuple of values in `columns` order, of the request
+        `request_id` (the prediction log's key)."""
         ...
 
 

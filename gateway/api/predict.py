@@ -42,18 +42,22 @@ NO_MODEL_TRIES = 3
 
 
 async def _answer(
-    ctx: Context, name: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+    ctx: Context,
+    name: str,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+    request_id: str,
 ) -> Answer:
     """The coalescer's answer. Replicas share one stream, so a batch may reach one that has not
     loaded the model yet (it appeared a moment ago, or that replica just restarted) while
     another serves it: sent again then, a few times, rather than answered 503."""
     for _ in range(NO_MODEL_TRIES - 1):
         try:
-            return await ctx.coalescer.predict(name, columns, rows)
+            return await ctx.coalescer.predict(name, columns, rows, request_id)
         except NoModelInService:
             if not ctx.fleet.serving(name):
                 raise
-    return await ctx.coalescer.predict(name, columns, rows)
+    return await ctx.coalescer.predict(name, columns, rows, request_id)
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,8 @@ async def answer(
         raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {plan.max_rows}")
     if not ctx.fleet.alive():
         raise NoPredictor("no predictor replica is running")
-    got = await _answer(ctx, plan.name, plan.columns, plan.values_of(rows))
     rid = request_id(x_request_id)
+    got = await _answer(ctx, plan.name, plan.columns, plan.values_of(rows), rid)
     version = got.batch.model_version or 0
     headers = {
         "X-Model-Version": str(version),

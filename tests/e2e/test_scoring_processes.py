@@ -19,6 +19,7 @@ import pytest
 import redis
 import yaml
 
+from shared import predlog
 from shared.datasets import load_spec
 from shared.settings import BUNDLED_DATASETS
 from streamops.client import score_status
@@ -128,6 +129,10 @@ def test_a_replica_killed_mid_job_loses_and_repeats_no_row(
     assert status is not None
     assert (status.status, status.chunks, status.chunks_done) == ("done", 20, 20)
     assert client.xlen("score-chunks.dlq") == 0
+    # The prediction log holds every row once, though the victim died mid-chunk.
+    logged = predlog.read_log(tmp_path / "store", spec.model_name, columns=["row", "source"])
+    assert sorted(logged.column("row").to_pylist()) == list(range(ROWS))
+    assert set(logged.column("source").to_pylist()) == {"batch"}
 
     refused = _score("no-such-model", str(source), env=env)
     _, errors = refused.communicate(timeout=60)

@@ -239,3 +239,78 @@ def test_a_corrupt_promotion_keeps_the_old_version_serving(world: World) -> None
 def _serving(world: World) -> set[int | None]:
     ready = world.http.get("/readyz").json()
     return {models.get(world.model) for models in ready["predictors"].values()}
+
+
+def _log_group(world: World) -> dict[str, int]:
+    groups: Any = world.redis.xinfo_groups("predictions")
+    group = next(g for g in groups if g["name"] == b"prediction-log")
+    return {"pending": int(group["pending"]), "lag": int(group.get("lag") or 0)}
+
+
+def test_predictions_are_logged_once_each_across_a_logger_killed_mid_batch(
+    world: World,
+) -> None:
+    """2,000 HTTP predictions and 200 batch rows; the logger (in the ingestor) is killed while
+    it holds a batch and restarted: the log holds each of them exactly once, with lineage."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shared import predlog
+    from shared.events import ParquetInput, ScoreRequested
+    from streamops.client import publish, wait_for_job
+
+    store = Path(world.running.env["STREAMOPS_FEATURE_STORE_ROOT"])
+    model_dir = predlog.model_dir(store, world.model)
+    ids = [f"log-{i}" for i in range(2000)]
+
+    def ask(rid: str) -> int:
+        path = f"/v1/models/{world.model}/predict"
+        return world.http.post(
+            path, json={"rows": [ROW]}, headers={"X-Request-Id": rid}
+        ).status_code
+
+    def holding_a_batch() -> bool:
+        return _log_group(world)["pending"] > 0 and any(model_dir.glob("date=*/part-*.parquet"))
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = pool.map(ask, ids)
+        wait_until(holding_a_batch, timeout=60, interval=0.005, what="the logger holding a batch")
+        world.stack.kill("ingestor")
+        assert set(statuses) == {200}
+    rows = pa.Table.from_pylist([ROW] * 200)
+    source = world.datasets / "log-batch.parquet"
+    pq.write_table(rows, source)
+    publish(world.redis, ScoreRequested(job_id="log-job", model_name=world.model,
+                                        input=ParquetInput(uri=str(source))))  # fmt: skip
+    job = wait_for_job(world.redis, "log-job", timeout=60, interval=0.05)
+    assert job is not None
+    assert job.status == "done", job
+    assert _log_group(world)["pending"] > 0  # the dead logger's batch: unwritten, or unacked
+
+    world.stack.start_service(
+        "ingestor", "ingestor", {**world.running.env, "STREAMOPS_LEASE_MS": "1000"}
+    )
+    wait_until(lambda: _log_group(world) == {"pending": 0, "lag": 0}, timeout=60,
+               what="the restarted logger writing every entry")  # fmt: skip
+    table = predlog.read_log(store, world.model)
+    ours = table.filter(pa.compute.is_in(table["request_id"], pa.array([*ids, "log-job"])))
+    keys = list(zip(ours["request_id"].to_pylist(), ours["row"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) == 2200  # none lost, none twice
+    assert ours.filter(pa.compute.equal(ours["source"], "batch")).num_rows == 200
+    run_id = MlflowClient(tracking_uri=world.mlflow_url).get_model_version(world.model, "3").run_id
+    assert run_id
+    assert set(ours["run_id"].to_pylist()) == {run_id}
+    assert set(ours["version"].to_pylist()) == {3}
+
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamops.cli", "explain-request", "log-7"],
+        capture_output=True, text=True, env={**os.environ, **world.running.env}, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"model {world.model} v3" in shown.stdout
+    assert run_id in shown.stdout

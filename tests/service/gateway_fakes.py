@@ -27,11 +27,17 @@ class FakeCoalescer:
     predictions: list[Any] | None = None
     # What it was asked: model, column → values (as the batch will carry them), rows.
     asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
 
     async def predict(
-        self, model_name: str, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+        self,
+        model_name: str,
+        columns: tuple[str, ...],
+        values: Sequence[tuple[Any, ...]],
+        request_id: str,
     ) -> Answer:
         rows = len(values)
+        self.request_ids.append(request_id)
         by_column = {name: [row[i] for row in values] for i, name in enumerate(columns)}
         self.asked.append((model_name, by_column, rows))
         if self.failure is not None:

@@ -15,7 +15,13 @@ import pytest
 
 from gateway.app import build_app
 from shared.errors import NoModelInService, PredictionFailed, PredictorTimeout
-from shared.events import CsvSource, DataArrived, ModelPromoted, ScoreRequested
+from shared.events import (
+    CsvSource,
+    DataArrived,
+    LabelsArrived,
+    ModelPromoted,
+    ScoreRequested,
+)
 from shared.jobs import JobStatus
 from shared.settings import BUNDLED_DATASETS, CommonSettings, GatewaySettings
 from tests.service.gateway_fakes import FakeBus, FakeCoalescer, FakeFleet
@@ -93,6 +99,7 @@ async def test_a_prediction_is_asked_column_by_column_and_answered_with_its_vers
     ((name, columns, rows),) = rig.coalescer.asked
     assert (name, rows) == ("churn", 2)
     assert columns["plan"] == ["basic", "premium"]
+    assert rig.coalescer.request_ids == ["r-9"]  # the id the prediction log is keyed by
 
 
 @pytest.mark.parametrize(
@@ -214,12 +221,13 @@ async def test_mutating_endpoints_need_the_key_when_one_is_set(gateway: Start) -
             ("/v1/models/churn/promote", {"version": 2}),
             ("/v1/models/churn/rollback", None),
             ("/v1/datasets/churn/ingest", {"source": "churn/churn.csv"}),
+            ("/v1/models/churn/feedback", {"labels": [{"request_id": "r", "label": 1}]}),
             ("/v1/score", {"model_name": "churn", "rows": [ROW]}),
         ]
         refused = [await rig.http.post(path, json=body) for path, body in calls]
         wrong = await rig.http.post(calls[0][0], json=calls[0][1], headers={"X-API-Key": "no"})
         bearer = {"Authorization": f"Bearer {KEY}"}
-        allowed = await rig.http.post(calls[3][0], json=calls[3][1], headers=bearer)
+        allowed = await rig.http.post(calls[4][0], json=calls[4][1], headers=bearer)
         reading = await rig.http.post(PREDICT, json={"rows": [ROW]})
     for answer in [*refused, wrong]:
         assert answer.status_code == 401
@@ -254,6 +262,28 @@ async def test_ingest_saves_an_upload_or_names_a_source(gateway: Start, tmp_path
     assert saved.parent == tmp_path / "inbox" / "churn"
     assert saved.read_bytes() == csv
     assert second.source == CsvSource(uri="churn.csv")
+
+
+async def test_labels_are_published_for_the_joiners_and_bad_ones_refused(gateway: Start) -> None:
+    labels = [{"request_id": "r-1", "label": 1}, {"request_id": "r-2", "row": 3, "label": "yes"}]
+    async with gateway() as rig:
+        sent = await rig.http.post("/v1/models/churn/feedback", json={"labels": labels})
+        empty = await rig.http.post("/v1/models/churn/feedback", json={"labels": []})
+        no_id = await rig.http.post("/v1/models/churn/feedback", json={"labels": [{"label": 1}]})
+        listed = await rig.http.post(
+            "/v1/models/churn/feedback", json={"labels": [{"request_id": "r", "label": [1]}]}
+        )
+    assert sent.status_code == 202, sent.text
+    assert sent.json()["stream"] == "labels-arrived"
+    (event,) = rig.bus.published
+    assert isinstance(event, LabelsArrived)
+    assert event.model_name == "churn"
+    assert [(x.request_id, x.row, x.label) for x in event.labels] == [
+        ("r-1", 0, 1),
+        ("r-2", 3, "yes"),
+    ]
+    assert [a.status_code for a in (empty, no_id, listed)] == [422, 422, 422]
+    assert no_id.json()["detail"][0]["loc"] == ["body", "labels", 0, "request_id"]
 
 
 async def test_a_score_job_is_submitted_and_its_status_read(gateway: Start) -> None:
@@ -301,6 +331,7 @@ async def test_each_operation_declares_exactly_its_error_answers(gateway: Start)
         "POST /v1/models/{model_name}/rollback": {"200", "401", "404", "409", "422", "503"},
         "POST /v1/datasets/{dataset}/ingest": {"202", "401", "404", "413", "422", "503"},
         "POST /v1/score": {"202", "400", "401", "404", "413", "422", "503"},
+        "POST /v1/models/{model_name}/feedback": {"202", "401", "422", "503"},
         "GET /v1/score/{job_id}": {"200", "404", "422", "503"},
     }
     rollback = document["paths"]["/v1/models/{model_name}/rollback"]["post"]["responses"]

@@ -45,7 +45,15 @@ class ModelShelf:
 
     def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:
         """As a scikit-learn model with no signature (the shelf's models have dataset specs)."""
-        return LoadedModel("sklearn", None, self.load(name, version), pickled=False)
+        lineage = {
+            "streamops.dataset": "churn",
+            "streamops.dataset_version": str(version),
+            "streamops.content_hash": f"hash-{version}",
+        }
+        model = self.load(name, version)
+        return LoadedModel(
+            "sklearn", None, model, pickled=False, run_id=f"run-{version}", tags=lineage
+        )
 
     def production_versions(self) -> dict[str, int]:
         return {} if self.production is None else {self.name: self.production}

@@ -32,3 +32,5 @@ def test_every_service_prints_its_asyncapi_document(capsys: pytest.CaptureFixtur
         assert main(["asyncapi", service]) == 0
         document = json.loads(capsys.readouterr().out)
         assert stream in json.dumps(document)
+        if service == "predictor":  # the prediction log's entries, explained
+            assert "Time the replica took to predict the batch." in json.dumps(document)

@@ -13,6 +13,8 @@ from shared.events import (
     CsvSource,
     DataArrived,
     DataIngested,
+    PredictionRequested,
+    PredictionsLogged,
     ScoreRequested,
     dead_letter_stream,
     derived_event_id,
@@ -72,12 +74,28 @@ def test_every_event_has_its_own_stream_and_a_dead_letter_stream() -> None:
         "model-promoted",
         "model-loads",
         "predict-requests",
+        "predictions",
+        "labels-arrived",
         "score-requested",
         "scored",
         "score-chunks",
         "score-rejected",
     }
     assert dead_letter_stream("data-arrived") == "data-arrived.dlq"
+
+
+def test_a_batch_s_request_spans_must_cover_its_rows() -> None:
+    fields = {"model_name": "m", "reply_to": "c", "deadline": 1.0, "columns": {"a": [1, 2]}}
+    assert PredictionRequested(**fields, requests=[("r1", 1), ("r2", 1)]).rows == 2
+    with pytest.raises(ValidationError, match="add up"):
+        PredictionRequested(**fields, requests=[("r1", 1)])
+    logged = {"model_name": "m", "model_version": 1, "latency_ms": 1.0, "features": None}
+    with pytest.raises(ValidationError, match="add up"):
+        PredictionsLogged(**logged, requests=[("r1", 2)], predictions=[1])
+    with pytest.raises(ValidationError, match="differ in length"):
+        PredictionsLogged(
+            **logged | {"features": {"a": [1]}}, requests=[("r", 2)], predictions=[1, 2]
+        )
 
 
 def _undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:

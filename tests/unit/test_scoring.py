@@ -79,9 +79,8 @@ def test_chunks_scored_and_assembled_give_one_prediction_per_row_in_order(
     output = scored_path(source)
     ranges = plan_chunks(1000, 300)
     for index, rows in reversed(list(enumerate(ranges))):  # order of completion does not matter
-        assert score_chunk(served, source, rows, part_path(output, "j1", index)) == (
-            rows[1] - rows[0]
-        )
+        scored = score_chunk(served, source, rows, part_path(output, "j1", index))
+        assert scored.results.num_rows == scored.inputs.num_rows == rows[1] - rows[0]
     assert assemble(output, "j1", len(ranges)) == 1000
     result = pq.read_table(output)
     assert result.column_names == ["row", "prediction", "model_version", "probability_0",
@@ -219,7 +218,7 @@ def test_a_model_with_several_outputs_gets_one_column_each(source: Path) -> None
     model = Answers(lambda f: pd.DataFrame({"low": f["a"] - 1, "high": f["b"] + 1}))
     served = Served("quote", 2, model, schema, None, datetime.now(UTC))
     part = part_path(scored_path(source), "j9", 0)
-    assert score_chunk(served, source, (0, 10), part) == 10
+    assert score_chunk(served, source, (0, 10), part).results.num_rows == 10
     table = pq.read_table(part)
     assert table.column_names == ["row", "prediction_low", "prediction_high", "model_version"]
     whole = pq.read_table(source).slice(0, 10)

@@ -1,0 +1,188 @@
+"""Live quality: each model version judged on the labels that came back, over two sliding
+windows (its last `window_rows` labelled rows, and the rows labelled in the last `window_s`),
+exported for Prometheus with the gate's bounds beside it.
+
+Classifiers: accuracy, and ROC AUC when the model gives probabilities of two classes and both
+appear among the labels. Regressors: RMSE and MAE. Computed from the joined labels
+(shared/labels.py) every `interval_s`, and served from that snapshot at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio.to_thread
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared import labels
+from shared.datasets import load_spec
+
+log = logging.getLogger(__name__)
+Figures = dict[str, float]  # metric → value, plus "rows"
+
+
+def judge(table: pa.Table) -> Figures:
+    """The quality of the predictions in `table` (one version's joined labels)."""
+    rows = table.num_rows
+    figures: Figures = {"rows": float(rows)}
+    if rows == 0:
+        return figures
+    classes = table["classes"][0].as_py()
+    if classes is not None:
+        truth = table["label"].to_numpy(zero_copy_only=False)
+        said = table["prediction"].to_numpy(zero_copy_only=False)
+        figures["accuracy"] = float(np.mean(truth == said))
+        auc = _roc_auc(table, [str(c) for c in classes], truth)
+        if auc is not None:
+            figures["roc_auc"] = auc
+        return figures
+    truth_values = table["label_value"].to_numpy(zero_copy_only=False).astype(float)
+    said_values = pc.cast(table["prediction_value"], pa.float64()).to_numpy(zero_copy_only=False)
+    error = said_values - truth_values
+    known = ~np.isnan(error)
+    if known.any():
+        figures["rmse"] = float(np.sqrt(np.mean(error[known] ** 2)))
+        figures["mae"] = float(np.mean(np.abs(error[known])))
+    return figures
+
+
+def _roc_auc(table: pa.Table, classes: list[str], truth: np.ndarray) -> float | None:
+    if len(classes) != 2 or table["probabilities"].null_count == table.num_rows:
+        return None
+    positive = truth == classes[1]
+    if positive.all() or not positive.any():
+        return None  # one class only: ROC AUC is undefined
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.array([p[1] if p else np.nan for p in table["probabilities"].to_pylist()])
+    keep = ~np.isnan(scores)
+    return float(roc_auc_score(positive[keep], scores[keep]))
+
+
+def windows(
+    joined: pa.Table, *, window_rows: int, window_s: float, now: datetime
+) -> dict[tuple[int, str], Figures]:
+    """(version, window) → figures, for the windows `rows` and `time`."""
+    found: dict[tuple[int, str], Figures] = {}
+    if joined.num_rows == 0:
+        return found
+    joined = joined.sort_by([("labelled_at", "descending")])
+    since = pa.scalar(now - timedelta(seconds=window_s), joined.schema.field("labelled_at").type)
+    for version in pc.unique(joined["version"]).to_pylist():
+        mine = joined.filter(pc.equal(joined["version"], version))
+        found[(version, "rows")] = judge(mine.slice(0, window_rows))
+        found[(version, "time")] = judge(mine.filter(pc.greater_equal(mine["labelled_at"], since)))
+    return found
+
+
+@dataclass
+class Snapshot:
+    quality: dict[tuple[str, int, str, str], float] = field(default_factory=dict)
+    rows: dict[tuple[str, int, str], float] = field(default_factory=dict)
+    bounds: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+
+class QualityCollector(Collector):
+    """Serves the latest snapshot: a scrape never reads a file."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.snapshot
+        quality = GaugeMetricFamily(
+            "streamops_live_quality",
+            "Quality of a model version on the labels that came back, per window (rows: its "
+            "last labelled rows; time: labelled recently)",
+            labels=["model", "version", "metric", "window"],
+        )
+        for (model, version, metric, window), value in sorted(snap.quality.items()):
+            quality.add_metric([model, str(version), metric, window], value)
+        rows = GaugeMetricFamily(
+            "streamops_live_labelled_rows",
+            "Labelled rows behind streamops_live_quality, per window",
+            labels=["model", "version", "window"],
+        )
+        for (model, version, window), value in sorted(snap.rows.items()):
+            rows.add_metric([model, str(version), window], value)
+        bounds = GaugeMetricFamily(
+            "streamops_quality_gate_bound",
+            "The quality gate's bounds from the model's dataset spec (bound: minimum, maximum)",
+            labels=["model", "metric", "bound"],
+        )
+        for (model, metric, bound), value in sorted(snap.bounds.items()):
+            bounds.add_metric([model, metric, bound], value)
+        yield quality
+        yield rows
+        yield bounds
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+def gate_bounds(datasets_dir: Path) -> dict[tuple[str, str, str], float]:
+    """(model, metric, bound) → value, from every spec's training gate."""
+    found: dict[tuple[str, str, str], float] = {}
+    for spec_file in sorted(datasets_dir.glob("*/spec.yaml")):
+        try:
+            spec = load_spec(datasets_dir, spec_file.parent.name)
+        except Exception as exc:  # a broken spec is the ingestor's to report, not ours
+            log.debug("no gate bounds from %s: %s", spec_file, exc)
+            continue
+        if spec.training is None:
+            continue
+        model = spec.training.model_name or spec.name
+        for metric, value in spec.training.gate.minimum.items():
+            found[(model, metric, "minimum")] = value
+        for metric, value in spec.training.gate.maximum.items():
+            found[(model, metric, "maximum")] = value
+    return found
+
+
+@dataclass
+class LiveQuality:
+    store_root: Path
+    datasets_dir: Path
+    collector: QualityCollector
+    window_rows: int = 1000
+    window_s: float = 3600.0
+    interval_s: float = 10.0
+
+    def compute(self, now: datetime | None = None) -> Snapshot:
+        now = now or datetime.now(UTC)
+        snap = Snapshot(bounds=gate_bounds(self.datasets_dir))
+        since = now - timedelta(days=30)  # what the windows can reach, at most
+        for model in labels.models(self.store_root):
+            joined = labels.read_joined(self.store_root, model, since=since)
+            found = windows(joined, window_rows=self.window_rows, window_s=self.window_s, now=now)
+            for (version, window), figures in found.items():
+                snap.rows[(model, version, window)] = figures.pop("rows")
+                for metric, value in figures.items():
+                    snap.quality[(model, version, metric, window)] = value
+        return snap
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.collector.snapshot = await anyio.to_thread.run_sync(self.compute)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("computing live quality failed; the last figures stay")
+            await asyncio.sleep(self.interval_s)
+
+
+def register(registry: CollectorRegistry) -> QualityCollector:
+    collector = QualityCollector()
+    registry.register(collector)
+    return collector
