@@ -3,6 +3,7 @@
     python bench/serve.py [--workers 2] [--duration 10] [--warmup 5] [--concurrency 1,8,32]
                           [--repeat 1] [--quiet-cores 0.3] [--quiet-wait 120] [--workdir DIR]
                           [--runtime auto|native] [--no-mlflow] [--no-bentoml] [--peers-only]
+                          [--log-cost]
 
 Starts, as local processes in a temporary directory: Redis, an MLflow tracking server, then
 
@@ -32,7 +33,9 @@ do) and the CPU each process group used, with what the rest of the machine used 
 a busy machine the rates say little); then the ratios against each peer and the targets of
 docs/benchmarks.md: at concurrency 32, at least 2x BentoML's throughput with at most half its
 p99, and at least 50x mlflow's throughput; at concurrency 1, a p50 of at most 3 ms and at most
-half BentoML's; the gateway's CPU at most 0.3 ms per request.
+half BentoML's; the gateway's CPU at most 0.3 ms per request. `--log-cost` adds streamops with
+the prediction log off (on a Redis database of its own), runs the logger (an ingestor) for the
+one that logs, and checks that logging keeps at least 0.95x the throughput (issue 13).
 """
 
 from __future__ import annotations
@@ -213,19 +216,21 @@ def start_mlflow_serve(stack: Stack, tracking_uri: str, workers: int, env: dict[
 
 
 def start_streamops(
-    stack: Stack, env: dict[str, str], gateway_workers: int, predictors: int
+    stack: Stack, env: dict[str, str], gateway_workers: int, predictors: int, prefix: str = ""
 ) -> str:
     import redis
 
     for i in range(predictors):
-        stack.start_service(f"predictor-{i}", "predictor", env)
+        stack.start_service(f"{prefix}predictor-{i}", "predictor", env)
     client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
 
     def replicas_beating() -> bool:
         return len(client.keys("streamops:heartbeat:predictor:*")) >= predictors
 
     wait_for(
-        replicas_beating, 180, f"{predictors} predictor replica(s) ({stack.log('predictor-0')})"
+        replicas_beating,
+        180,
+        f"{predictors} predictor replica(s) ({stack.log(f'{prefix}predictor-0')})",
     )
     client.close()
     port = free_port()
@@ -235,9 +240,10 @@ def start_streamops(
         "STREAMOPS_GATEWAY_PORT": str(port),
         "STREAMOPS_GATEWAY_WORKERS": str(gateway_workers),
     }
-    stack.start_service("gateway", "gateway", gateway_env)
+    stack.start_service(f"{prefix}gateway", "gateway", gateway_env)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_ok(f"{url}/readyz"), 180, f"the gateway ({stack.log('gateway')})")
+    log = stack.log(f"{prefix}gateway")
+    wait_for(lambda: http_ok(f"{url}/readyz"), 180, f"the gateway ({log})")
     return url
 
 
@@ -538,7 +544,12 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-PEERS = {"mlflow": "mlflow models serve", "bentoml": "BentoML", "streamops": "streamops"}
+PEERS = {
+    "mlflow": "mlflow models serve",
+    "bentoml": "BentoML",
+    "streamops-nolog": "streamops, log off",
+    "streamops": "streamops",
+}
 
 
 def report(
@@ -630,6 +641,9 @@ def print_targets(
             print(f"  target p99 <= 0.5x BentoML: {verdict(p99 <= 0.5)}")
         if "mlflow" in ratios:
             print(f"  target throughput >= 50x mlflow: {verdict(ratios['mlflow'][0] >= 50)}")
+        if "streamops-nolog" in ratios:
+            kept = ratios["streamops-nolog"][0]
+            print(f"  target log on >= 0.95x log off (issue 13): {verdict(kept >= 0.95)}")
     if concurrency == 1:
         print(f"  target p50 <= 3 ms: {verdict(ours.p50_ms <= 3)}")
         if "bentoml" in ratios:
@@ -674,6 +688,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-mlflow", action="store_true", help="leave mlflow models serve out")
     parser.add_argument("--no-bentoml", action="store_true", help="leave BentoML out")
+    parser.add_argument(
+        "--log-cost",
+        action="store_true",
+        help="also measure streamops with the prediction log off (and run the logger for the "
+        "one that logs): the log's cost, issue 13",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -745,19 +765,61 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         "STREAMOPS_PREDICTOR_RUNTIME": args.runtime,
         "STREAMOPS_GATEWAY_INBOX": str(work / "inbox"),
     }
+    if args.log_cost:
+        # The same system with the prediction log off, on a Redis database of its own; and
+        # the logger that compacts the log, counted as part of the system that logs.
+        quiet = {**service_env, "STREAMOPS_PREDICTOR_LOG_PREDICTIONS": "false"}
+        quiet["STREAMOPS_REDIS_URL"] = other_database(redis_url)
+        print("starting streamops again with the prediction log off ...", flush=True)
+        url = start_streamops(stack, quiet, args.gateway_workers, args.predictors, "nolog-")
+        targets["streamops-nolog"] = streamops_target(
+            stack,
+            url,
+            records,
+            args,
+            batches=batches_sent(quiet["STREAMOPS_REDIS_URL"]),
+            prefix="nolog-",
+        )
+        stack.start_service("ingestor", "ingestor", service_env)
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)
     check_agreement(dict(targets), ours_url, records)
-    targets["streamops"] = Target(
-        f"{ours_url}/v1/models/{DATASET}/predict",
-        [json.dumps({"rows": [r]}).encode() for r in records],
-        {
-            "gateway": [stack.processes["gateway"].pid],
-            "predictors": [stack.processes[f"predictor-{i}"].pid for i in range(args.predictors)],
-            "redis": [stack.processes["redis"].pid],
-        },
-        batches_sent(redis_url),
+    targets["streamops"] = streamops_target(
+        stack, ours_url, records, args, batches=batches_sent(redis_url)
     )
     return targets
+
+
+def other_database(redis_url: str) -> str:
+    """The same Redis server, database 1: a second system that shares nothing with the first."""
+    from urllib.parse import urlparse
+
+    return urlparse(redis_url)._replace(path="/1").geturl()
+
+
+def streamops_target(
+    stack: Stack,
+    url: str,
+    records: list[dict[str, float]],
+    args: argparse.Namespace,
+    *,
+    batches: Callable[[], int],
+    prefix: str = "",
+) -> Target:
+    groups = {
+        "gateway": [stack.processes[f"{prefix}gateway"].pid],
+        "predictors": [
+            stack.processes[f"{prefix}predictor-{i}"].pid for i in range(args.predictors)
+        ],
+        "redis": [stack.processes["redis"].pid],
+    }
+    if not prefix and "ingestor" in stack.processes:
+        groups["logger"] = [stack.processes["ingestor"].pid]
+    return Target(
+        f"{url}/v1/models/{DATASET}/predict",
+        [json.dumps({"rows": [r]}).encode() for r in records],
+        groups,
+        batches,
+    )
 
 
 def main() -> None:

@@ -10,11 +10,10 @@ import anyio.to_thread
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 
-from ingestor.labels import LabelJoiner, LabelMetrics
+from ingestor.labels import LabelJoiner
 from ingestor.metrics import IngestorMetrics
-from ingestor.predlog import LogMetrics, PredictionLogger
+from ingestor.predlog import PredictionLogger
 from ingestor.quality import LiveQuality
-from ingestor.quality import register as register_quality
 from ingestor.service import ingest
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
@@ -93,7 +92,7 @@ def build_app(
             flush_s=settings.log_flush_s,
             lease_ms=common.lease_ms,
             keep_days=settings.log_retention_days,
-            metrics=LogMetrics(metrics.registry),
+            metrics=metrics.log,
         )
         if settings.log_compaction
         else None
@@ -105,7 +104,7 @@ def build_app(
             common.consumer_name,
             grace_s=settings.label_grace_s,
             lease_ms=common.lease_ms,
-            metrics=LabelMetrics(metrics.registry),
+            metrics=metrics.labels,
         )
         if settings.label_join
         else None
@@ -114,7 +113,7 @@ def build_app(
         LiveQuality(
             common.feature_store_root,
             common.datasets_dir,
-            register_quality(metrics.registry),
+            metrics.quality,
             window_rows=settings.quality_window_rows,
             window_s=settings.quality_window_s,
             interval_s=settings.quality_interval_s,

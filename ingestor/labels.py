@@ -24,9 +24,9 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
+from ingestor.metrics import LabelMetrics
 from shared import labels, predlog
 from shared.batch_reading import BatchReader, Entry
 from shared.broker import ensure_group
@@ -36,17 +36,6 @@ from shared.wire import DATA_FIELD, entry_body
 GROUP = "label-join"
 STREAM = LabelsArrived.stream
 log = logging.getLogger(__name__)
-
-
-class LabelMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.labels = Counter(
-            "streamops_labels",
-            "Labels joined to the prediction log, by model and outcome (joined, or unmatched: "
-            "no logged row has that request id and row)",
-            ["model", "outcome"],
-            registry=registry or CollectorRegistry(),
-        )
 
 
 @dataclass

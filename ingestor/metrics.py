@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ingestor.quality import QualityCollector
 from shared.events import DataIngested, DataRejected
 from shared.metrics import DURATION_BUCKETS
 
@@ -33,6 +34,11 @@ class IngestorMetrics:
             ["dataset"],
             registry=r,
         )
+        # The prediction log's loggers, the label joiners and live quality (docs/feedback.md).
+        self.log = LogMetrics(r)
+        self.labels = LabelMetrics(r)
+        self.quality = QualityCollector()
+        r.register(self.quality)
         self.seconds = Histogram(
             "streamops_ingest_seconds",
             "Time to read, validate and store one arrival",
@@ -53,6 +59,34 @@ class IngestorMetrics:
             self.rows.labels(dataset, "accepted").inc(result.rows)
             self.rows.labels(dataset, "quarantined").inc(result.quarantined_rows)
             self.bytes.labels(dataset).inc(stored_bytes(Path(result.path)))
+
+
+class LogMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.records = Counter(
+            "streamops_prediction_log_records",
+            "Records written to the prediction log by the loggers, by model",
+            ["model"],
+            registry=r,
+        )
+        self.entries = Counter(
+            "streamops_prediction_log_entries",
+            "`predictions` entries handled, by outcome (written, dead_lettered, lost)",
+            ["outcome"],
+            registry=r,
+        )
+
+
+class LabelMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.labels = Counter(
+            "streamops_labels",
+            "Labels joined to the prediction log, by model and outcome (joined, or unmatched: "
+            "no logged row has that request id and row)",
+            ["model", "outcome"],
+            registry=registry or CollectorRegistry(),
+        )
 
 
 def stored_bytes(version_dir: Path) -> int:

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
-import pyarrow as pa
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
+from ingestor.metrics import LogMetrics
 from shared import predlog
 from shared.batch_reading import BatchReader, Entry
 from shared.broker import ensure_group
@@ -47,28 +46,11 @@ STREAM = PredictionsLogged.stream
 log = logging.getLogger(__name__)
 
 
-class LogMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = registry or CollectorRegistry()
-        self.records = Counter(
-            "streamops_prediction_log_records",
-            "Records written to the prediction log by the loggers, by model",
-            ["model"],
-            registry=r,
-        )
-        self.entries = Counter(
-            "streamops_prediction_log_entries",
-            "`predictions` entries handled, by outcome (written, dead_lettered, lost)",
-            ["outcome"],
-            registry=r,
-        )
-
-
 def compact(store_root: Path, entries: Sequence[Entry]) -> Compacted:
     """Write the records of `entries` as part files: one per model and day, all named by the
     batch's first and last id. Plain and synchronous (run in a thread)."""
     first, last = entries[0][0], entries[-1][0]
-    tables: dict[str, list[pa.Table]] = defaultdict(list)
+    events: dict[str, list[tuple[PredictionsLogged, str]]] = defaultdict(list)
     rejected: list[tuple[str, str, dict[str, str]]] = []
     lost: list[str] = []
     for entry_id, fields in entries:
@@ -83,11 +65,11 @@ def compact(store_root: Path, entries: Sequence[Entry]) -> Compacted:
             }
             rejected.append((entry_id, f"not a valid {STREAM} entry: {exc}", payload))
             continue
-        tables[event.model_name].append(predlog.table_of(predlog.online_rows(event, entry_id)))
+        events[event.model_name].append((event, entry_id))
     written: dict[str, int] = {}
     paths: list[Path] = []
-    for model, parts in tables.items():
-        for day, table in predlog.by_day(predlog.concat(parts)).items():
+    for model, items in events.items():
+        for day, table in predlog.by_day(predlog.online_table(items)).items():
             path = predlog.online_part(store_root, model, day, first, last)
             predlog.write_part(path, table)
             paths.append(path)

@@ -20,7 +20,6 @@ import anyio.to_thread
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -99,35 +98,40 @@ class QualityCollector(Collector):
         self.snapshot = Snapshot()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snap = self.snapshot
-        quality = GaugeMetricFamily(
-            "streamops_live_quality",
-            "Quality of a model version on the labels that came back, per window (rows: its "
-            "last labelled rows; time: labelled recently)",
-            labels=["model", "version", "metric", "window"],
-        )
-        for (model, version, metric, window), value in sorted(snap.quality.items()):
-            quality.add_metric([model, str(version), metric, window], value)
-        rows = GaugeMetricFamily(
-            "streamops_live_labelled_rows",
-            "Labelled rows behind streamops_live_quality, per window",
-            labels=["model", "version", "window"],
-        )
-        for (model, version, window), value in sorted(snap.rows.items()):
-            rows.add_metric([model, str(version), window], value)
-        bounds = GaugeMetricFamily(
-            "streamops_quality_gate_bound",
-            "The quality gate's bounds from the model's dataset spec (bound: minimum, maximum)",
-            labels=["model", "metric", "bound"],
-        )
-        for (model, metric, bound), value in sorted(snap.bounds.items()):
-            bounds.add_metric([model, metric, bound], value)
-        yield quality
-        yield rows
-        yield bounds
+        return families(self.snapshot)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(())
+        """The families with no samples: their names and labels, for the registry."""
+        return families(Snapshot())
+
+
+def families(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """The three families, from `snap`."""
+    quality = GaugeMetricFamily(
+        "streamops_live_quality",
+        "Quality of a model version on the labels that came back, per window (rows: its "
+        "last labelled rows; time: labelled recently)",
+        labels=["model", "version", "metric", "window"],
+    )
+    for (model, version, metric, window), value in sorted(snap.quality.items()):
+        quality.add_metric([model, str(version), metric, window], value)
+    rows = GaugeMetricFamily(
+        "streamops_live_labelled_rows",
+        "Labelled rows behind streamops_live_quality, per window",
+        labels=["model", "version", "window"],
+    )
+    for (model, version, window), value in sorted(snap.rows.items()):
+        rows.add_metric([model, str(version), window], value)
+    bounds = GaugeMetricFamily(
+        "streamops_quality_gate_bound",
+        "The quality gate's bounds from the model's dataset spec (bound: minimum, maximum)",
+        labels=["model", "metric", "bound"],
+    )
+    for (model, metric, bound), value in sorted(snap.bounds.items()):
+        bounds.add_metric([model, metric, bound], value)
+    yield quality
+    yield rows
+    yield bounds
 
 
 def gate_bounds(datasets_dir: Path) -> dict[tuple[str, str, str], float]:
@@ -180,9 +184,3 @@ class LiveQuality:
             except Exception:
                 log.exception("computing live quality failed; the last figures stay")
             await asyncio.sleep(self.interval_s)
-
-
-def register(registry: CollectorRegistry) -> QualityCollector:
-    collector = QualityCollector()
-    registry.register(collector)
-    return collector

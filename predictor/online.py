@@ -14,6 +14,7 @@ in one read are predicted in one call, which is what makes a forest cheap per ro
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -199,7 +200,8 @@ class OnlinePredictor:
                 answers = await anyio.to_thread.run_sync(answer, self.predictor, requests)
             seconds = time.perf_counter() - started
             self.metrics.predict_seconds.labels(name, runtime).observe(seconds)
-            await self._reply(requests, answers, self._entry(name, requests, answers, seconds))
+            entry = functools.partial(self._entry, name, requests, answers, seconds)
+            await self._reply(requests, answers, entry)
             self._count(name, requests, answers)
             answered += len(answers)
         return answered
@@ -253,28 +255,42 @@ class OnlinePredictor:
         self,
         requests: Sequence[PredictionRequested],
         answers: Sequence[BatchPredicted],
-        entry: PredictionsLogged | None = None,
+        entry: Callable[[], PredictionsLogged | None] = lambda: None,
     ) -> None:
-        """The answers, then the log entry, in one round trip: the log costs no extra wait."""
+        """The answers, then the log entry (built only once the answers are on their way).
+
+        A lone answer is published alone, and the entry follows in a second call: at low load
+        the client's answer does not wait for the log. Several answers and the entry go in
+        one pipeline: under load, one round trip instead of two.
+        """
         replies = [
             (request.reply_to, batch.model_copy(update={"replica": self.consumer}))
             for request, batch in zip(requests, answers, strict=True)
         ]
-        if len(replies) == 1 and entry is None:  # a pipeline costs more than it saves
+        if len(replies) == 1:  # a pipeline costs more than it saves
             channel, stamped = replies[0]
             await self.client.publish(channel, stamped.model_dump_json())
+            logged = entry()
+            if logged is not None:
+                args, options = self._log_command(logged)
+                await self.client.xadd(*args, **options)
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for channel, stamped in replies:
                 pipe.publish(channel, stamped.model_dump_json())
-            if entry is not None and self.log is not None:
-                pipe.xadd(
-                    entry.stream,
-                    entry_fields(entry),  # type: ignore[arg-type]
-                    maxlen=self.log.maxlen,
-                    approximate=True,
-                )
+            logged = entry()
+            if logged is not None:
+                args, options = self._log_command(logged)
+                pipe.xadd(*args, **options)
             await pipe.execute()
+
+    def _log_command(self, entry: PredictionsLogged) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The XADD of a log entry, for the client or a pipeline."""
+        assert self.log is not None
+        return (entry.stream, entry_fields(entry)), {
+            "maxlen": self.log.maxlen,
+            "approximate": True,
+        }
 
     async def _dead_letter(self, rejected: list[Rejected]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

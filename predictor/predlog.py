@@ -117,7 +117,7 @@ def chunk_part(
         replica=replica,
         time=when,
         latency_ms=latency_ms,
-        request_ids=pa.array([chunk.job_id] * count, pa.string()),
+        request_ids=pa.repeat(pa.scalar(chunk.job_id, pa.string()), count),
         rows=results["row"].combine_chunks(),
         predictions=_predictions(results),
         probabilities=probabilities,
@@ -125,6 +125,7 @@ def chunk_part(
         lineage=served.lineage,
         log_id=f"{chunk.job_id}/{chunk.chunk}",
         features=None if features is None else predlog.struct_of(features),
+        input_uri=chunk.input_path,
     )
     path = predlog.batch_part(store_root, served.name, when.date(), chunk.job_id, chunk.chunk)
     predlog.write_part(path, predlog.table_of(rows))

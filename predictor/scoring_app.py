@@ -240,7 +240,8 @@ class Scorer:
             served, Path(chunk.input_path), (chunk.start, chunk.stop), part
         )
         if self.settings.log_predictions:
-            features = scored.inputs if self.settings.logs_features(served.name) else None
+            keep = self.settings.log_batch_features and self.settings.logs_features(served.name)
+            features = scored.inputs if keep else None
             latency_ms = (time.perf_counter() - started) * 1000
             predlog.chunk_part(
                 self.settings.common.feature_store_root,

@@ -9,7 +9,8 @@ whose names cannot start with one):
 Every file is named by what it holds (the stream entries, or the job's chunk), and written
 whole or not at all: writing it again after a crash replaces it with the same rows, so a row is
 never lost and never held twice. One record per row; the columns are `RECORD_COLUMNS`, then
-`features` (a struct of the feature values as received, absent when the model's are not kept).
+`input_uri` for batch rows (the file scored), then `features` (a struct of the feature values
+as received; absent when the model's are not kept, and for batch rows unless asked for).
 Reading a model's log for a window is one pyarrow dataset call (`read_log`).
 """
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 import shutil
 import urllib.parse
 import zlib
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -97,35 +100,66 @@ class Rows:
     lineage: Lineage
     log_id: str
     features: pa.StructArray | None
+    input_uri: str = ""  # batch rows: the file scored (`row` is the row in it)
 
 
-def online_rows(event: PredictionsLogged, log_id: str) -> Rows:
-    """The rows of a `predictions` entry."""
-    ids: list[str] = []
-    index: list[int] = []
-    for request_id, count in event.requests:
-        ids.extend([request_id] * count)
-        index.extend(range(count))
-    return Rows(
-        model=event.model_name,
-        version=event.model_version,
-        source="online",
-        replica=event.replica,
-        time=event.occurred_at,
-        latency_ms=event.latency_ms,
-        request_ids=pa.array(ids, pa.string()),
-        rows=pa.array(index, pa.int64()),
-        predictions=pa.array(event.predictions),
-        probabilities=(
-            None
-            if event.probabilities is None
-            else pa.array(event.probabilities, pa.list_(pa.float64()))
-        ),
-        classes=event.classes,
-        lineage=event.lineage,
-        log_id=log_id,
-        features=None if event.features is None else struct_of(event.features),
-    )
+def online_table(events: Sequence[tuple[PredictionsLogged, str]]) -> pa.Table:
+    """The records of many `predictions` entries of one model, each with its entry id: built
+    column by column across all of them (one Arrow array per column, not a table per entry,
+    which cost a logger half a core at 600 entries/s)."""
+    names = list(dict.fromkeys(n for event, _ in events for n in event.features or {}))
+    features: dict[str, list[Any]] = {n: [] for n in names}
+    kept = any(event.features is not None for event, _ in events)
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for event, log_id in events:
+        count = len(event.predictions)
+        for request_id, rows in event.requests:
+            columns["request_id"].extend([request_id] * rows)
+            columns["row"].extend(range(rows))
+        lineage = event.lineage
+        classes = None if event.classes is None else [str(c) for c in event.classes]
+        for name, value in (
+            ("source", "online"),
+            ("model", event.model_name),
+            ("version", event.model_version),
+            ("replica", event.replica),
+            ("time", event.occurred_at),
+            ("latency_ms", event.latency_ms),
+            ("classes", classes),
+            ("run_id", lineage.run_id),
+            ("dataset", lineage.dataset),
+            ("dataset_version", lineage.dataset_version),
+            ("content_hash", lineage.content_hash),
+            ("log_id", log_id),
+        ):
+            columns[name].extend([value] * count)
+        columns["prediction"].extend(event.predictions)
+        columns["probabilities"].extend(event.probabilities or [None] * count)
+        given = event.features or {}
+        for name, values in features.items():
+            values.extend(given.get(name) or [None] * count)
+    types = {
+        "request_id": pa.string(),
+        "row": pa.int64(),
+        "source": pa.string(),
+        "model": pa.string(),
+        "version": pa.int64(),
+        "replica": pa.string(),
+        "time": TIME,
+        "latency_ms": pa.float64(),
+        "prediction": None,
+        "probabilities": pa.list_(pa.float64()),
+        "classes": pa.list_(pa.string()),
+        "run_id": pa.string(),
+        "dataset": pa.string(),
+        "dataset_version": pa.int64(),
+        "content_hash": pa.string(),
+        "log_id": pa.string(),
+    }
+    arrays = {name: pa.array(columns[name], types[name]) for name in RECORD_COLUMNS}
+    if kept and names:
+        arrays["features"] = struct_of(features)
+    return pa.table(arrays)
 
 
 def struct_of(columns: dict[str, Sequence[Any]] | pa.Table) -> pa.StructArray | None:
@@ -148,7 +182,7 @@ def table_of(rows: Rows) -> pa.Table:
     lineage = rows.lineage
 
     def const(value: Any, kind: pa.DataType) -> pa.Array:
-        return pa.array([value] * count, kind) if count else pa.array([], kind)
+        return pa.repeat(pa.scalar(value, kind), count)  # in C: no list of `count` values
 
     classes = None if rows.classes is None else [str(c) for c in rows.classes]
     probabilities = rows.probabilities
@@ -165,16 +199,30 @@ def table_of(rows: Rows) -> pa.Table:
         "probabilities": (
             probabilities if probabilities is not None else const(None, pa.list_(pa.float64()))
         ),
-        "classes": const(classes, pa.list_(pa.string())),
+        "classes": _repeat_list(classes, count),
         "run_id": const(lineage.run_id, pa.string()),
         "dataset": const(lineage.dataset, pa.string()),
         "dataset_version": const(lineage.dataset_version, pa.int64()),
         "content_hash": const(lineage.content_hash, pa.string()),
         "log_id": const(rows.log_id, pa.string()),
     }
+    if rows.input_uri:
+        columns["input_uri"] = const(rows.input_uri, pa.string())
     if rows.features is not None:
         columns["features"] = rows.features
     return pa.table(columns)
+
+
+def _repeat_list(values: list[str] | None, count: int) -> pa.Array:
+    """`values` as the list of each of `count` rows (pa.repeat of a list scalar takes 35 ms
+    for 100,000 rows; offsets over the repeated values, a millisecond)."""
+    kind = pa.list_(pa.string())
+    if values is None:
+        return pa.nulls(count, kind)
+    width = len(values)
+    offsets = pa.array(np.arange(count + 1, dtype=np.int32) * width)
+    flat = pa.array(values, pa.string()).take(np.tile(np.arange(width), count))
+    return pa.ListArray.from_arrays(offsets, flat, type=kind)
 
 
 def concat(tables: Sequence[pa.Table]) -> pa.Table:

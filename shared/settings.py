@@ -241,6 +241,10 @@ class PredictorSettings(BaseSettings):
     log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     log_without_features: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_maxlen: int = Field(default=100_000, ge=100, le=100_000_000)
+    # Batch-scored rows are logged with the file they came from (`input_uri`, `row`), not a
+    # copy of their features: the input is the user's file or an immutable feature-store
+    # version, and copying it would double a job's writes (docs/feedback.md). True copies them.
+    log_batch_features: bool = False
     # Batch scoring: rows per chunk of a file job (chunks are shared by all replicas).
     score_chunk_rows: int = Field(default=100_000, ge=100, le=50_000_000)
     # Batch scoring: the most rows a score-requested event may carry inline.

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from shared.datasets import load_spec
 from shared.settings import BUNDLED_DATASETS
-from streamops.stack import Running, Stack, bring_up
+from streamops.stack import Running, Stack, bring_up, free_port
 from tests.support.data import CHURN_ROW, churn_rows, write_csv
 from tests.support.load import Load
 from tests.support.models import churn_features, fit_model, register
@@ -289,9 +289,15 @@ def test_predictions_are_logged_once_each_across_a_logger_killed_mid_batch(
     assert job.status == "done", job
     assert _log_group(world)["pending"] > 0  # the dead logger's batch: unwritten, or unacked
 
-    world.stack.start_service(
-        "ingestor", "ingestor", {**world.running.env, "STREAMOPS_LEASE_MS": "1000"}
-    )
+    port = free_port()
+    restarted = {
+        **world.running.env,
+        "STREAMOPS_LEASE_MS": "1000",
+        "STREAMOPS_METRICS_PORT": str(port),
+        "STREAMOPS_INGESTOR_QUALITY_INTERVAL_S": "1",
+    }
+    world.stack.start_service("ingestor", "ingestor", restarted)
+    world.running.metrics["ingestor"] = f"http://127.0.0.1:{port}/metrics"
     wait_until(lambda: _log_group(world) == {"pending": 0, "lag": 0}, timeout=60,
                what="the restarted logger writing every entry")  # fmt: skip
     table = predlog.read_log(store, world.model)
@@ -314,3 +320,47 @@ def test_predictions_are_logged_once_each_across_a_logger_killed_mid_batch(
     assert shown.returncode == 0, shown.stderr
     assert f"model {world.model} v3" in shown.stdout
     assert run_id in shown.stdout
+
+
+def test_labels_for_a_thousand_requests_give_the_live_accuracy_computed_by_hand(
+    world: World,
+) -> None:
+    """Labels for 1,000 of the logged requests, posted over HTTP: the ingestor's live accuracy
+    of the version that answered equals the accuracy of those answers against those labels."""
+    import pyarrow as pa
+
+    from shared import predlog
+
+    store = Path(world.running.env["STREAMOPS_FEATURE_STORE_ROOT"])
+    logged = predlog.read_log(store, world.model, columns=["request_id", "prediction", "version"])
+    wanted = pa.array([f"log-{i}" for i in range(1000)])
+    answers = logged.filter(pa.compute.is_in(logged["request_id"], wanted)).to_pylist()
+    assert len(answers) == 1000
+    rng = random.Random(13)
+    labels = [{"request_id": a["request_id"], "label": rng.choice([0, 1])} for a in answers]
+    for start in range(0, 1000, 250):
+        sent = world.http.post(
+            f"/v1/models/{world.model}/feedback", json={"labels": labels[start : start + 250]}
+        )
+        assert sent.status_code == 202, sent.text
+    by_id = {a["request_id"]: a["prediction"] for a in answers}
+    expected = sum(by_id[x["request_id"]] == x["label"] for x in labels) / 1000
+
+    def live() -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(world.running.metrics["ingestor"], timeout=5).text
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                mine = sample.labels.get("model") == world.model
+                if (
+                    mine
+                    and sample.labels.get("version") == "3"
+                    and sample.labels.get("window") == "rows"
+                ):
+                    found[sample.labels.get("metric", sample.name)] = sample.value
+        return found if found.get("streamops_live_labelled_rows") == 1000 else {}
+
+    figures = wait_until(live, timeout=60, interval=0.5, what="live quality over 1,000 labels")
+    assert figures["accuracy"] == pytest.approx(expected)

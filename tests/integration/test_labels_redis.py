@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.metrics import roc_auc_score
 
 from ingestor.labels import GROUP as JOIN_GROUP
-from ingestor.labels import LabelJoiner, LabelMetrics
+from ingestor.labels import LabelJoiner
+from ingestor.metrics import LabelMetrics
 from ingestor.predlog import GROUP as LOG_GROUP
 from ingestor.predlog import PredictionLogger
-from ingestor.quality import LiveQuality, register
+from ingestor.quality import LiveQuality, QualityCollector
 from shared import labels
 from shared.broker import ensure_group
 from shared.events import Label, LabelsArrived, Lineage, PredictionsLogged
@@ -91,7 +92,8 @@ async def test_labels_are_joined_unknown_ones_kept_and_live_quality_is_exact(
     assert unmatched_file.stat().st_size > 0
     assert await client.xlen("labels-arrived.dlq") == 1
 
-    collector = register(registry)
+    collector = QualityCollector()
+    registry.register(collector)
     live = LiveQuality(root, common.datasets_dir, collector, window_rows=1000, window_s=3600)
     collector.snapshot = live.compute(datetime.now(UTC))
     truth, scores = TRUTH[labelled], SCORES[labelled]

@@ -61,7 +61,7 @@ def test_an_online_entry_holds_each_request_s_rows_and_the_version_s_lineage() -
     assert entry.requests == [("x", 1), ("y", 2), (str(two.event_id), 2)]  # failures left out
     assert entry.features == {"a": [0, 1, 2, 0, 1], "b": [0.5] * 5}
     assert entry.predictions == [0, 1, 0, 0, 1]
-    table = predlog.table_of(predlog.online_rows(entry, "5-0"))
+    table = predlog.online_table([(entry, "5-0")])
     assert table["request_id"].to_pylist() == ["x", "y", "y", str(two.event_id), str(two.event_id)]
     assert table["row"].to_pylist() == [0, 0, 1, 0, 1]  # the row within its request
     assert set(table["dataset_version"].to_pylist()) == {4}
@@ -84,7 +84,7 @@ def test_sampling_is_by_request_id_and_features_can_be_left_out() -> None:
     else:
         assert [rid for rid, _ in entry.requests] == kept
         assert entry.features is None
-        assert "features" not in predlog.table_of(predlog.online_rows(entry, "1-0")).column_names
+        assert "features" not in predlog.online_table([(entry, "1-0")]).column_names
     nothing = _request(1, [("only", 1)])
     assert _entry([nothing], [_answer(nothing, "bad")]) is None
 
@@ -124,6 +124,7 @@ def test_a_scored_chunk_is_logged_once_per_row_under_its_job(tmp_path: Path) -> 
         [scored.results["probability_0"][0].as_py(), scored.results["probability_1"][0].as_py()]
     )
     assert table["features"].to_pylist()[0]["a"] == scored.inputs["a"][0].as_py()
+    assert set(table["input_uri"].to_pylist()) == {str(source)}
     assert table["prediction"].to_pylist() == scored.results["prediction"].to_pylist()
 
 
@@ -134,7 +135,7 @@ def test_records_are_split_by_day_and_old_days_pruned(tmp_path: Path) -> None:
         entry = _entry([request], [_answer(request)])
         assert entry is not None
         stamped = entry.model_copy(update={"occurred_at": datetime(2026, 12, n, 12, tzinfo=UTC)})
-        tables.append(predlog.table_of(predlog.online_rows(stamped, f"{n}-0")))
+        tables.append(predlog.online_table([(stamped, f"{n}-0")]))
     split = predlog.by_day(predlog.concat(tables))
     assert sorted(split) == [date(2026, 12, 1), date(2026, 12, 2)]
     for day, table in split.items():
