@@ -102,6 +102,36 @@ class GateSpec(BaseModel):
         return hash(json.dumps(self.model_dump(), sort_keys=True))
 
 
+class RetrainSpec(BaseModel):
+    """When the trainer retrains a model with no new data having arrived (docs/feedback.md):
+    on drift, on decay, on a schedule; never twice within the cooldown."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drift_psi: float | None = Field(
+        default=None,
+        gt=0,
+        description="Retrain when a feature's PSI, over the rows production answered in the "
+        "last `drift_minutes` (the prediction log), is above this (0.25: a real shift).",
+    )
+    drift_minutes: float = Field(default=15.0, gt=0, le=7 * 24 * 60)
+    drift_min_rows: int = Field(
+        default=500, ge=10, description="Fewer logged rows in the window: no verdict."
+    )
+    decay: bool = Field(
+        default=False,
+        description="Retrain when production's live quality on its last `decay_rows` labelled "
+        "rows is outside the gate's bounds.",
+    )
+    decay_rows: int = Field(default=200, ge=10, le=1_000_000)
+    schedule_minutes: float | None = Field(
+        default=None, gt=0, description="Retrain this often whatever the figures say."
+    )
+    cooldown_minutes: float = Field(
+        default=60.0, ge=0, description="After a retrain request, none for this long."
+    )
+
+
 # `package.module:function`: a function of a module importable by the trainer (docs/training.md).
 ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -140,6 +170,9 @@ class TrainingSpec(BaseModel):
     metric: str = Field(description="The metric that decides (gate and champion comparison).")
     gate: GateSpec = Field(default_factory=GateSpec)
     promotion: Literal["auto", "manual"] = "auto"
+    retrain: RetrainSpec | None = Field(
+        default=None, description="Retraining on drift, decay or a schedule (none: only on data)."
+    )
 
     @model_validator(mode="after")
     def _estimator_or_entry_point(self) -> Self:
@@ -170,6 +203,8 @@ class TrainingSpec(BaseModel):
         for key in ("estimator", "entry_point", "entry_params"):
             if not dumped[key]:
                 del dumped[key]
+        # When to retrain says nothing about how: the same model, the same key.
+        del dumped["retrain"]
         canonical = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 

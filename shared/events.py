@@ -416,6 +416,28 @@ class LabelsArrived(Event):
     )
 
 
+RetrainReason = Literal["drift", "decay", "schedule"]
+
+
+class RetrainRequested(Event):
+    """A model is to be retrained though no new data arrived: its spec's `retrain` rules saw
+    drift, decay, or its schedule come round (the trainer's retrain watcher)."""
+
+    stream: ClassVar[str] = "retrain-requested"
+
+    model_name: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    dataset: DatasetName
+    version: int | None = Field(
+        default=None, ge=1, description="The production version judged (none: no production)."
+    )
+    reason: RetrainReason = Field(description="drift, decay or schedule.")
+    evidence: dict[str, float] = Field(
+        default_factory=dict,
+        description="The figures against the rule: PSI per drifted feature, or the live "
+        "metrics and labelled rows, or the minutes since the last request.",
+    )
+
+
 # --- Batch scoring ------------------------------------------------------------------------------
 
 
@@ -518,6 +540,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     PredictionRequested,
     PredictionsLogged,
     LabelsArrived,
+    RetrainRequested,
     ScoreRequested,
     Scored,
     ScoreChunkRequested,

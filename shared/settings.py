@@ -169,6 +169,8 @@ class TrainerSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=32)
     # How often the registry is checked for alias moves made outside streamops (0: never).
     watch_s: float = Field(default=2.0, ge=0.0, le=3600.0)
+    # How often the specs' retrain rules (drift, decay, schedule) are checked (0: never).
+    retrain_check_s: float = Field(default=30.0, ge=0.0, le=86_400.0)
     # Where training entry points (`training.entry_point` in a spec) may come from besides the
     # trainer's environment: a directory put first on the import path (docs/training.md).
     plugins_dir: Path | None = None

@@ -15,14 +15,14 @@ from faststream.specification import AsyncAPI
 
 from shared.broker import build_broker, ensure_group, redis_client
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
-from shared.events import DataIngested, ModelPromoted, ModelTrained
+from shared.events import DataIngested, ModelPromoted, ModelTrained, RetrainRequested
 from shared.feature_store import FeatureStore
 from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
 from trainer.metrics import TrainerMetrics
 from trainer.pool import Fits, WorkerPool
-from trainer.service import plan_for
+from trainer.service import Plan, plan_for, retrain_plan
 from trainer.slots import NOTHING_TO_TRAIN, Locks, RedisLocks, TrainingSlots
 
 GROUP = "trainer"
@@ -41,6 +41,7 @@ class Trainer:
     trained_out: Any
     promoted_out: Any
     metrics: TrainerMetrics
+    retrain_out: Any = None  # where the retrain watcher publishes
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def on_data_ingested(self, event: DataIngested) -> None:
@@ -50,6 +51,23 @@ class Trainer:
             log.info("dataset %s has no training section: nothing to train", event.dataset)
             self.metrics.trainings.labels(event.dataset, NOTHING_TO_TRAIN).inc()
             return
+        await self._train(event, plan)
+
+    async def on_retrain_requested(self, event: RetrainRequested) -> None:
+        """Retrain on the dataset's newest version, then gate and promote as usual."""
+        datasets_dir = self.settings.common.datasets_dir
+        planned = await anyio.to_thread.run_sync(retrain_plan, event, datasets_dir, self.store)
+        if planned is None:
+            log.warning("retrain of %s requested, but %s has nothing to train on",
+                        event.model_name, event.dataset)  # fmt: skip
+            self.metrics.trainings.labels(event.dataset, NOTHING_TO_TRAIN).inc()
+            return
+        ingested, plan = planned
+        log.info("retraining %s on %s v%d (%s)", plan.model_name, plan.dataset, plan.version,
+                 event.reason)  # fmt: skip
+        await self._train(ingested, plan)
+
+    async def _train(self, event: DataIngested, plan: Plan) -> None:
         training = await self.slots.train(event, plan)
         if training.trained is None:
             self.metrics.trainings.labels(event.dataset, training.outcome).inc()
@@ -86,6 +104,7 @@ class Trainer:
 
     async def start(self) -> None:
         await ensure_group(self.client, DataIngested.stream, GROUP)
+        await ensure_group(self.client, RetrainRequested.stream, GROUP)
         self.slots.fits.start()
 
     async def start_background(self) -> None:
@@ -94,6 +113,23 @@ class Trainer:
         )
         if self.settings.watch_s > 0:
             self.tasks.append(asyncio.create_task(self.watch()))
+        if self.settings.retrain_check_s > 0 and self.retrain_out is not None:
+            self.tasks.append(asyncio.create_task(self._retrain_watcher().run()))
+
+    def _retrain_watcher(self) -> Any:
+        """The retrain rules' watcher (trainer/retrain.py), on the real registry."""
+        from shared.registry import MlflowRegistry
+        from trainer.retrain import RetrainWatcher
+
+        common = self.settings.common
+        return RetrainWatcher(
+            self.client,
+            MlflowRegistry(common.mlflow_tracking_uri),
+            common.datasets_dir,
+            common.feature_store_root,
+            self.retrain_out.publish,
+            interval_s=self.settings.retrain_check_s,
+        )
 
     async def stop_background(self) -> None:
         for task in self.tasks:
@@ -147,6 +183,17 @@ def build_app(
     )
     delivery = Delivery(ledger, DataIngested.stream, GROUP, common.consumer_name, common)
     subscribe(broker, delivery, DataIngested, trainer.on_data_ingested)
+    retrains = RedisLedger(
+        client, RetrainRequested.stream, GROUP, common.consumer_name, common.done_ttl_s
+    )
+    delivery = Delivery(retrains, RetrainRequested.stream, GROUP, common.consumer_name, common)
+    subscribe(broker, delivery, RetrainRequested, trainer.on_retrain_requested)
+    requests = broker.publisher(
+        stream=RetrainRequested.stream,
+        schema=RetrainRequested,
+        description=RetrainRequested.__doc__,
+    )
+    trainer.retrain_out = requests
     endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
     return FastStream(
         broker,

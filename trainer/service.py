@@ -17,7 +17,14 @@ import pyarrow.dataset as ds
 from shared.compiling import VERDICT_TAG
 from shared.datasets import DatasetSpec, load_spec
 from shared.drift import reference_from
-from shared.events import DataIngested, ModelPromoted, ModelTrained, derived_event_id
+from shared.errors import VersionNotFound
+from shared.events import (
+    DataIngested,
+    ModelPromoted,
+    ModelTrained,
+    RetrainRequested,
+    derived_event_id,
+)
 from shared.feature_store import FeatureStore
 from shared.promotion import PRODUCTION, promote
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
@@ -57,6 +64,37 @@ def plan_for(event: DataIngested, datasets_dir: Path, store: FeatureStore) -> Pl
     version = max(newest, event.version)
     key = f"{event.dataset}@{version}/{spec.training.fingerprint()[:16]}"
     return Plan(event.dataset, spec.model_name, version, key)
+
+
+def retrain_plan(
+    event: RetrainRequested, datasets_dir: Path, store: FeatureStore
+) -> tuple[DataIngested, Plan] | None:
+    """A retrain request as a training of the dataset's newest version, under a key of its
+    own (the same version and spec would otherwise find the model already trained); None
+    when the dataset has no version or no training."""
+    spec = load_spec(datasets_dir, event.dataset)
+    if spec.training is None:
+        return None
+    try:
+        info = store.latest(event.dataset)
+    except VersionNotFound:
+        return None
+    ingested = DataIngested(
+        event_id=derived_event_id("retrain", event.event_id),
+        correlation_id=event.correlation_id,
+        dataset=event.dataset,
+        version=info.version,
+        content_hash=info.content_hash,
+        rows=info.rows,
+        quarantined_rows=info.quarantined_rows,
+        path=info.path,
+        quarantine_path=info.quarantine_path,
+        new_version=False,
+        source=info.source,
+    )
+    key = f"{event.dataset}@{info.version}/{spec.training.fingerprint()[:16]}"
+    key = f"{key}/retrain-{event.reason}-{event.event_id.hex[:12]}"
+    return ingested, Plan(event.dataset, spec.model_name, info.version, key)
 
 
 def train_for(

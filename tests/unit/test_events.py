@@ -76,6 +76,7 @@ def test_every_event_has_its_own_stream_and_a_dead_letter_stream() -> None:
         "predict-requests",
         "predictions",
         "labels-arrived",
+        "retrain-requested",
         "score-requested",
         "scored",
         "score-chunks",

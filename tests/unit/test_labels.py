@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ingestor.quality import judge, windows
 from shared import labels, predlog
 from shared.events import Label, LabelsArrived, LabelValue
+from shared.quality import judge, windows
 
 NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
 

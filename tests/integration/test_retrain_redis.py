@@ -1,0 +1,135 @@
+"""Retraining when the world moves, on real Redis and MLflow: live rows with one feature
+shifted make the watcher request exactly one retrain (reason drift), none again inside the
+cooldown, and the trainer trains and gates a new version for it; calm rows request nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from ingestor.service import ingest
+from shared import predlog
+from shared.datasets import load_spec
+from shared.events import DataArrived, DataIngested, PredictionsLogged, RetrainRequested
+from shared.feature_store import FeatureStore
+from shared.registry import MlflowRegistry
+from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
+from shared.wire import entry_fields
+from tests.support.models import churn_features
+from tests.support.streams import running, wait_for_entries
+from trainer.app import build_app
+from trainer.retrain import RetrainWatcher
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+RULE = {"drift_psi": 0.25, "drift_minutes": 60, "drift_min_rows": 200, "cooldown_minutes": 60}
+
+
+def _log_rows(root: Path, model: str, spec_dir: Path, shift: float, seed: int) -> None:
+    """600 rows production (v1) answered, as the loggers would have written them."""
+    spec = load_spec(spec_dir, "churn")
+    frame = churn_features(600, seed=seed)  # typed, as the gateway's validation gives them
+    frame["tenure_months"] = frame["tenure_months"] + shift
+    features = {c.name: frame[c.name].tolist() for c in spec.feature_columns}
+    event = PredictionsLogged(
+        model_name=model,
+        model_version=1,
+        latency_ms=1.0,
+        requests=[(f"drift-{seed}", 600)],
+        features=features,
+        predictions=[0] * 600,
+    )
+    table = predlog.online_table([(event, f"{seed}-0")])
+    day = event.occurred_at.date()
+    predlog.write_part(predlog.online_part(root, model, day, f"{seed}-0", f"{seed}-0"), table)
+
+
+async def test_drift_requests_one_retrain_per_cooldown_and_a_new_version_is_gated(
+    make_settings: Callable[..., IngestorSettings],
+    redis_db: str,
+    mlflow_url: str,
+    client: aioredis.Redis,
+    datasets: tuple[Path, str],
+) -> None:
+    spec_dir, name = datasets
+    raw = yaml.safe_load((spec_dir / "churn" / "spec.yaml").read_text())
+    raw["training"]["retrain"] = RULE
+    (spec_dir / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    ingest_settings = make_settings(redis_db, datasets_dir=spec_dir, mlflow_tracking_uri=mlflow_url)
+    common = ingest_settings.common
+    first = ingest(
+        DataArrived(dataset="churn", source=str(BUNDLED_DATASETS / "churn" / "churn.csv")),
+        ingest_settings,
+        FeatureStore(common.feature_store_root),
+    )
+    assert isinstance(first, DataIngested)
+    settings = TrainerSettings(common=common, watch_s=0, retrain_check_s=0)
+
+    async def publish(event: RetrainRequested) -> None:
+        await client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
+
+    registry = MlflowRegistry(mlflow_url)
+    watcher = RetrainWatcher(client, registry, spec_dir, common.feature_store_root, publish)
+    async with running(build_app(settings)):
+        fields: Any = entry_fields(first)
+        await client.xadd(first.stream, fields)
+        await wait_for_entries(client, "model-promoted", timeout=120)
+        assert registry.alias(name, "production") == 1
+
+        _log_rows(common.feature_store_root, name, spec_dir, shift=0, seed=1)
+        assert await watcher.check() == []  # live rows like the training rows: nothing
+
+        _log_rows(common.feature_store_root, name, spec_dir, shift=120, seed=2)
+        (request,) = await watcher.check()
+        assert (request.model_name, request.reason, request.version) == (name, "drift", 1)
+        assert request.evidence["tenure_months"] > 0.25
+        assert "monthly_charges" not in request.evidence  # only what moved
+        assert await watcher.check() == []  # inside the cooldown
+        assert await watcher.check() == []
+
+        _, retrained = await wait_for_entries(client, "model-trained", 2, timeout=120)
+    assert retrained["model_version"] == 2
+    assert retrained["correlation_id"] == request.correlation_id
+    assert retrained["dataset_version"] == 1  # the newest data, judged by the usual gate
+    assert "gate_passed" in retrained
+    tags = registry.versions(name)[1].tags
+    assert "retrain-drift" in tags["streamops.training_key"]
+    assert await client.xlen("retrain-requested") == 1
+
+
+async def test_a_schedule_requests_a_retrain_when_it_comes_round_and_the_cooldown_holds(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    from shared.datasets import RetrainSpec
+    from tests.support.shelf import ModelShelf
+
+    spec_dir = tmp_path / "datasets"
+    (spec_dir / "churn").mkdir(parents=True)
+    raw = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    raw["training"]["retrain"] = {"schedule_minutes": 60, "cooldown_minutes": 30}
+    (spec_dir / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    now = [1_000_000.0]
+    sent: list[RetrainRequested] = []
+
+    async def publish(event: RetrainRequested) -> None:
+        sent.append(event)
+
+    watcher = RetrainWatcher(
+        client, ModelShelf(), spec_dir, tmp_path / "store", publish, clock=lambda: now[0]
+    )
+    assert await watcher.check() == []  # the schedule starts counting
+    now[0] += 59 * 60
+    assert await watcher.check() == []
+    now[0] += 2 * 60
+    (request,) = await watcher.check()
+    assert (request.reason, request.version) == ("schedule", None)
+    assert request.evidence["minutes"] == pytest.approx(61)
+    # Due again by the schedule's clock, but the cooldown is held in Redis (its own clock,
+    # 30 real minutes): no second request.
+    now[0] += 61 * 60
+    assert await watcher.check() == []
+    assert RetrainSpec().cooldown_minutes == 60
