@@ -100,7 +100,7 @@ def join(labels: pa.Table, logged: pa.Table) -> tuple[pa.Table, pa.Table]:
     value = pc.cast(answer, pa.float64()) if number else pa.nulls(len(answer), pa.float64())
     logged = (
         logged.set_column(
-            logged.schema.get_field_index("prediction"), "prediction", _as_text(answer)
+            logged.schema.get_field_index("prediction"), "prediction", as_text(answer)
         )
         .append_column("prediction_value", value)
         .rename_columns({"time": "predicted_at"})
@@ -132,7 +132,7 @@ def latest(table: pa.Table, by: str) -> pa.Table:
     return table.take(pc.index_in(pc.unique(keys), keys))
 
 
-def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_floating(column.type):
         # 1.0 → "1", as canonical() does for labels: a class predicted as a float still matches.
         integral = pc.equal(column, pc.floor(column))

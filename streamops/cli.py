@@ -14,6 +14,8 @@
     streamops rollback MODEL                    back to the previous production version
     streamops versions DATASET                  list the dataset's versions
     streamops quarantine DATASET [VERSION]      show the rows a version rejected
+    streamops explain-request REQUEST_ID        what answered a request, and the data behind it
+    streamops replay MODEL --version N --since T  logged requests scored again by version N
 
 Configuration comes from the environment (see docs/configuration.md).
 """
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,14 +119,27 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--limit", type=int, default=50)
     quarantine.set_defaults(run=_quarantine)
     _add_score(commands)
+    _add_feedback(commands)
+    return parser
 
+
+def _add_feedback(commands: Any) -> None:
+    """The prediction log's commands (docs/feedback.md)."""
     explain = commands.add_parser(
         "explain-request",
         help="what answered a request, and the data that made it (the prediction log)",
     )
     explain.add_argument("request_id")
     explain.set_defaults(run=_explain_request)
-    return parser
+
+    again = commands.add_parser(
+        "replay", help="score a window of logged requests with another version, and compare"
+    )
+    again.add_argument("model")
+    again.add_argument("--version", type=int, required=True, help="the version to replay with")
+    again.add_argument("--since", required=True, help="ISO 8601 time, or how long ago: 30m, 2h, 1d")
+    again.add_argument("--until", default=None, help="the same forms; default: now")
+    again.set_defaults(run=_replay)
 
 
 # --- services ----------------------------------------------------------------------------------
@@ -562,6 +578,68 @@ def _explain_request(args: argparse.Namespace) -> int:
         console.print(f"{line}: {info.rows} rows, content hash {info.content_hash[:16]}")
         console.print(f"  → source {info.source} (ingested {info.created_at.isoformat()})")
     return 0
+
+
+def when(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (UTC when it has no zone), or how long ago (`30m`, `2h`, `1d`)."""
+    now = now or datetime.now(UTC)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from shared.settings import CommonSettings
+    from streamops.replay import replay, report
+
+    common = CommonSettings()
+    try:
+        since = when(args.since)
+        until = when(args.until) if args.until else None
+    except ValueError as exc:
+        err.print(f"not a time: {exc}")
+        return 2
+    try:
+        predict = _version_predictor(common, args.model, args.version)
+    except Exception as exc:
+        err.print(f"cannot load {args.model} v{args.version}: {exc}")
+        return 1
+    found = replay(common.feature_store_root, args.model, predict, since=since, until=until)
+    if found.rows == 0:
+        err.print(f"no logged rows of {args.model} with their features in that window")
+        return 1
+    for line in report(found, args.model, args.version):
+        console.print(line)
+    return 0
+
+
+def _version_predictor(common: Any, model_name: str, version: int) -> Any:
+    """The version's native model, fed as the trainer fed it (its spec's features), or with
+    the logged columns as they are for a model registered elsewhere."""
+    from shared.datasets import feature_frame, load_spec
+    from shared.registry import MlflowRegistry
+
+    model = MlflowRegistry(common.mlflow_tracking_uri).load(model_name, version)
+    specs = []
+    for path in sorted(common.datasets_dir.glob("*/spec.yaml")):
+        try:
+            spec = load_spec(common.datasets_dir, path.parent.name)
+        except Exception:
+            continue
+        if spec.training is not None and spec.model_name == model_name:
+            specs.append(spec)
+
+    def predict(frame: Any) -> Any:
+        rows = feature_frame(specs[0], frame) if specs else frame
+        if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
+            proba = model.predict_proba(rows)
+            classes = list(model.classes_)
+            return [classes[i] for i in proba.argmax(axis=1)], proba.tolist(), classes
+        return list(model.predict(rows)), None, None
+
+    return predict
 
 
 def _by_version(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

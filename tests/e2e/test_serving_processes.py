@@ -364,3 +364,54 @@ def test_labels_for_a_thousand_requests_give_the_live_accuracy_computed_by_hand(
 
     figures = wait_until(live, timeout=60, interval=0.5, what="live quality over 1,000 labels")
     assert figures["accuracy"] == pytest.approx(expected)
+
+
+def test_replay_of_the_logged_window_with_another_version_matches_a_direct_computation(
+    world: World,
+) -> None:
+    """`streamops replay` with v2 (registered, never promoted) over the rows logged in the
+    last hour: its agreement with production and its accuracy on the labelled rows are those
+    computed here from the log, the labels and v2 itself."""
+    import re
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from shared import labels, predlog
+    from shared.datasets import feature_frame
+    from shared.registry import MlflowRegistry
+
+    env = {**os.environ, **world.running.env, "COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamops.cli", "replay", world.model, "--version", "2",
+         "--since", "1h"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    store = Path(world.running.env["STREAMOPS_FEATURE_STORE_ROOT"])
+    logged = predlog.read_log(store, world.model)
+    logged = logged.filter(pc.is_valid(logged["features"]))
+    frame = logged["features"].combine_chunks().flatten()
+    names = [f.name for f in logged.schema.field("features").type]
+    features = pd.DataFrame({n: a.to_pandas() for n, a in zip(names, frame, strict=True)})
+    spec = load_spec(world.datasets, "churn")
+    v2 = MlflowRegistry(world.mlflow_url).load(world.model, 2)
+    again = v2.predict(feature_frame(spec, features))
+    said = np.asarray(logged["prediction"].to_pylist())
+    agreement = float(np.mean(again == said))
+    found = re.search(r"agreement with production: ([0-9.]+)", shown.stdout)
+    assert found is not None, shown.stdout
+    assert float(found.group(1)) == pytest.approx(agreement, abs=5e-5)
+
+    joined = labels.read_joined(store, world.model)
+    truth = {(r["request_id"], r["row"]): r["label"] for r in joined.to_pylist()}
+    keys = list(zip(logged["request_id"].to_pylist(), logged["row"].to_pylist(), strict=True))
+    hits = [i for i, key in enumerate(keys) if key in truth]
+    accuracy = float(np.mean([str(again[i]) == truth[keys[i]] for i in hits]))
+    found = re.search(r"accuracy: production [0-9.]+, v2 ([0-9.]+)", shown.stdout)
+    assert found is not None, shown.stdout
+    assert float(found.group(1)) == pytest.approx(accuracy, abs=5e-5)
+    assert f"on {len(hits)} labelled rows" in shown.stdout
