@@ -11,7 +11,6 @@ until its newest event is `grace_s` old; then its unknown labels are written apa
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
@@ -30,8 +29,8 @@ from ingestor.metrics import LabelMetrics
 from shared import labels, predlog
 from shared.batch_reading import BatchReader, Entry
 from shared.broker import ensure_group
-from shared.events import LabelsArrived, dead_letter_stream
-from shared.wire import DATA_FIELD, entry_body
+from shared.events import LabelsArrived
+from shared.wire import Refused, dead_letter, entry_body
 
 GROUP = "label-join"
 STREAM = LabelsArrived.stream
@@ -44,7 +43,7 @@ class Joined:
 
     joined: dict[str, int] = field(default_factory=dict)
     unmatched: dict[str, int] = field(default_factory=dict)
-    rejected: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    rejected: list[Refused] = field(default_factory=list)
     waiting: bool = False  # labels of unknown requests, too young to give up on
 
 
@@ -58,10 +57,7 @@ def parse(entries: Sequence[Entry]) -> tuple[list[tuple[LabelsArrived, str]], Jo
         try:
             events.append((LabelsArrived.model_validate_json(entry_body(fields)), entry_id))
         except (ValidationError, ValueError) as exc:
-            payload = {
-                k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()
-            }
-            outcome.rejected.append((entry_id, f"not a valid {STREAM} entry: {exc}", payload))
+            outcome.rejected.append(Refused.of(entry_id, fields, STREAM, exc))
     return events, outcome
 
 
@@ -148,16 +144,9 @@ class LabelJoiner:
         if done.waiting:
             return -1
         async with self.client.pipeline(transaction=True) as pipe:
-            for entry_id, reason, payload in done.rejected:
-                log.warning("dead-lettering %s %s: %s", STREAM, entry_id, reason)
-                letter = {
-                    "stream": STREAM,
-                    "group": GROUP,
-                    "message_id": entry_id,
-                    "reason": reason,
-                    "payload": payload,
-                }
-                pipe.xadd(dead_letter_stream(STREAM), {DATA_FIELD: json.dumps(letter)})
+            for refused in done.rejected:
+                log.warning("dead-lettering %s %s: %s", STREAM, refused.message_id, refused.reason)
+                dead_letter(pipe, STREAM, GROUP, refused)
             pipe.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         for model, count in done.joined.items():

@@ -22,7 +22,6 @@ counted as lost and logged, never skipped silently.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
@@ -38,8 +37,8 @@ from ingestor.metrics import LogMetrics
 from shared import predlog
 from shared.batch_reading import BatchReader, Entry
 from shared.broker import ensure_group
-from shared.events import PredictionsLogged, dead_letter_stream
-from shared.wire import DATA_FIELD, entry_body
+from shared.events import PredictionsLogged
+from shared.wire import Refused, dead_letter, entry_body
 
 GROUP = "prediction-log"
 STREAM = PredictionsLogged.stream
@@ -51,7 +50,7 @@ def compact(store_root: Path, entries: Sequence[Entry]) -> Compacted:
     batch's first and last id. Plain and synchronous (run in a thread)."""
     first, last = entries[0][0], entries[-1][0]
     events: dict[str, list[tuple[PredictionsLogged, str]]] = defaultdict(list)
-    rejected: list[tuple[str, str, dict[str, str]]] = []
+    rejected: list[Refused] = []
     lost: list[str] = []
     for entry_id, fields in entries:
         if fields is None:
@@ -60,10 +59,7 @@ def compact(store_root: Path, entries: Sequence[Entry]) -> Compacted:
         try:
             event = PredictionsLogged.model_validate_json(entry_body(fields))
         except (ValidationError, ValueError) as exc:
-            payload = {
-                k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()
-            }
-            rejected.append((entry_id, f"not a valid {STREAM} entry: {exc}", payload))
+            rejected.append(Refused.of(entry_id, fields, STREAM, exc))
             continue
         events[event.model_name].append((event, entry_id))
     written: dict[str, int] = {}
@@ -80,7 +76,7 @@ def compact(store_root: Path, entries: Sequence[Entry]) -> Compacted:
 @dataclass(frozen=True)
 class Compacted:
     records: dict[str, int]  # per model
-    rejected: list[tuple[str, str, dict[str, str]]]  # (entry id, reason, fields)
+    rejected: list[Refused]  # entries for the dead-letter stream
     lost: list[str]
     paths: list[Path]
 
@@ -141,16 +137,9 @@ class PredictionLogger:
         """Dead-letter the invalid entries, then ack every entry of the batch: its files are
         durable."""
         async with self.client.pipeline(transaction=True) as pipe:
-            for entry_id, reason, payload in done.rejected:
-                log.warning("dead-lettering %s %s: %s", STREAM, entry_id, reason)
-                letter = {
-                    "stream": STREAM,
-                    "group": GROUP,
-                    "message_id": entry_id,
-                    "reason": reason,
-                    "payload": payload,
-                }
-                pipe.xadd(dead_letter_stream(STREAM), {DATA_FIELD: json.dumps(letter)})
+            for refused in done.rejected:
+                log.warning("dead-lettering %s %s: %s", STREAM, refused.message_id, refused.reason)
+                dead_letter(pipe, STREAM, GROUP, refused)
             pipe.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         for entry_id in done.lost:

@@ -16,7 +16,7 @@ from ingestor.validate import validate_chunk
 from shared.datasets import DatasetSpec, arrow_schema, load_spec
 from shared.errors import BatchRejected, SourceRejected
 from shared.events import DataArrived, DataIngested, DataRejected, derived_event_id, describe_source
-from shared.feature_store import FeatureStore, StagedVersion
+from shared.feature_store import FeatureStore, StagedVersion, announcement
 from shared.settings import IngestorSettings
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,11 @@ def _ingest(
             source=shown,
             spec_fingerprint=spec.fingerprint(),
         )
-    return DataIngested(
+    return announcement(
+        info,
         # The same version is always announced with the same id: consumers drop repeats.
         event_id=derived_event_id(DataIngested.stream, info.dataset, info.version),
         correlation_id=event.correlation_id,
-        dataset=info.dataset,
-        version=info.version,
-        content_hash=info.content_hash,
-        rows=info.rows,
-        quarantined_rows=info.quarantined_rows,
-        path=info.path,
-        quarantine_path=info.quarantine_path,
         new_version=created,
         source=shown,
     )

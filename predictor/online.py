@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -39,9 +37,8 @@ from shared.events import (
     BatchPredicted,
     PredictionRequested,
     PredictionsLogged,
-    dead_letter_stream,
 )
-from shared.wire import DATA_FIELD, entry_body, entry_fields
+from shared.wire import Refused, dead_letter, entry_body, entry_fields
 
 GROUP = "predictor"
 STREAM = PredictionRequested.stream
@@ -53,23 +50,11 @@ INLINE_ROWS = 64
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Rejected:
-    """An entry that is not a PredictionRequested: it goes to the dead-letter stream."""
-
-    message_id: str
-    reason: str
-    payload: dict[str, str]
-
-
-def parse(message_id: str, fields: dict[bytes, bytes]) -> PredictionRequested | Rejected:
+def parse(message_id: str, fields: dict[bytes, bytes]) -> PredictionRequested | Refused:
     try:
         return PredictionRequested.model_validate_json(entry_body(fields))
     except (ValidationError, ValueError) as exc:
-        payload = {
-            k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()
-        }
-        return Rejected(message_id, f"not a valid {STREAM} entry: {exc}", payload)
+        return Refused.of(message_id, fields, STREAM, exc)
 
 
 def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> list[BatchPredicted]:
@@ -216,13 +201,13 @@ class OnlinePredictor:
 
     def _sort(
         self, entries: list[tuple[str, dict[bytes, bytes]]]
-    ) -> tuple[list[PredictionRequested], list[Rejected]]:
+    ) -> tuple[list[PredictionRequested], list[Refused]]:
         now = self.clock()
         live: list[PredictionRequested] = []
-        rejected: list[Rejected] = []
+        rejected: list[Refused] = []
         for message_id, fields in entries:
             parsed = parse(message_id, fields)
-            if isinstance(parsed, Rejected):
+            if isinstance(parsed, Refused):
                 rejected.append(parsed)
             elif parsed.deadline >= now:
                 live.append(parsed)
@@ -292,16 +277,9 @@ class OnlinePredictor:
             "approximate": True,
         }
 
-    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+    async def _dead_letter(self, rejected: list[Refused]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for item in rejected:
                 log.warning("dead-lettering %s %s: %s", STREAM, item.message_id, item.reason)
-                letter = {
-                    "stream": STREAM,
-                    "group": GROUP,
-                    "message_id": item.message_id,
-                    "reason": item.reason,
-                    "payload": item.payload,
-                }
-                pipe.xadd(dead_letter_stream(STREAM), {DATA_FIELD: json.dumps(letter)})
+                dead_letter(pipe, STREAM, GROUP, item)
             await pipe.execute()

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import VersionNotFound
+from shared.events import DataIngested
 from shared.fsio import fsync_dir, fsync_file, write_text_atomic
 
 # One line per failing (row, column) of a version: what the ingestor refused, and why.
@@ -77,6 +78,25 @@ class VersionInfo(BaseModel):
     created_at: datetime
     path: str
     quarantine_path: str | None
+
+
+def announcement(
+    info: VersionInfo, *, event_id: uuid.UUID, correlation_id: str, new_version: bool, source: str
+) -> DataIngested:
+    """The `data-ingested` event that says version `info` is durable."""
+    return DataIngested(
+        event_id=event_id,
+        correlation_id=correlation_id,
+        dataset=info.dataset,
+        version=info.version,
+        content_hash=info.content_hash,
+        rows=info.rows,
+        quarantined_rows=info.quarantined_rows,
+        path=info.path,
+        quarantine_path=info.quarantine_path,
+        new_version=new_version,
+        source=source,
+    )
 
 
 class StagedVersion:

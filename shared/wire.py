@@ -99,3 +99,41 @@ class JsonMessageFormat(MessageFormat):
         if isinstance(obj, dict) and isinstance(obj.get("correlation_id"), str):
             headers["correlation_id"] = obj["correlation_id"]
         return data, headers
+
+
+# --- entries that are not the stream's event ------------------------------------------------------
+
+
+class Refused:
+    """A stream entry that is not the event its stream carries, on its way to the stream's
+    dead-letter stream (`S.dlq`), with the reason and the entry's fields as text."""
+
+    __slots__ = ("message_id", "payload", "reason")
+
+    def __init__(self, message_id: str, reason: str, payload: dict[str, str]) -> None:
+        self.message_id = message_id
+        self.reason = reason
+        self.payload = payload
+
+    @classmethod
+    def of(
+        cls, message_id: str, fields: Mapping[bytes, bytes], stream: str, exc: Exception
+    ) -> Refused:
+        payload = {
+            k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()
+        }
+        return cls(message_id, f"not a valid {stream} entry: {exc}", payload)
+
+
+def dead_letter(pipe: Any, stream: str, group: str, refused: Refused) -> None:
+    """Queue on `pipe` (a redis-py pipeline) the XADD that dead-letters `refused`."""
+    from shared.events import dead_letter_stream
+
+    letter = {
+        "stream": stream,
+        "group": group,
+        "message_id": refused.message_id,
+        "reason": refused.reason,
+        "payload": refused.payload,
+    }
+    pipe.xadd(dead_letter_stream(stream), {DATA_FIELD: json.dumps(letter)})

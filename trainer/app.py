@@ -129,6 +129,7 @@ class Trainer:
             common.feature_store_root,
             self.retrain_out.publish,
             interval_s=self.settings.retrain_check_s,
+            metrics=self.metrics,
         )
 
     async def stop_background(self) -> None:

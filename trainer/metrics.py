@@ -49,6 +49,18 @@ class TrainerMetrics:
             registry=r,
         )
 
+        self.retrain_checks = Counter(
+            "streamops_retrain_checks",
+            "Passes of the retrain watcher over the specs' retrain rules",
+            registry=r,
+        )
+        self.retrain_requests = Counter(
+            "streamops_retrain_requests",
+            "retrain-requested published, by model and reason (drift, decay, schedule)",
+            ["model", "reason"],
+            registry=r,
+        )
+
     def trained(self, event: ModelTrained, seconds: float) -> None:
         self.trainings.labels(event.dataset, "trained").inc()
         self.seconds.labels(event.dataset).observe(seconds)

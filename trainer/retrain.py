@@ -35,6 +35,7 @@ from shared.drift import DriftReference, psi
 from shared.events import RetrainReason, RetrainRequested
 from shared.quality import judge
 from shared.registry import PRODUCTION, Registry
+from trainer.metrics import TrainerMetrics
 
 log = logging.getLogger(__name__)
 COOLDOWN_KEY = "streamops:retrain:cooldown:{model}"
@@ -116,6 +117,7 @@ class RetrainWatcher:
     publish: Callable[[RetrainRequested], Awaitable[Any]]
     interval_s: float = 30.0
     clock: Callable[[], float] = time.time
+    metrics: TrainerMetrics | None = None
     _references: dict[tuple[str, int], DriftReference | None] = field(default_factory=dict)
 
     async def run(self) -> None:
@@ -142,6 +144,10 @@ class RetrainWatcher:
                     request.evidence,
                 )
                 sent.append(request)
+                if self.metrics is not None:
+                    self.metrics.retrain_requests.labels(request.model_name, request.reason).inc()
+        if self.metrics is not None:
+            self.metrics.retrain_checks.inc()
         return sent
 
     def _specs(self) -> list[DatasetSpec]:

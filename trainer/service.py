@@ -25,7 +25,7 @@ from shared.events import (
     RetrainRequested,
     derived_event_id,
 )
-from shared.feature_store import FeatureStore
+from shared.feature_store import FeatureStore, announcement
 from shared.promotion import PRODUCTION, promote
 from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
 from trainer import estimators
@@ -79,16 +79,10 @@ def retrain_plan(
         info = store.latest(event.dataset)
     except VersionNotFound:
         return None
-    ingested = DataIngested(
+    ingested = announcement(
+        info,
         event_id=derived_event_id("retrain", event.event_id),
         correlation_id=event.correlation_id,
-        dataset=event.dataset,
-        version=info.version,
-        content_hash=info.content_hash,
-        rows=info.rows,
-        quarantined_rows=info.quarantined_rows,
-        path=info.path,
-        quarantine_path=info.quarantine_path,
         new_version=False,
         source=info.source,
     )

@@ -23,6 +23,7 @@ from shared.wire import entry_fields
 from tests.support.models import churn_features
 from tests.support.streams import running, wait_for_entries
 from trainer.app import build_app
+from trainer.metrics import TrainerMetrics
 from trainer.retrain import RetrainWatcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -73,7 +74,10 @@ async def test_drift_requests_one_retrain_per_cooldown_and_a_new_version_is_gate
         await client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
 
     registry = MlflowRegistry(mlflow_url)
-    watcher = RetrainWatcher(client, registry, spec_dir, common.feature_store_root, publish)
+    metrics = TrainerMetrics()
+    watcher = RetrainWatcher(
+        client, registry, spec_dir, common.feature_store_root, publish, metrics=metrics
+    )
     async with running(build_app(settings)):
         fields: Any = entry_fields(first)
         await client.xadd(first.stream, fields)
@@ -99,6 +103,9 @@ async def test_drift_requests_one_retrain_per_cooldown_and_a_new_version_is_gate
     tags = registry.versions(name)[1].tags
     assert "retrain-drift" in tags["streamops.training_key"]
     assert await client.xlen("retrain-requested") == 1
+    value = metrics.registry.get_sample_value
+    assert value("streamops_retrain_requests_total", {"model": name, "reason": "drift"}) == 1
+    assert value("streamops_retrain_checks_total") == 4
 
 
 async def test_a_schedule_requests_a_retrain_when_it_comes_round_and_the_cooldown_holds(

@@ -11,11 +11,11 @@ import pytest
 
 from predictor.cache import ModelCache
 from predictor.loader import example_frame
-from predictor.online import OnlinePredictor, Rejected, answer, parse
+from predictor.online import OnlinePredictor, answer, parse
 from predictor.service import Predictor
 from shared.datasets import DatasetSpec, feature_frame
 from shared.events import PredictionRequested
-from shared.wire import entry_fields
+from shared.wire import Refused, entry_fields
 from tests.support.shelf import ModelShelf, two_pipelines
 
 
@@ -101,7 +101,7 @@ def test_nothing_in_service_is_said_so(churn_spec: DatasetSpec) -> None:
 
 def test_malformed_entries_are_rejected_with_a_reason(churn_spec: DatasetSpec) -> None:
     rejected = parse("1-0", {b"__data__": b'{"model_name": "churn"}'})
-    assert isinstance(rejected, Rejected)
+    assert isinstance(rejected, Refused)
     assert "reply_to" in rejected.reason
     ragged = parse(
         "1-1",
@@ -110,7 +110,7 @@ def test_malformed_entries_are_rejected_with_a_reason(churn_spec: DatasetSpec) -
             b'"columns":{"a":[1,2],"b":[1]}}'
         },
     )
-    assert isinstance(ragged, Rejected)
+    assert isinstance(ragged, Refused)
     assert "differ in length" in ragged.reason
     good = _request(_rows(churn_spec, 1))
     fields = {k.encode(): v for k, v in entry_fields(good).items()}
