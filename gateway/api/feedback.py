@@ -30,7 +30,9 @@ router = APIRouter(tags=["feedback"])
     status_code=202,
     response_model=Accepted,
     dependencies=Mutating,
-    responses=errors({503: "Redis cannot be reached to publish labels-arrived"}, keyed=True),
+    responses=errors(
+        {503: "Redis cannot be reached to publish labels-arrived"}, keyed=True, json_body=True
+    ),
 )
 async def feedback(model_name: str, body: FeedbackRequest, ctx: Ctx) -> Accepted:
     """Publish the labels and answer at once. They are joined to the prediction log within

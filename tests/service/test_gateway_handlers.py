@@ -331,7 +331,7 @@ async def test_each_operation_declares_exactly_its_error_answers(gateway: Start)
         "POST /v1/models/{model_name}/rollback": {"200", "401", "404", "409", "422", "503"},
         "POST /v1/datasets/{dataset}/ingest": {"202", "401", "404", "413", "422", "503"},
         "POST /v1/score": {"202", "400", "401", "404", "413", "422", "503"},
-        "POST /v1/models/{model_name}/feedback": {"202", "401", "422", "503"},
+        "POST /v1/models/{model_name}/feedback": {"202", "400", "401", "422", "503"},
         "GET /v1/score/{job_id}": {"200", "404", "422", "503"},
     }
     rollback = document["paths"]["/v1/models/{model_name}/rollback"]["post"]["responses"]
