@@ -16,9 +16,11 @@ from ingestor.predlog import PredictionLogger
 from ingestor.quality import LiveQuality
 from ingestor.service import ingest
 from shared.broker import build_broker, ensure_group, redis_client
+from shared.datasets import load_spec
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
-from shared.events import DataArrived, DataIngested, DataRejected
+from shared.events import DataArrived, DataIngested, DataRejected, LabelsArrived
 from shared.feature_store import FeatureStore
+from shared.labels import label_events
 from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import IngestorSettings
 from shared.telemetry import (
@@ -57,6 +59,9 @@ def build_app(
     rejected = broker.publisher(
         stream=DataRejected.stream, schema=DataRejected, description=DataRejected.__doc__
     )
+    labelled = broker.publisher(
+        stream=LabelsArrived.stream, schema=LabelsArrived, description=LabelsArrived.__doc__
+    )
 
     async def on_data_arrived(event: DataArrived) -> None:
         # Reading and validating is CPU and disk work: off the event loop, so leases keep
@@ -70,6 +75,18 @@ def build_app(
         metrics.record(result, time.monotonic() - started)
         publisher = ingested if isinstance(result, DataIngested) else rejected
         await publisher.publish(result)
+        if isinstance(result, DataIngested) and result.new_version:
+            # A labels dataset's new rows are ground truth for a model: published as labels,
+            # before the ack (a redelivery publishes copies, with the same event ids).
+            for labels in await anyio.to_thread.run_sync(labels_of, result):
+                await labelled.publish(labels)
+
+    def labels_of(result: DataIngested) -> list[LabelsArrived]:
+        spec = load_spec(common.datasets_dir, result.dataset)
+        if spec.labels is None:
+            return []
+        table = store.read(result.dataset, result.version)
+        return label_events(spec, table, result.version, result.correlation_id)
 
     subscribe(broker, delivery, DataArrived, on_data_arrived)
 

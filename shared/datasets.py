@@ -212,6 +212,20 @@ class TrainingSpec(BaseModel):
         return hash(self.fingerprint())
 
 
+class LabelsSpec(BaseModel):
+    """A dataset of ground truth for a model's answers: each version's rows are published as
+    labels (`labels-arrived`), keyed by a request id column; the spec's target is the label
+    (docs/feedback.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="Registered model labelled.")
+    request_id: str = Field(default="request_id", description="The request id column.")
+    row: str | None = Field(
+        default=None, description="The row-within-request column (none: every row is 0)."
+    )
+
+
 class DatasetSpec(BaseModel):
     """A dataset: its columns, the target to predict and an optional timestamp column."""
 
@@ -226,6 +240,9 @@ class DatasetSpec(BaseModel):
     )
     columns: tuple[ColumnSpec, ...] = Field(min_length=1)
     training: TrainingSpec | None = Field(default=None, description="How to train a model.")
+    labels: LabelsSpec | None = Field(
+        default=None, description="Ground truth for a model's answers, instead of training data."
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> Self:
@@ -245,6 +262,12 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"training.exclude names unknown columns: {unknown}")
             if self.training.split == "time" and self.timestamp is None:
                 raise ValueError("training.split 'time' needs a timestamp column")
+        if self.labels is not None:
+            if self.training is not None:
+                raise ValueError("a labels dataset trains nothing: no `training` section")
+            for key in (self.labels.request_id, self.labels.row):
+                if key is not None and key not in names:
+                    raise ValueError(f"labels names column {key!r}, which the spec lacks")
         return self
 
     @property

@@ -21,9 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from shared import predlog
-from shared.events import LabelsArrived, LabelValue
+from shared.datasets import DatasetSpec
+from shared.events import Label, LabelsArrived, LabelValue, derived_event_id
 
 LABELS_DIR = "_labels"
+LABELS_PER_EVENT = 10_000  # LabelsArrived's limit
 # What a label is joined with: the prediction log's columns that judge the answer.
 LOGGED = ("request_id", "row", "version", "prediction", "probabilities", "classes", "time")
 
@@ -72,6 +74,36 @@ def label_table(events: Sequence[tuple[LabelsArrived, str]]) -> pa.Table:
             "label_entry": pa.array(entries, pa.string()),
         }
     )
+
+
+def label_events(
+    spec: DatasetSpec, table: pa.Table, version: int, correlation_id: str
+) -> list[LabelsArrived]:
+    """A labels dataset's version (`spec.labels`) as `labels-arrived` events of at most 10,000
+    labels each, with ids derived from the version: a redelivery publishes copies."""
+    assert spec.labels is not None
+    keys = spec.labels
+    ids = [str(v) for v in table[keys.request_id].to_pylist()]
+    rows = table[keys.row].to_pylist() if keys.row else [0] * len(ids)
+    values = table[spec.target].to_pylist()
+    events = []
+    for chunk, start in enumerate(range(0, len(ids), LABELS_PER_EVENT)):
+        stop = start + LABELS_PER_EVENT
+        batch = [
+            Label(request_id=i, row=int(r or 0), label=v)
+            for i, r, v in zip(ids[start:stop], rows[start:stop], values[start:stop], strict=True)
+            if v is not None
+        ]
+        if batch:
+            events.append(
+                LabelsArrived(
+                    event_id=derived_event_id(LabelsArrived.stream, spec.name, version, chunk),
+                    correlation_id=correlation_id,
+                    model_name=keys.model,
+                    labels=batch,
+                )
+            )
+    return events
 
 
 def _number(value: LabelValue) -> float | None:

@@ -126,3 +126,49 @@ async def test_a_label_ahead_of_its_prediction_waits_for_it(
     joined = labels.read_joined(root, "churn")
     assert joined["request_id"].to_pylist() == ["q-7"]
     assert joined["label"].to_pylist() == [str(TRUTH[7])]
+
+
+async def test_a_labels_csv_through_the_ingest_path_becomes_labels_and_unknown_ones_are_kept(
+    make_settings: Any, redis_db: str, client: aioredis.Redis, tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+
+    from ingestor.app import build_app
+    from tests.support.streams import running, wait_for_entries
+
+    spec_dir = tmp_path / "specs"
+    (spec_dir / "churn-labels").mkdir(parents=True)
+    spec = {
+        "name": "churn-labels",
+        "target": "churned",
+        "columns": [
+            {"name": "request_id", "type": "str"},
+            {"name": "churned", "type": "int", "allowed": [0, 1]},
+        ],
+        "labels": {"model": "churn"},
+        "max_bad_fraction": 0.5,  # four rows: one bad is a quarter
+    }
+    (spec_dir / "churn-labels" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    csv = tmp_path / "inbox" / "labels.csv"
+    csv.write_text("request_id,churned\nq-1,1\nq-2,0\nq-3,7\nq-4,1\n")  # q-3: not a class
+    settings = make_settings(redis_db, datasets_dir=spec_dir, label_grace_s=0)
+    body = {"dataset": "churn-labels", "source": {"kind": "csv", "uri": str(csv)}}
+    async with running(build_app(settings)):
+        await client.xadd("data-arrived", {"__data__": json.dumps(body)})
+        (event,) = await wait_for_entries(client, "labels-arrived", timeout=20)
+        root = settings.common.feature_store_root
+
+        async def kept_apart() -> bool:
+            return any((labels.model_dir(root, "churn") / "unmatched").glob("*.parquet"))
+
+        await eventually(kept_apart, timeout=20, what="the unknown labels kept apart")
+    assert event["model_name"] == "churn"
+    assert [(x["request_id"], x["label"]) for x in event["labels"]] == [
+        ("q-1", 1),
+        ("q-2", 0),
+        ("q-4", 1),
+    ]
+    (ingested,) = await wait_for_entries(client, "data-ingested")
+    assert ingested["quarantined_rows"] == 1

@@ -102,3 +102,64 @@ def test_the_windows_are_a_version_s_last_rows_and_its_recent_rows() -> None:
     assert found[(1, "rows")]["rows"] == 6
     assert found[(1, "rows")]["accuracy"] == pytest.approx(5 / 6)
     assert found[(1, "time")] == {"rows": 5.0, "accuracy": 1.0}
+
+
+LABELS_SPEC = {
+    "name": "churn-labels",
+    "target": "churned",
+    "columns": [
+        {"name": "request_id", "type": "str"},
+        {"name": "row", "type": "int", "nullable": True},
+        {"name": "churned", "type": "int", "allowed": [0, 1]},
+    ],
+    "labels": {"model": "churn", "row": "row"},
+}
+
+
+def test_a_labels_dataset_becomes_events_of_at_most_ten_thousand_labels() -> None:
+    from shared.datasets import DatasetSpec
+    from shared.labels import label_events
+
+    spec = DatasetSpec.model_validate(LABELS_SPEC)
+    count = 25_000
+    table = pa.table(
+        {
+            "request_id": [f"r{i}" for i in range(count)],
+            "row": [i % 3 if i % 5 else None for i in range(count)],
+            "churned": [i % 2 for i in range(count)],
+        }
+    )
+    events = label_events(spec, table, version=4, correlation_id="c")
+    assert [len(e.labels) for e in events] == [10_000, 10_000, 5_000]
+    assert {e.model_name for e in events} == {"churn"}
+    assert events[0].labels[1] == Label(request_id="r1", row=1, label=1)
+    assert events[0].labels[0].row == 0  # a missing row is the request's first
+    again = label_events(spec, table, version=4, correlation_id="c")
+    assert [e.event_id for e in again] == [e.event_id for e in events]  # copies, not new ones
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            {
+                "training": {
+                    "task": "classification",
+                    "metric": "accuracy",
+                    "estimator": {"name": "LogisticRegression"},
+                }
+            },
+            "trains nothing",
+        ),
+        ({"labels": {"model": "churn", "request_id": "rid"}}, "lacks"),
+    ],
+)
+def test_a_labels_spec_names_its_columns_and_trains_nothing(
+    change: dict[str, object], error: str
+) -> None:
+    from pydantic import ValidationError
+
+    from shared.datasets import DatasetSpec
+
+    with pytest.raises(ValidationError, match=error):
+        DatasetSpec.model_validate(LABELS_SPEC | change)
