@@ -225,14 +225,6 @@ def _repeat_list(values: list[str] | None, count: int) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat, type=kind)
 
 
-def concat(tables: Sequence[pa.Table]) -> pa.Table:
-    """Tables of one model's records as one (a type widened where two batches differ: an
-    integer column that held a float in one of them)."""
-    if len(tables) == 1:
-        return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -328,13 +320,6 @@ def find_request(store_root: Path, request_id: str) -> pa.Table:
     if not found:
         return pa.table({"request_id": pa.array([], pa.string())})
     return pa.concat_tables(found, promote_options="permissive")
-
-
-def models(store_root: Path) -> list[str]:
-    """The models with a log."""
-    return sorted(
-        urllib.parse.unquote(p.name) for p in log_root(store_root).glob("*") if p.is_dir()
-    )
 
 
 def by_day(table: pa.Table) -> dict[date, pa.Table]:

@@ -136,7 +136,7 @@ def test_records_are_split_by_day_and_old_days_pruned(tmp_path: Path) -> None:
         assert entry is not None
         stamped = entry.model_copy(update={"occurred_at": datetime(2026, 12, n, 12, tzinfo=UTC)})
         tables.append(predlog.online_table([(stamped, f"{n}-0")]))
-    split = predlog.by_day(predlog.concat(tables))
+    split = predlog.by_day(pa.concat_tables(tables))
     assert sorted(split) == [date(2026, 12, 1), date(2026, 12, 2)]
     for day, table in split.items():
         predlog.write_part(predlog.online_part(tmp_path, "toy", day, "a", "b"), table)
@@ -145,4 +145,3 @@ def test_records_are_split_by_day_and_old_days_pruned(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["date=2026-12-01"]
     assert predlog.read_log(tmp_path, "toy").num_rows == 1
     assert predlog.prune(tmp_path, keep_days=0) == []
-    assert predlog.models(tmp_path) == ["toy"]
