@@ -10,7 +10,6 @@ until its newest event is `grace_s` old; then its unknown labels are written apa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -27,8 +26,7 @@ from pydantic import ValidationError
 
 from ingestor.metrics import LabelMetrics
 from shared import labels, predlog
-from shared.batch_reading import BatchReader, Entry
-from shared.broker import ensure_group
+from shared.batch_reading import BatchReader, Entry, keep_going
 from shared.events import LabelsArrived
 from shared.wire import Refused, dead_letter, entry_body
 
@@ -121,16 +119,7 @@ class LabelJoiner:
         self.reader = BatchReader(client, STREAM, GROUP, consumer, lease_ms, clock)
 
     async def run(self) -> None:
-        await ensure_group(self.client, STREAM, GROUP)
-        while True:
-            try:
-                if await self.once() < 0:
-                    await asyncio.sleep(1.0)  # labels ahead of their predictions: wait a bit
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the label joiner failed; retrying")
-                await asyncio.sleep(0.5)
+        await keep_going(self.reader, self.once, "the label joiner")
 
     async def once(self, block_ms: int = 500) -> int:
         """Join one batch; the entries settled, -1 when the batch waits for its grace."""

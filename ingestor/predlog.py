@@ -21,7 +21,6 @@ counted as lost and logged, never skipped silently.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -35,8 +34,7 @@ from pydantic import ValidationError
 
 from ingestor.metrics import LogMetrics
 from shared import predlog
-from shared.batch_reading import BatchReader, Entry
-from shared.broker import ensure_group
+from shared.batch_reading import BatchReader, Entry, keep_going
 from shared.events import PredictionsLogged
 from shared.wire import Refused, dead_letter, entry_body
 
@@ -110,16 +108,7 @@ class PredictionLogger:
         self.reader = BatchReader(client, STREAM, GROUP, consumer, lease_ms, clock)
 
     async def run(self) -> None:
-        await ensure_group(self.client, STREAM, GROUP)
-        while True:
-            try:
-                await self.once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis or the disk gone for a moment: the batch stays pending; try again.
-                log.exception("the prediction logger failed; retrying")
-                await asyncio.sleep(0.5)
+        await keep_going(self.reader, self.once, "the prediction logger")
 
     async def once(self, block_ms: int = 500) -> int:
         """Write one batch (this logger's pending one first, then a dead logger's, then new

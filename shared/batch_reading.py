@@ -10,14 +10,18 @@ dead consumer, which a live one claims whole once it has been idle for a lease.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from shared.broker import ensure_group
+
 Entry = tuple[str, dict[bytes, bytes] | None]  # (id, fields); None: trimmed from the stream
+log = logging.getLogger(__name__)
 
 
 def text(value: str | bytes) -> str:
@@ -99,6 +103,22 @@ class BatchReader:
             )
             entries.extend(_items(more))
         return entries
+
+
+async def keep_going(reader: BatchReader, once: Callable[[], Awaitable[int]], what: str) -> None:
+    """Run `once` (one batch; a negative count: the batch must wait) until cancelled, after
+    creating the group. A failure (Redis or the disk away for a moment) leaves the batch
+    pending, and the next pass takes it again."""
+    await ensure_group(reader.client, reader.stream, reader.group)
+    while True:
+        try:
+            if await once() < 0:
+                await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; retrying", what)
+            await asyncio.sleep(0.5)
 
 
 def _items(reply: Any) -> list[Entry]:
