@@ -178,7 +178,7 @@ def as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
 def read_joined(store_root: Path, model: str, since: datetime | None = None) -> pa.Table:
     """A model's labels with their predictions (labelled since `since`); each (request, row)
     once, its latest label."""
-    files = sorted(str(p) for p in model_dir(store_root, model).glob("date=*/part-*.parquet"))
+    files = predlog.log_files(model_dir(store_root, model), since)  # the same layout
     if not files:
         return pa.table({"request_id": pa.array([], pa.string())})
     expression = ds.field("labelled_at").is_valid()

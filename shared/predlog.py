@@ -269,8 +269,23 @@ def prune(store_root: Path, keep_days: int, today: date | None = None) -> list[P
 # --- reading -------------------------------------------------------------------------------------
 
 
-def log_files(directory: Path) -> list[str]:
-    return sorted(str(p) for p in directory.glob("date=*/part-*.parquet"))
+def log_files(
+    directory: Path, since: datetime | None = None, until: datetime | None = None
+) -> list[str]:
+    """The part files under `directory`'s date partitions, only those of the days the window
+    `[since, until)` touches: a day's partition holds the records of that day (UTC), so the
+    others need not even be opened."""
+    first = None if since is None else since.astimezone(UTC).date()
+    last = None if until is None else until.astimezone(UTC).date()
+    found: list[str] = []
+    for partition_dir in directory.glob("date=*"):
+        try:
+            day = date.fromisoformat(partition_dir.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if (first is None or day >= first) and (last is None or day <= last):
+            found.extend(str(p) for p in partition_dir.glob("part-*.parquet"))
+    return sorted(found)
 
 
 def dataset_of(files: Sequence[str]) -> ds.Dataset:
@@ -292,7 +307,7 @@ def read_log(
 ) -> pa.Table:
     """A model's records with `since <= time < until` (either bound may be left out), in time
     order: an empty table when nothing is logged."""
-    files = log_files(model_dir(store_root, model))
+    files = log_files(model_dir(store_root, model), since, until)
     if not files:
         return pa.table({name: pa.array([], pa.string()) for name in columns or ("request_id",)})
     expression = ds.field("time").is_valid()

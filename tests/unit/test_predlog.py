@@ -141,6 +141,18 @@ def test_records_are_split_by_day_and_old_days_pruned(tmp_path: Path) -> None:
     for day, table in split.items():
         predlog.write_part(predlog.online_part(tmp_path, "toy", day, "a", "b"), table)
     assert predlog.read_log(tmp_path, "toy").num_rows == 2
+    # Only the partitions of the window's days are opened: an unreadable file elsewhere is
+    # never touched.
+    stray = predlog.partition(tmp_path, "toy", date(2026, 11, 1)) / "part-x-y.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not parquet")
+    since = datetime(2026, 12, 2, tzinfo=UTC)
+    assert predlog.read_log(tmp_path, "toy", since=since).num_rows == 1
+    until = datetime(2026, 12, 1, 23, tzinfo=UTC)
+    window = predlog.read_log(tmp_path, "toy", since=datetime(2026, 12, 1, tzinfo=UTC), until=until)
+    assert window.num_rows == 1
+    stray.unlink()
+    stray.parent.rmdir()
     removed = predlog.prune(tmp_path, keep_days=1, today=date(2026, 12, 2))
     assert [p.name for p in removed] == ["date=2026-12-01"]
     assert predlog.read_log(tmp_path, "toy").num_rows == 1
