@@ -11,11 +11,19 @@ import logging
 import time
 from collections import Counter
 
+from ingestor.logsource import PredictionLogReader
 from ingestor.sources import Progress, SourceReader, content_hasher, open_source
 from ingestor.validate import validate_chunk
 from shared.datasets import DatasetSpec, arrow_schema, load_spec
 from shared.errors import BatchRejected, SourceRejected
-from shared.events import DataArrived, DataIngested, DataRejected, derived_event_id, describe_source
+from shared.events import (
+    DataArrived,
+    DataIngested,
+    DataRejected,
+    PredictionLogSource,
+    derived_event_id,
+    describe_source,
+)
 from shared.feature_store import FeatureStore, StagedVersion, announcement
 from shared.settings import IngestorSettings
 
@@ -32,7 +40,7 @@ def ingest(
     shown = describe_source(event.source)
     started = time.perf_counter()
     try:
-        reader = open_source(event.source, settings, progress)
+        reader = _reader(event, spec, settings, store, progress)
         ingested = _ingest(
             event, spec=spec, reader=reader, settings=settings, store=store, shown=shown
         )
@@ -50,6 +58,24 @@ def ingest(
         time.perf_counter() - started,
     )
     return ingested
+
+
+def _reader(
+    event: DataArrived,
+    spec: DatasetSpec,
+    settings: IngestorSettings,
+    store: FeatureStore,
+    progress: Progress | None,
+) -> SourceReader:
+    source = event.source
+    if not isinstance(source, PredictionLogSource):
+        return open_source(source, settings, progress)
+    if source.model != spec.model_name:
+        raise SourceRejected(
+            f"the prediction log of {source.model!r} is not {event.dataset}'s: its model is "
+            f"{spec.model_name!r}"
+        )
+    return PredictionLogReader(source, spec, store)
 
 
 def _ingest(

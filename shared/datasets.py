@@ -130,6 +130,13 @@ class RetrainSpec(BaseModel):
     cooldown_minutes: float = Field(
         default=60.0, ge=0, description="After a retrain request, none for this long."
     )
+    data: Literal["newest_version", "prediction_log"] = Field(
+        default="newest_version",
+        description="What a retrain trains on: the dataset's newest version, or a new version "
+        "made by the ingestor from the newest version not itself made from the log, followed "
+        "by the model's labelled prediction log of the last `log_days` days.",
+    )
+    log_days: float = Field(default=7.0, gt=0, le=366, description="The log window, in days.")
 
 
 # `package.module:function`: a function of a module importable by the trainer (docs/training.md).
@@ -262,6 +269,7 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"training.exclude names unknown columns: {unknown}")
             if self.training.split == "time" and self.timestamp is None:
                 raise ValueError("training.split 'time' needs a timestamp column")
+        self._log_can_fill_every_column()
         if self.labels is not None:
             if self.training is not None:
                 raise ValueError("a labels dataset trains nothing: no `training` section")
@@ -269,6 +277,21 @@ class DatasetSpec(BaseModel):
                 if key is not None and key not in names:
                     raise ValueError(f"labels names column {key!r}, which the spec lacks")
         return self
+
+    def _log_can_fill_every_column(self) -> None:
+        """A spec that retrains on its prediction log: the log gives the features, the label
+        gives the target and the answer time the timestamp; any other column has no value in
+        a logged row, so it must be nullable (docs/feedback.md)."""
+        retrain = self.training.retrain if self.training is not None else None
+        if retrain is None or retrain.data != "prediction_log":
+            return
+        filled = {self.target, self.timestamp, *(c.name for c in self.feature_columns)}
+        unfilled = [c.name for c in self.columns if c.name not in filled and not c.nullable]
+        if unfilled:
+            raise ValueError(
+                f"retrain.data prediction_log: the log has no value for {unfilled} "
+                "(not a feature, the target or the timestamp): make them nullable"
+            )
 
     @property
     def model_name(self) -> str:

@@ -138,13 +138,47 @@ class RestSource(BaseModel):
     )
 
 
-Source = Annotated[CsvSource | SqlSource | RestSource, Field(discriminator="kind")]
+class PredictionLogSource(BaseModel):
+    """A model's labelled prediction log: the rows it answered in `[since, until)` whose label
+    arrived before `until`, each with its logged features and its label as the target, after
+    the rows of dataset version `base_version` (docs/feedback.md, retraining on the log)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["prediction_log"] = "prediction_log"
+    model: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    since: AwareDatetime = Field(description="First answer time taken (inclusive).")
+    until: AwareDatetime = Field(
+        description="Answers and labels before this only, so the same source always reads "
+        "the same rows."
+    )
+    base_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The dataset version whose rows come first; none: the labelled log alone.",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self
 
 
-def describe_source(source: CsvSource | SqlSource | RestSource) -> str:
+AnySource = CsvSource | SqlSource | RestSource | PredictionLogSource
+Source = Annotated[AnySource, Field(discriminator="kind")]
+# Every version made from a prediction log says so first in its `source` (describe_source).
+LOG_SOURCE_PREFIX = "prediction-log:"
+
+
+def describe_source(source: AnySource) -> str:
     """A short human-readable name for a source, with any password masked."""
     if isinstance(source, CsvSource):
         return source.uri
+    if isinstance(source, PredictionLogSource):
+        window = f"[{source.since.isoformat()}, {source.until.isoformat()})"
+        base = "" if source.base_version is None else f" after v{source.base_version}"
+        return f"{LOG_SOURCE_PREFIX}{source.model} {window}{base}"
     if isinstance(source, SqlSource):
         from sqlalchemy.engine import make_url
 
@@ -165,7 +199,10 @@ class DataArrived(Event):
     stream: ClassVar[str] = "data-arrived"
 
     dataset: DatasetName
-    source: Source = Field(description="Where the rows are: a CSV file, a SQL query or a REST API.")
+    source: Source = Field(
+        description="Where the rows are: a CSV file, a SQL query, a REST API, or a model's "
+        "labelled prediction log."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -14,15 +14,23 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 
 from shared.broker import build_broker, ensure_group, redis_client
+from shared.datasets import load_spec
 from shared.delivery import Delivery, Ledger, RedisLedger, subscribe
-from shared.events import DataIngested, ModelPromoted, ModelTrained, RetrainRequested
+from shared.events import (
+    DataArrived,
+    DataIngested,
+    ModelPromoted,
+    ModelTrained,
+    RetrainRequested,
+    describe_source,
+)
 from shared.feature_store import FeatureStore
 from shared.metrics import MetricsEndpoint, broker_middleware
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
 from trainer.metrics import TrainerMetrics
 from trainer.pool import Fits, WorkerPool
-from trainer.service import Plan, plan_for, retrain_plan
+from trainer.service import Plan, log_arrival, plan_for, retrain_plan
 from trainer.slots import NOTHING_TO_TRAIN, Locks, RedisLocks, TrainingSlots
 
 GROUP = "trainer"
@@ -42,6 +50,7 @@ class Trainer:
     promoted_out: Any
     metrics: TrainerMetrics
     retrain_out: Any = None  # where the retrain watcher publishes
+    arrived_out: Any = None  # data-arrived: a retrain on the prediction log asks for its data
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def on_data_ingested(self, event: DataIngested) -> None:
@@ -54,8 +63,18 @@ class Trainer:
         await self._train(event, plan)
 
     async def on_retrain_requested(self, event: RetrainRequested) -> None:
-        """Retrain on the dataset's newest version, then gate and promote as usual."""
+        """Retrain on the dataset's newest version, then gate and promote as usual; or, when the
+        spec retrains on its prediction log, ask the ingestor for that version first (its
+        `data-ingested` then trains as any new version does)."""
         datasets_dir = self.settings.common.datasets_dir
+        spec = await anyio.to_thread.run_sync(load_spec, datasets_dir, event.dataset)
+        rule = spec.training.retrain if spec.training is not None else None
+        if rule is not None and rule.data == "prediction_log":
+            arrival = await anyio.to_thread.run_sync(log_arrival, event, spec, self.store)
+            log.info("retrain of %s (%s) asks for its labelled log: %s", event.model_name,
+                     event.reason, describe_source(arrival.source))  # fmt: skip
+            await self.arrived_out.publish(arrival)
+            return
         planned = await anyio.to_thread.run_sync(retrain_plan, event, datasets_dir, self.store)
         if planned is None:
             log.warning("retrain of %s requested, but %s has nothing to train on",
@@ -195,6 +214,9 @@ def build_app(
         description=RetrainRequested.__doc__,
     )
     trainer.retrain_out = requests
+    trainer.arrived_out = broker.publisher(
+        stream=DataArrived.stream, schema=DataArrived, description=DataArrived.__doc__
+    )
     endpoint = MetricsEndpoint(metrics.registry, common.metrics_port)
     return FastStream(
         broker,

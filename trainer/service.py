@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +20,12 @@ from shared.datasets import DatasetSpec, load_spec
 from shared.drift import reference_from
 from shared.errors import VersionNotFound
 from shared.events import (
+    LOG_SOURCE_PREFIX,
+    DataArrived,
     DataIngested,
     ModelPromoted,
     ModelTrained,
+    PredictionLogSource,
     RetrainRequested,
     derived_event_id,
 )
@@ -89,6 +93,30 @@ def retrain_plan(
     key = f"{event.dataset}@{info.version}/{spec.training.fingerprint()[:16]}"
     key = f"{key}/retrain-{event.reason}-{event.event_id.hex[:12]}"
     return ingested, Plan(event.dataset, spec.model_name, info.version, key)
+
+
+def log_arrival(event: RetrainRequested, spec: DatasetSpec, store: FeatureStore) -> DataArrived:
+    """A retrain on the labelled prediction log (`retrain.data: prediction_log`), as the data it
+    asks the ingestor for: the newest version not itself made from the log, then the log of
+    the last `log_days` before the request. The window ends at the request and the event id
+    comes from it, so a redelivered request asks for the same rows, which make no second
+    version (the same content hash)."""
+    assert spec.training is not None
+    assert spec.training.retrain is not None
+    until = event.occurred_at
+    real = [v for v in store.versions(spec.name) if not v.source.startswith(LOG_SOURCE_PREFIX)]
+    return DataArrived(
+        event_id=derived_event_id("retrain-on-log", event.event_id),
+        occurred_at=until,
+        correlation_id=event.correlation_id,
+        dataset=spec.name,
+        source=PredictionLogSource(
+            model=spec.model_name,
+            since=until - timedelta(days=spec.training.retrain.log_days),
+            until=until,
+            base_version=real[-1].version if real else None,
+        ),
+    )
 
 
 def train_for(

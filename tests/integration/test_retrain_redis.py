@@ -21,7 +21,8 @@ from shared.registry import MlflowRegistry
 from shared.settings import BUNDLED_DATASETS, IngestorSettings, TrainerSettings
 from shared.wire import entry_fields
 from tests.support.models import churn_features
-from tests.support.streams import running, wait_for_entries
+from tests.support.streams import entries, running, wait_for_entries
+from tests.support.waiting import eventually
 from trainer.app import build_app
 from trainer.metrics import TrainerMetrics
 from trainer.retrain import RetrainWatcher
@@ -140,3 +141,80 @@ async def test_a_schedule_requests_a_retrain_when_it_comes_round_and_the_cooldow
     now[0] += 61 * 60
     assert await watcher.check() == []
     assert RetrainSpec().cooldown_minutes == 60
+
+
+async def test_a_retrain_on_the_labelled_log_trains_on_a_version_the_ingestor_made_of_it(
+    make_settings: Callable[..., IngestorSettings],
+    redis_db: str,
+    mlflow_url: str,
+    client: aioredis.Redis,
+    datasets: tuple[Path, str],
+) -> None:
+    """retrain-requested (spec: `data: prediction_log`) → the trainer asks for the data →
+    the ingestor makes v2 = v1's rows + production's labelled rows → the trainer trains and
+    gates on v2; a redelivered request makes no third version and no third model."""
+    from datetime import UTC, datetime, timedelta
+
+    from ingestor.app import build_app as build_ingestor
+    from tests.support.feedback import answered, labelled
+
+    spec_dir, name = datasets
+    raw = yaml.safe_load((spec_dir / "churn" / "spec.yaml").read_text())
+    raw["training"]["retrain"] = {"schedule_minutes": 600, "data": "prediction_log"}
+    for column in raw["columns"]:
+        if column["name"] == "customer_id":
+            column["nullable"] = True  # the log has no value for it
+    (spec_dir / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    ingest_settings = make_settings(redis_db, datasets_dir=spec_dir, mlflow_tracking_uri=mlflow_url)
+    common = ingest_settings.common
+    store = FeatureStore(common.feature_store_root)
+    first = ingest(
+        DataArrived(dataset="churn", source=str(BUNDLED_DATASETS / "churn" / "churn.csv")),
+        ingest_settings,
+        store,
+    )
+    assert isinstance(first, DataIngested)
+    spec = load_spec(spec_dir, "churn")
+    now = datetime.now(UTC)
+    ids = [f"log-{i}" for i in range(300)]
+    answered(common.feature_store_root, name, spec, ids, now - timedelta(minutes=30), seed=7)
+    labelled(common.feature_store_root, name, {i: n % 2 for n, i in enumerate(ids)}, now)
+    settings = TrainerSettings(common=common, watch_s=0, retrain_check_s=0)
+    registry = MlflowRegistry(mlflow_url)
+    async with running(build_app(settings)), running(build_ingestor(ingest_settings)):
+        await client.xadd(first.stream, entry_fields(first))  # type: ignore[arg-type]
+        await wait_for_entries(client, "model-promoted", timeout=120)
+        request = RetrainRequested(model_name=name, dataset="churn", reason="decay", version=1)
+        await client.xadd(request.stream, entry_fields(request))  # type: ignore[arg-type]
+        _, retrained = await wait_for_entries(client, "model-trained", 2, timeout=120)
+        (asked,) = await entries(client, DataArrived.stream)
+        # A trainer that died after asking, before its ack: the request comes again, and so
+        # does the ask (the same event id).
+        await client.xadd(request.stream, entry_fields(request))  # type: ignore[arg-type]
+        again: Any = entry_fields(DataArrived.model_validate(asked))
+        await client.xadd(DataArrived.stream, again)
+        await _handled(client, request.stream, "trainer", 2)
+        await _handled(client, DataArrived.stream, "ingestor", 2)
+    assert asked["source"]["kind"] == "prediction_log"
+    assert asked["source"]["base_version"] == 1
+    assert asked["correlation_id"] == request.correlation_id
+    made = store.get("churn", 2)
+    assert made.source.startswith(f"prediction-log:{name} [")
+    assert made.rows == first.rows + 300
+    assert [v.version for v in store.versions("churn")] == [1, 2]  # the redelivery made none
+    assert retrained["model_version"] == 2
+    assert retrained["dataset_version"] == 2  # trained on what production saw, labelled
+    assert retrained["correlation_id"] == request.correlation_id
+    assert "gate_passed" in retrained
+    assert len(registry.versions(name)) == 2
+    assert len(await entries(client, "model-trained")) == 2
+
+
+async def _handled(client: aioredis.Redis, stream: str, group: str, count: int) -> None:
+    async def done() -> bool:
+        info = await client.xpending(stream, group)
+        groups: Any = await client.xinfo_groups(stream)
+        read = next(int(g["entries-read"]) for g in groups if g["name"].decode() == group)
+        return int(info["pending"]) == 0 and read == count
+
+    await eventually(done, timeout=30, what=f"{count} entries of {stream} handled by {group}")
