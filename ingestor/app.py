@@ -11,6 +11,7 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 
 from ingestor.labels import LabelJoiner
+from ingestor.merging import LogMerger
 from ingestor.metrics import IngestorMetrics
 from ingestor.predlog import PredictionLogger
 from ingestor.quality import LiveQuality
@@ -114,6 +115,11 @@ def build_app(
         if settings.log_compaction
         else None
     )
+    merger = (
+        LogMerger(common.feature_store_root, settings.log_merge_s)
+        if settings.log_compaction and settings.log_merge_s > 0
+        else None
+    )
     joiner = (
         LabelJoiner(
             client,
@@ -150,7 +156,7 @@ def build_app(
     async def start_heartbeat() -> None:
         # After the broker started: a heartbeat means the subscribers are reading.
         heartbeat.append(asyncio.create_task(beat(board, GROUP, common.consumer_name)))
-        for loop in (logger, joiner, quality):
+        for loop in (logger, merger, joiner, quality):
             if loop is not None:
                 heartbeat.append(asyncio.create_task(loop.run()))
 

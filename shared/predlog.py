@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from shared import partmerge
 from shared.events import Lineage, PredictionsLogged
 from shared.fsio import atomic_path
 
@@ -231,14 +232,8 @@ def _repeat_list(values: list[str] | None, count: int) -> pa.Array:
 def write_part(path: Path, table: pa.Table) -> None:
     """Write one part file, whole or not at all (its name says what it holds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Row ids and times are all different; labels, models and lineage repeat.
-    repeated = [
-        f.name
-        for f in table.schema
-        if f.name not in ("row", "time", "latency_ms", "probabilities", "features")
-    ]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, use_dictionary=repeated)
+        pq.write_table(table, tmp, use_dictionary=partmerge.dictionary_columns(table.schema))
 
 
 def online_part(store_root: Path, model: str, day: date, first: str, last: str) -> Path:
@@ -284,7 +279,7 @@ def log_files(
         except ValueError:
             continue
         if (first is None or day >= first) and (last is None or day <= last):
-            found.extend(str(p) for p in partition_dir.glob("part-*.parquet"))
+            found.extend(str(p) for p in partmerge.visible(partition_dir))
     return sorted(found)
 
 
@@ -294,7 +289,7 @@ def dataset_of(files: Sequence[str]) -> ds.Dataset:
     return ds.dataset(
         list(files),
         format="parquet",
-        schema=pa.unify_schemas(schemas, promote_options="permissive"),
+        schema=pa.unify_schemas(schemas, promote_options="permissive").remove_metadata(),
     )
 
 

@@ -133,11 +133,13 @@ class IngestorSettings(BaseSettings):
     # The prediction log's loggers (docs/feedback.md), one per ingestor: a batch of
     # `predictions` entries is written when it holds `log_flush_entries`, or `log_flush_s`
     # after its first entry; date partitions older than `log_retention_days` are removed
-    # (0: kept for ever).
+    # (0: kept for ever); every `log_merge_s` the small parts of each date partition (log and
+    # labels) are merged into few files (0: never; shared/partmerge.py).
     log_compaction: bool = True
     log_flush_entries: int = Field(default=1000, ge=1, le=100_000)
     log_flush_s: float = Field(default=2.0, gt=0, le=3600)
     log_retention_days: int = Field(default=30, ge=0, le=36_500)
+    log_merge_s: float = Field(default=600.0, ge=0, le=86_400)
     # Labels (docs/feedback.md), joined to the prediction log by a joiner in each ingestor: a
     # label whose request is not in the log yet is waited for up to `label_grace_s`. Live
     # quality: each version over its last `quality_window_rows` labelled rows and over the
