@@ -69,6 +69,7 @@ def build_app(
         read_specs=read_specs,
         compiles=settings.compiles,
         threads=settings.threads,
+        shadow_sample=settings.shadow_sample,
     )
     broker = build_broker(common, [broker_middleware(metrics.registry, SERVICE)])
     client = redis_client(common)

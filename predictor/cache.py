@@ -44,10 +44,19 @@ class Served:
         return self.schema.names
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """A model's challenger, and the share of its online requests it predicts as well."""
+
+    served: Served
+    sample: float
+
+
 class ModelCache:
     def __init__(self) -> None:
         self._live: dict[str, Served] = {}
         self._previous: dict[str, Served] = {}
+        self._shadows: dict[str, Shadow] = {}
 
     def get(self, name: str) -> Served:
         try:
@@ -91,8 +100,21 @@ class ModelCache:
         return Lineage()
 
     def remove(self, name: str) -> Served | None:
-        """Take `name` out of service (its previous version too); the version that served."""
+        """Take `name` out of service (its previous version and challenger too); the version
+        that served."""
         old = self._live.get(name)
         self._live = {k: v for k, v in self._live.items() if k != name}
         self._previous = {k: v for k, v in self._previous.items() if k != name}
+        self.set_shadow(name, None)
         return old
+
+    def shadow(self, name: str) -> Shadow | None:
+        return self._shadows.get(name)
+
+    def shadows(self) -> dict[str, Shadow]:
+        return self._shadows
+
+    def set_shadow(self, name: str, shadow: Shadow | None) -> None:
+        """`name`'s challenger from now on (None: none), swapped as the live table is."""
+        rest = {k: v for k, v in self._shadows.items() if k != name}
+        self._shadows = rest if shadow is None else {**rest, name: shadow}

@@ -68,3 +68,37 @@ class PredictorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Challengers (docs/rollout.md): the rows each shadowed, how many got production's
+        # label (classifiers) or how far from production's value (regressors), its time.
+        pair = ["model", "champion", "challenger"]
+        self.shadow_rows = Counter(
+            "streamops_shadow_rows",
+            "Online rows a challenger predicted after production answered them",
+            pair,
+            registry=r,
+        )
+        self.shadow_agreeing = Counter(
+            "streamops_shadow_agreeing_rows",
+            "Shadowed rows the challenger gave the label production gave (classifiers)",
+            pair,
+            registry=r,
+        )
+        self.shadow_difference = Counter(
+            "streamops_shadow_abs_difference",
+            "Sum over shadowed rows of |challenger - production| (regressors)",
+            pair,
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "streamops_shadow_predict_seconds",
+            "Time of one challenger predict call",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "streamops_shadow_failures",
+            "Challenger predict calls that failed (production's answers were sent regardless)",
+            ["model", "version"],
+            registry=r,
+        )

@@ -27,6 +27,7 @@ import pandas as pd
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from predictor import shadow
 from predictor.metrics import PredictorMetrics
 from predictor.predlog import LogPolicy, online_entry
 from predictor.runtimes import ONNX
@@ -189,7 +190,48 @@ class OnlinePredictor:
             await self._reply(requests, answers, entry)
             self._count(name, requests, answers)
             answered += len(answers)
+            await self._shadow(name, requests, answers)
         return answered
+
+    async def _shadow(
+        self, name: str, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]
+    ) -> None:
+        """The challenger's answers to the sampled requests, once production's were sent:
+        compared, counted and logged; a failure here never reaches a client."""
+        held = self.predictor.cache.shadow(name)
+        if held is None:
+            return
+        sample = shadow.sample_of(requests, answers, held.sample)
+        if sample is None or sample.features is None:
+            return
+        challenger = held.served
+        version = str(challenger.version)
+        started = time.perf_counter()
+        try:
+            if challenger.runtime == ONNX and len(sample.predictions) <= INLINE_ROWS:
+                said = self.predictor.predict_shadow(challenger, sample.features)
+            else:
+                said = await anyio.to_thread.run_sync(
+                    self.predictor.predict_shadow, challenger, sample.features
+                )
+        except Exception:
+            log.warning("challenger %s v%s failed to predict", name, version, exc_info=True)
+            self.metrics.shadow_failures.labels(name, version).inc()
+            return
+        seconds = time.perf_counter() - started
+        self.metrics.shadow_seconds.labels(name, version).observe(seconds)
+        pair = (name, str(sample.model_version), version)
+        compared = shadow.compare(sample.predictions, said.predictions)
+        self.metrics.shadow_rows.labels(*pair).inc(compared.rows)
+        self.metrics.shadow_agreeing.labels(*pair).inc(compared.agreeing)
+        self.metrics.shadow_difference.labels(*pair).inc(compared.difference)
+        if self.log is None:
+            return
+        logged = shadow.shadow_entry(
+            sample, said, challenger.lineage, replica=self.consumer, latency_ms=seconds * 1000
+        )
+        args, options = self._log_command(logged)
+        await self.client.xadd(*args, **options)
 
     def _count(
         self, name: str, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]

@@ -22,12 +22,13 @@ from predictor.runtimes import RUNTIMES
 from predictor.service import PRODUCTION, Predictor
 from shared.errors import ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
+from shared.registry import CHALLENGER
 from shared.settings import PredictorSettings
 from shared.telemetry import StatusBoard, beat
 from shared.wire import entry_fields
 
 SERVICE = "predictor"
-Trigger = Literal["start", "promotion", "converge", "prefetch"]
+Trigger = Literal["start", "promotion", "converge", "prefetch", "shadow"]
 log = logging.getLogger(__name__)
 
 
@@ -62,8 +63,27 @@ class Replica:
             self.remove(name)
         for name, version in changes.stale:
             await self.load(name, version, trigger)
+        await self.converge_shadows()
+
+    async def converge_shadows(self) -> None:
+        """Load the challengers aliased in the registry, drop those no longer aliased."""
+        try:
+            changes = await anyio.to_thread.run_sync(self.predictor.shadow_changes)
+        except Exception as exc:
+            log.error("cannot read the registry's challengers: %s", exc)
+            return
+        for name in changes.gone:
+            self.predictor.end_shadow(name)
+        for name, sample in changes.resampled:
+            self.predictor.resample(name, sample)
+        for name, version, sample in changes.stale:
+            await self.load_shadow(name, version, sample)
 
     async def promoted(self, event: ModelPromoted) -> None:
+        if event.alias == CHALLENGER:
+            if self.settings.serves(event.model_name):
+                await self.converge_shadows()  # its sample is in the registry
+            return
         if self.predictor.wants(event):
             self.predictor.retry(event.model_name, event.version)  # promoted again: try again
             await self.load(event.model_name, event.version, "promotion")
@@ -128,6 +148,33 @@ class Replica:
                 reason=reason[:2000],
                 seconds=round(seconds, 4),
                 trigger=trigger,
+                runtime=served.runtime if served else "",
+                compiled=served.verdict[:2000] if served else "",
+            )
+        )
+
+    async def load_shadow(self, name: str, version: int, sample: float) -> None:
+        """Load a challenger in a thread; say so on `model-loads` (trigger `shadow`)."""
+        started = time.monotonic()
+        reason, served = "", None
+        try:
+            served = await anyio.to_thread.run_sync(
+                self.predictor.load_shadow, name, version, sample
+            )
+        except ModelLoadFailed as exc:
+            reason = str(exc)
+            log.error("not loading challenger %s v%d: %s", name, version, exc)
+        self.metrics.loads.labels(name, "shadow", "refused" if reason else "loaded").inc()
+        await self._announce(
+            ModelLoaded(
+                replica=self.settings.common.consumer_name,
+                model_name=name,
+                version=version,
+                serving=self.predictor.cache.version(name),
+                loaded=not reason,
+                reason=reason[:2000],
+                seconds=round(time.monotonic() - started, 4),
+                trigger="shadow",
                 runtime=served.runtime if served else "",
                 compiled=served.verdict[:2000] if served else "",
             )

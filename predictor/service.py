@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from predictor.cache import ModelCache, Served
+from predictor.cache import ModelCache, Served, Shadow
 from predictor.drift import DriftMonitor
 from predictor.loader import load
 from predictor.outputs import Prediction, predict_with
@@ -28,7 +28,15 @@ from shared.model_loading import LoadPolicy
 from shared.registry import PRODUCTION, ServingRegistry
 from shared.schema import input_columns, input_frame
 
-__all__ = ["PINNED_KEPT", "PRODUCTION", "Changes", "Prediction", "Predictor", "predict_with"]
+__all__ = [
+    "PINNED_KEPT",
+    "PRODUCTION",
+    "Changes",
+    "Prediction",
+    "Predictor",
+    "ShadowChanges",
+    "predict_with",
+]
 
 log = logging.getLogger(__name__)
 # Pinned versions kept loaded per replica beyond the live and previous ones.
@@ -40,6 +48,15 @@ class Changes:
     """What a converge has to do: versions to put in service, models to take out."""
 
     stale: list[tuple[str, int]]
+    gone: list[str]
+
+
+@dataclass(frozen=True)
+class ShadowChanges:
+    """Challengers to load (model, version, sample), to resample, and models with none now."""
+
+    stale: list[tuple[str, int, float]]
+    resampled: list[tuple[str, float]]
     gone: list[str]
 
 
@@ -58,6 +75,7 @@ class Predictor:
         read_specs: Callable[[], dict[str, DatasetSpec]] | None = None,
         compiles: Callable[[str], bool] | None = None,
         threads: int = 1,
+        shadow_sample: float = 0.1,
     ) -> None:
         self.registry = registry
         # Dataset specs by registered model name: their models' schemas. Read again at each
@@ -85,6 +103,10 @@ class Predictor:
         # prefetched waits for that load instead of doing it again.
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._loading_guard = threading.Lock()
+        # The share of a model's online requests its challenger predicts when the registry
+        # says none; challengers refused for good, by model (tried again when re-aliased).
+        self.shadow_sample = shadow_sample
+        self._refused_shadows: dict[str, int] = {}
 
     # --- which models, which versions ----------------------------------------------------------
 
@@ -156,6 +178,63 @@ class Predictor:
         if old is not None:
             log.info("%s: no longer served (was v%d): not in production", name, old.version)
         return old
+
+    # --- challengers (docs/rollout.md) ----------------------------------------------------------
+
+    def shadow_changes(self) -> ShadowChanges:
+        """Compare the challengers loaded here with the registry's `challenger` aliases, for
+        the models served here (a challenger of production's own version shadows nothing)."""
+        wanted = {
+            name: challenger
+            for name, challenger in self.registry.challengers().items()
+            if self.cache.version(name) not in (None, challenger.version)
+        }
+        stale, resampled = [], []
+        for name, challenger in sorted(wanted.items()):
+            sample = challenger.sample or self.shadow_sample
+            held = self.cache.shadow(name)
+            if held is None or held.served.version != challenger.version:
+                if self._refused_shadows.get(name) != challenger.version:
+                    stale.append((name, challenger.version, sample))
+            elif held.sample != sample:
+                resampled.append((name, sample))
+        gone = [name for name in self.cache.shadows() if name not in wanted]
+        return ShadowChanges(stale, resampled, gone)
+
+    def load_shadow(self, name: str, version: int, sample: float) -> Served:
+        """Load `version` as `name`'s challenger (blocking: from a thread); ModelLoadFailed
+        leaves the one before (if any) shadowing."""
+        self._refused_shadows = {k: v for k, v in self._refused_shadows.items() if k != name}
+        with self._lock_for(name, version):
+            staged = self._staged.get(name)
+            if staged is not None and staged.version == version:
+                served = staged  # a candidate prefetched when it was trained
+            else:
+                try:
+                    served = self._load(name, version, refuse=False)
+                except ModelRefused:
+                    self._refused_shadows = {**self._refused_shadows, name: version}
+                    raise
+            self.cache.set_shadow(name, Shadow(served, sample))
+        log.info("%s: v%d shadows %.0f%% of the requests", name, version, sample * 100)
+        return served
+
+    def resample(self, name: str, sample: float) -> None:
+        held = self.cache.shadow(name)
+        if held is not None:
+            self.cache.set_shadow(name, Shadow(held.served, sample))
+
+    def end_shadow(self, name: str) -> None:
+        if self.cache.shadow(name) is not None:
+            self.cache.set_shadow(name, None)
+            log.info("%s: no challenger any more", name)
+
+    def predict_shadow(self, served: Served, columns: Mapping[str, Any]) -> Prediction:
+        """The challenger's answer to rows production answered (no drift counted: the
+        rows were counted once, for production)."""
+        if isinstance(served.model, CompiledModel):
+            return predict_with(served, input_columns(served.schema, columns))
+        return predict_with(served, input_frame(served.schema, pd.DataFrame(columns)))
 
     # --- predicting ----------------------------------------------------------------------------
 
@@ -232,14 +311,17 @@ class Predictor:
         log.info("%s: serving v%d (was %s)", name, version, f"v{old.version}" if old else "nothing")
         return served
 
-    def _load(self, name: str, version: int) -> Served:
+    def _load(self, name: str, version: int, *, refuse: bool = True) -> Served:
+        """Loaded for service; a version refused for good is remembered as production's
+        (`refuse`), not tried again at each converge."""
         try:
             policy = replace(self.policy, compiled=self.compiles(name))
             return load(
                 self.registry, name, version, self.specs.get(name), policy, threads=self.threads
             )
         except ModelRefused:
-            self._refused = {**self._refused, name: version}
+            if refuse:
+                self._refused = {**self._refused, name: version}
             raise
 
     def _lock_for(self, name: str, version: int) -> threading.Lock:

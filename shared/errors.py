@@ -75,6 +75,10 @@ class NothingToRollBack(StreamopsError):
     """There is no earlier production version to go back to."""
 
 
+class InvalidShadow(StreamopsError):
+    """A challenger that cannot shadow: production's own version, or a sample out of (0, 1]."""
+
+
 class NoModelInService(StreamopsError):
     """A predictor has no model loaded under that name (yet)."""
 

@@ -302,9 +302,10 @@ class ModelLoaded(Event):
     loaded: bool = Field(description="True: loaded (in service, or staged for a prefetch).")
     reason: str = Field(default="", description="Why it was refused.")
     seconds: float = Field(ge=0, description="Time spent loading, checking and warming up.")
-    trigger: Literal["start", "promotion", "converge", "prefetch"] = Field(
+    trigger: Literal["start", "promotion", "converge", "prefetch", "shadow"] = Field(
         description="What made the replica load it (prefetch: a version just trained, loaded "
-        "ahead of its promotion and not in service yet)."
+        "ahead of its promotion and not in service yet; shadow: the model's challenger, which "
+        "predicts a sample of the requests after production answered them)."
     )
     runtime: str = Field(
         default="",
@@ -414,6 +415,12 @@ class PredictionsLogged(Event):
     )
     classes: list[Any] | None = Field(default=None, description="Class labels (classifiers).")
     lineage: Lineage = Field(default_factory=Lineage, description="Where the version comes from.")
+    shadow: bool = Field(
+        default=False,
+        description="A challenger's answers to production's requests, never sent to a client "
+        "(docs/rollout.md); logged without features (production's records of the same "
+        "requests have them).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -118,6 +118,7 @@ def lookup(store_root: Path, model: str, request_ids: Sequence[str]) -> pa.Table
     if not files:
         return pa.table({"request_id": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     wanted = ds.field("request_id").isin(pa.array(sorted(set(request_ids)), pa.string()))
+    wanted &= ds.field("source") != predlog.SHADOW  # labels judge what the client was answered
     return predlog.dataset_of(files).to_table(columns=list(LOGGED), filter=wanted)
 
 

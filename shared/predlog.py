@@ -37,6 +37,8 @@ from shared.events import Lineage, PredictionsLogged
 from shared.fsio import atomic_path
 
 LOG_DIR = "_predictions"
+# The `source` of a challenger's records: what it would have answered (docs/rollout.md).
+SHADOW = "shadow"
 TIME = pa.timestamp("ms", tz="UTC")
 # The columns every record has, in this order (then `features`).
 RECORD_COLUMNS = (
@@ -120,7 +122,7 @@ def online_table(events: Sequence[tuple[PredictionsLogged, str]]) -> pa.Table:
         lineage = event.lineage
         classes = None if event.classes is None else [str(c) for c in event.classes]
         for name, value in (
-            ("source", "online"),
+            ("source", SHADOW if event.shadow else "online"),
             ("model", event.model_name),
             ("version", event.model_version),
             ("replica", event.replica),
@@ -299,13 +301,18 @@ def read_log(
     since: datetime | None = None,
     until: datetime | None = None,
     columns: Sequence[str] | None = None,
+    *,
+    shadow: bool = False,
 ) -> pa.Table:
     """A model's records with `since <= time < until` (either bound may be left out), in time
-    order: an empty table when nothing is logged."""
+    order: an empty table when nothing is logged. What production answered, unless `shadow`:
+    then its challengers' records too."""
     files = log_files(model_dir(store_root, model), since, until)
     if not files:
         return pa.table({name: pa.array([], pa.string()) for name in columns or ("request_id",)})
     expression = ds.field("time").is_valid()
+    if not shadow:
+        expression &= ds.field("source") != SHADOW
     if since is not None:
         expression &= ds.field("time") >= pa.scalar(since, TIME)
     if until is not None:

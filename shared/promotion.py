@@ -1,10 +1,11 @@
-"""Moving the `production` alias: promotion and rollback, each one event for serving."""
+"""Moving the `production` alias (promotion and rollback) and the `challenger` alias
+(shadowing), each one event for serving."""
 
 from __future__ import annotations
 
-from shared.errors import NothingToRollBack
+from shared.errors import InvalidShadow, NothingToRollBack
 from shared.events import ModelPromoted, PromotionReason, derived_event_id
-from shared.registry import Registry
+from shared.registry import CHALLENGER, Registry, ShadowRegistry
 
 PRODUCTION = "production"
 
@@ -47,4 +48,25 @@ def rollback(registry: Registry, name: str) -> ModelPromoted:
         version=target,
         previous_version=current,
         reason="rollback",
+    )
+
+
+def shadow(registry: ShadowRegistry, name: str, version: int, sample: float) -> ModelPromoted:
+    """Make `version` the challenger of `name`, predicting `sample` of its online requests
+    after production answered them (docs/rollout.md). InvalidShadow when it is production's
+    own version, or `sample` is not in (0, 1]."""
+    if not 0 < sample <= 1:
+        raise InvalidShadow(f"a shadow sample is a share in (0, 1], not {sample}")
+    if registry.alias(name, PRODUCTION) == version:
+        raise InvalidShadow(f"{name} v{version} is in production: a challenger is another")
+    found = registry.alias(name, CHALLENGER)
+    previous = found if found != version else None  # said again: the same event
+    registry.set_shadow(name, version, sample)
+    return ModelPromoted(
+        event_id=derived_event_id(ModelPromoted.stream, name, version, previous, CHALLENGER),
+        model_name=name,
+        version=version,
+        previous_version=previous,
+        alias=CHALLENGER,
+        reason="manual",
     )

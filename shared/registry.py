@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,9 +14,11 @@ from shared.model_loading import PERMISSIVE, LoadedModel, LoadPolicy, load_versi
 from shared.model_logging import DRIFT_ARTIFACT, TrainingRecord, log_training
 
 __all__ = [
+    "CHALLENGER",
     "DRIFT_ARTIFACT",
     "PRODUCTION",
     "TAG",
+    "Challenger",
     "LoadPolicy",
     "LoadedModel",
     "MlflowRegistry",
@@ -28,6 +31,10 @@ __all__ = [
 TAG = "streamops."
 HISTORY_TAG = f"{TAG}production_history"
 PRODUCTION = "production"
+# The version shadowing production (docs/rollout.md): every replica loads it and predicts a
+# sample of the online requests with it too, after their answers are sent.
+CHALLENGER = "challenger"
+SHADOW_SAMPLE_TAG = f"{TAG}shadow_sample"
 # Registered models read per search_registered_models page.
 PAGE = 1000
 
@@ -41,6 +48,15 @@ class RegisteredVersion:
     run_id: str
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """A model's `challenger` alias, and the share of online requests it shadows (the model's
+    `streamops.shadow_sample` tag; None when unset or unreadable: the replicas' default)."""
+
+    version: int
+    sample: float | None = None
 
 
 class Registry(Protocol):
@@ -67,11 +83,23 @@ class Registry(Protocol):
     def model_names(self) -> list[str]: ...
 
 
+class ShadowRegistry(Protocol):
+    """What setting a challenger needs (shared/promotion.py)."""
+
+    def alias(self, name: str, alias: str) -> int | None: ...
+
+    def set_shadow(self, name: str, version: int, sample: float) -> None: ...
+
+    def end_shadow(self, name: str) -> None: ...
+
+
 class ServingRegistry(Registry, Protocol):
     """What a predictor replica needs besides: every model in production at once, and loading
     under its trust policy."""
 
     def production_versions(self) -> dict[str, int]: ...
+
+    def challengers(self) -> dict[str, Challenger]: ...
 
     def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel: ...
 
@@ -125,16 +153,41 @@ class MlflowRegistry:
         """The `production` version of every registered model that has one: one search (a page
         per thousand models), whose results carry their aliases."""
         found: dict[str, int] = {}
+        for model in self._registered_models():
+            aliases = model.aliases or {}
+            if PRODUCTION in aliases:
+                found[model.name] = int(aliases[PRODUCTION])
+        return found
+
+    def challengers(self) -> dict[str, Challenger]:
+        """The `challenger` of every registered model that has one, with its sample (one
+        search, as for production)."""
+        found: dict[str, Challenger] = {}
+        for model in self._registered_models():
+            aliases = model.aliases or {}
+            if CHALLENGER in aliases:
+                sample = shadow_sample((model.tags or {}).get(SHADOW_SAMPLE_TAG))
+                found[model.name] = Challenger(int(aliases[CHALLENGER]), sample)
+        return found
+
+    def set_shadow(self, name: str, version: int, sample: float) -> None:
+        """Make `version` the challenger of `name`, shadowing `sample` of its requests."""
+        self.client.set_registered_model_tag(name, SHADOW_SAMPLE_TAG, repr(sample))
+        self.client.set_registered_model_alias(name, CHALLENGER, str(version))
+
+    def end_shadow(self, name: str) -> None:
+        """No challenger for `name` any more (none: nothing to do)."""
+        if CHALLENGER in self.aliases(name):
+            self.client.delete_registered_model_alias(name, CHALLENGER)
+
+    def _registered_models(self) -> Iterator[Any]:
         token: str | None = None
         while True:
             page = self.client.search_registered_models(max_results=PAGE, page_token=token)
-            for model in page:
-                aliases = model.aliases or {}
-                if PRODUCTION in aliases:
-                    found[model.name] = int(aliases[PRODUCTION])
+            yield from page
             token = page.token
             if not token:
-                return found
+                return
 
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         """The reference logged with the version's run; None when there is none (a version
@@ -185,6 +238,15 @@ def lineage_of(run_id: str, tags: dict[str, str]) -> Lineage:
         dataset_version=int(version) if version.isdigit() else None,
         content_hash=tags.get(f"{TAG}content_hash", ""),
     )
+
+
+def shadow_sample(raw: str | None) -> float | None:
+    """A `streamops.shadow_sample` tag as a share in (0, 1]; None when unset or not one."""
+    try:
+        sample = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return sample if sample is not None and 0 < sample <= 1 else None
 
 
 def _quote(text: str) -> str:

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("version", type=int)
     promote.set_defaults(run=_promote)
 
+    _add_shadow(commands)
+
     back = commands.add_parser("rollback", help="back to the previous production version")
     back.add_argument("model")
     back.set_defaults(run=_rollback)
@@ -397,6 +399,51 @@ def _promote(args: argparse.Namespace) -> int:
         err.print(f"model {args.model!r} has no version {args.version}")
         return 1
     _announce(promote(registry, args.model, args.version, "manual"))
+    return 0
+
+
+def _add_shadow(commands: Any) -> None:
+    shadow = commands.add_parser(
+        "shadow",
+        help="let a version shadow production: it predicts a sample of the online requests "
+        "too, after they are answered, and never answers a client",
+    )
+    shadow.add_argument("model")
+    shadow.add_argument("version", type=int, nargs="?")
+    shadow.add_argument(
+        "--sample", type=float, default=0.1, help="share of the requests (default 0.1)"
+    )
+    shadow.add_argument("--off", action="store_true", help="no challenger any more")
+    shadow.set_defaults(run=_shadow)
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    import redis
+
+    from shared.broker import redis_url
+    from shared.errors import InvalidShadow
+    from shared.promotion import shadow
+    from shared.settings import CommonSettings
+    from streamops.client import publish
+
+    registry = _registry()
+    if args.off:
+        registry.end_shadow(args.model)
+        console.print(f"{args.model}: no challenger; the replicas drop it at their next converge")
+        return 0
+    if args.version not in [v.version for v in registry.versions(args.model)]:
+        err.print(f"model {args.model!r} has no version {args.version}")
+        return 1
+    try:
+        event = shadow(registry, args.model, args.version, args.sample)
+    except InvalidShadow as exc:
+        err.print(str(exc))
+        return 1
+    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
+    console.print(
+        f"{args.model}: v{args.version} shadows {args.sample:.0%} of the online requests; "
+        "model-promoted published (alias challenger)"
+    )
     return 0
 
 

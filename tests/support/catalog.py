@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from shared.model_loading import LoadedModel, LoadPolicy, decide
-from shared.registry import RegisteredVersion, TrainingRecord
+from shared.registry import Challenger, RegisteredVersion, TrainingRecord
 
 SKOPS_SKLEARN: dict[str, dict[str, Any]] = {
     "sklearn": {"serialization_format": "skops"},
@@ -48,6 +48,9 @@ class Catalog:
 
     def production_versions(self) -> dict[str, int]:
         return dict(self.production)
+
+    def challengers(self) -> dict[str, Challenger]:
+        return {}
 
     def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:
         entry = self.entries[(name, version)]

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from shared.model_loading import LoadedModel, LoadPolicy
-from shared.registry import RegisteredVersion, TrainingRecord
+from shared.registry import Challenger, RegisteredVersion, TrainingRecord
 from trainer.training import fit
 
 
@@ -23,6 +23,7 @@ class ModelShelf:
     production_history: list[int] = field(default_factory=list)
     references: dict[int, dict[str, Any]] = field(default_factory=dict)
     name: str = "churn"
+    challenger: Challenger | None = None
 
     def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
         return None
@@ -31,7 +32,7 @@ class ModelShelf:
         raise NotImplementedError
 
     def alias(self, name: str, alias: str) -> int | None:
-        return self.production if alias == "production" else None
+        return self.aliases(name).get(alias)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.production = version
@@ -58,6 +59,15 @@ class ModelShelf:
     def production_versions(self) -> dict[str, int]:
         return {} if self.production is None else {self.name: self.production}
 
+    def challengers(self) -> dict[str, Challenger]:
+        return {} if self.challenger is None else {self.name: self.challenger}
+
+    def set_shadow(self, name: str, version: int, sample: float) -> None:
+        self.challenger = Challenger(version, sample)
+
+    def end_shadow(self, name: str) -> None:
+        self.challenger = None
+
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         return self.references.get(version)
 
@@ -73,7 +83,10 @@ class ModelShelf:
         return [RegisteredVersion(name, v, f"run-{v}", {}, {"roc_auc": 0.8}) for v in self.models]
 
     def aliases(self, name: str) -> dict[str, int]:
-        return {} if self.production is None else {"production": self.production}
+        found = {} if self.production is None else {"production": self.production}
+        return (
+            found if self.challenger is None else {**found, "challenger": self.challenger.version}
+        )
 
     def model_names(self) -> list[str]:
         return [self.name]

@@ -1,0 +1,96 @@
+"""A replica's challengers: loaded when aliased, resampled, dropped with the alias or when
+they are production's own version; their answers compared with production's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from predictor.cache import ModelCache
+from predictor.service import Predictor
+from predictor.shadow import compare
+from shared.datasets import DatasetSpec
+from shared.errors import InvalidShadow
+from shared.promotion import shadow
+from shared.registry import Challenger
+from tests.support.shelf import ModelShelf, two_pipelines
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[Any, Any]:
+    return two_pipelines()
+
+
+def _predictor(models: tuple[Any, Any], spec: DatasetSpec) -> tuple[Predictor, ModelShelf]:
+    shelf = ModelShelf(models={1: models[0], 2: models[1]}, production=1)
+    predictor = Predictor(shelf, {"churn": spec}, ModelCache(), shadow_sample=0.1)
+    predictor.converge()
+    return predictor, shelf
+
+
+def test_a_challenger_is_loaded_resampled_and_dropped_as_the_registry_says(
+    models: tuple[Any, Any], churn_spec: DatasetSpec
+) -> None:
+    predictor, shelf = _predictor(models, churn_spec)
+    assert predictor.shadow_changes().stale == []
+
+    shelf.challenger = Challenger(2)  # no sample tag: the replica's default
+    assert predictor.shadow_changes().stale == [("churn", 2, 0.1)]
+    served = predictor.load_shadow("churn", 2, 0.1)
+    held = predictor.cache.shadow("churn")
+    assert held is not None
+    assert (held.served, held.sample) == (served, 0.1)
+    assert predictor.cache.version("churn") == 1  # production untouched
+    assert predictor.shadow_changes().stale == []
+
+    shelf.challenger = Challenger(2, 0.3)
+    changes = predictor.shadow_changes()
+    assert (changes.stale, changes.resampled) == ([], [("churn", 0.3)])
+
+    shelf.production = 2  # the challenger was promoted: it shadows nothing now
+    predictor.converge()
+    assert predictor.shadow_changes().gone == ["churn"]
+    shelf.challenger = None
+    shelf.production = 1
+    predictor.converge()
+    assert predictor.shadow_changes().gone == ["churn"]
+    predictor.end_shadow("churn")
+    assert predictor.cache.shadow("churn") is None
+
+
+def test_a_challenger_refused_is_not_tried_again_until_aliased_anew(
+    models: tuple[Any, Any], churn_spec: DatasetSpec
+) -> None:
+    from shared.errors import ModelLoadFailed, ModelRefused
+
+    predictor, shelf = _predictor(models, churn_spec)
+    shelf.models[3] = ModelRefused("not for serving")
+    shelf.challenger = Challenger(3, 0.5)
+    with pytest.raises(ModelLoadFailed):
+        predictor.load_shadow("churn", 3, 0.5)
+    assert predictor.shadow_changes().stale == []
+    assert predictor.cache.shadow("churn") is None
+    assert predictor.refused("churn") is None  # production's own refusals are apart
+    shelf.challenger = Challenger(2, 0.5)
+    assert predictor.shadow_changes().stale == [("churn", 2, 0.5)]
+
+
+def test_setting_a_challenger_refuses_production_itself_and_bad_samples() -> None:
+    shelf = ModelShelf(models={1: object(), 2: object()}, production=1)
+    with pytest.raises(InvalidShadow, match="in production"):
+        shadow(shelf, "churn", 1, 0.2)
+    with pytest.raises(InvalidShadow, match=r"\(0, 1\]"):
+        shadow(shelf, "churn", 2, 0)
+    event = shadow(shelf, "churn", 2, 0.2)
+    assert (event.alias, event.version, event.previous_version) == ("challenger", 2, None)
+    assert shelf.challenger == Challenger(2, 0.2)
+    assert shadow(shelf, "churn", 2, 0.2).event_id == event.event_id  # said again: the same
+
+
+def test_answers_are_compared_as_labels_or_as_values() -> None:
+    labels = compare([0, 1, 1, "yes"], [0, 0, 1, "yes"])
+    assert (labels.rows, labels.agreeing, labels.difference) == (4, 3, 0.0)
+    values = compare([1.5, 2.0, 4.0], [1.0, 2.5, 4.0])
+    assert (values.rows, values.agreeing) == (3, 0)
+    assert values.difference == pytest.approx(1.0)
