@@ -38,6 +38,7 @@ from gateway.specs import SpecSchemas
 from shared.broker import redis_client
 from shared.errors import (
     InvalidRows,
+    InvalidShadow,
     JobNotFound,
     ModelNotFound,
     NoModelInService,
@@ -52,7 +53,7 @@ from shared.errors import (
     UnknownDataset,
     VersionNotFound,
 )
-from shared.registry import Registry
+from shared.registry import GatewayRegistry
 from shared.settings import GatewaySettings
 from shared.telemetry import configure_logging
 
@@ -65,6 +66,7 @@ STATUS: dict[type[StreamopsError], int] = {
     JobNotFound: 404,
     VersionNotFound: 404,
     NothingToRollBack: 409,
+    InvalidShadow: 409,
     PayloadTooLarge: 413,
     InvalidRows: 422,
     # The upstream predictor took the rows and failed: a bad gateway, not the gateway's fault.
@@ -78,7 +80,7 @@ STATUS: dict[type[StreamopsError], int] = {
 
 def build_app(
     settings: GatewaySettings | None = None,
-    registry: Registry | None = None,
+    registry: GatewayRegistry | None = None,
     *,
     coalescer: Predictions | None = None,
     fleet: Replicas | None = None,

@@ -91,11 +91,21 @@ class PromoteRequest(BaseModel):
     version: int = Field(ge=1, description="Version to put in production.")
 
 
+class ShadowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="Version to shadow production (the challenger).")
+    sample: float = Field(
+        default=0.1, gt=0, le=1, description="Share of the online requests it predicts too."
+    )
+
+
 class Promoted(BaseModel):
     model_name: str
-    version: int = Field(description="Version now in production.")
+    version: int = Field(description="Version that now holds the alias.")
     previous_version: int | None
     reason: str
+    alias: str = Field(default="production", description="The alias moved.")
     event_id: str = Field(description="Id of the model-promoted event published.")
 
 

@@ -93,6 +93,10 @@ class ShadowRegistry(Protocol):
     def end_shadow(self, name: str) -> None: ...
 
 
+class GatewayRegistry(Registry, ShadowRegistry, Protocol):
+    """What the gateway's model routes need: the registry, and setting challengers."""
+
+
 class ServingRegistry(Registry, Protocol):
     """What a predictor replica needs besides: every model in production at once, and loading
     under its trust policy."""

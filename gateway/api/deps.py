@@ -21,7 +21,7 @@ from gateway.metrics import GatewayMetrics
 from shared.errors import Unauthorized
 from shared.events import Event
 from shared.jobs import JobStatus
-from shared.registry import Registry
+from shared.registry import GatewayRegistry
 from shared.schema import ModelSchema
 from shared.settings import GatewaySettings
 from shared.stream_metrics import StreamsCollector
@@ -91,10 +91,10 @@ class Context:
     coalescer: Predictions
     fleet: Replicas
     metrics: GatewayMetrics
-    registry: Registry | None = None
+    registry: GatewayRegistry | None = None
     _streams: StreamsCollector | None = None
 
-    def the_registry(self) -> Registry:
+    def the_registry(self) -> GatewayRegistry:
         # Created on first use, in a thread (callers use to_thread): importing mlflow costs
         # seconds, which the event loop, busy with predictions, must not wait for.
         if self.registry is None:

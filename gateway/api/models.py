@@ -1,4 +1,5 @@
-"""The registered models: what they hold, and moving `production` (promote, rollback).
+"""The registered models: what they hold, moving `production` (promote, rollback) and
+`challenger` (shadow).
 
 These look models up in the registry, not in the served set: a model can be promoted before
 any replica serves it. What is served shows in `serving` and `input` (the served set of
@@ -10,10 +11,17 @@ import anyio.to_thread
 from fastapi import APIRouter
 
 from gateway.api.deps import Context, Ctx, Mutating
-from gateway.schemas import ModelInfo, Promoted, PromoteRequest, VersionInfo, errors
+from gateway.schemas import (
+    ModelInfo,
+    Promoted,
+    PromoteRequest,
+    ShadowRequest,
+    VersionInfo,
+    errors,
+)
 from shared.errors import ModelNotFound
 from shared.events import ModelPromoted
-from shared.registry import Registry
+from shared.registry import GatewayRegistry
 
 router = APIRouter(tags=["models"])
 _PUBLISH = "Redis cannot be reached to announce the move"
@@ -92,7 +100,49 @@ async def rollback_version(model_name: str, ctx: Ctx) -> Promoted:
     return await _announce(ctx, event)
 
 
-async def _registry(ctx: Context) -> Registry:
+@router.post(
+    "/v1/models/{model_name}/shadow",
+    response_model=Promoted,
+    dependencies=Mutating,
+    responses=errors(
+        {
+            404: "No such model or version",
+            409: "The version is production's own (InvalidShadow)",
+            413: "Body over the size limit",
+            503: _PUBLISH,
+        },
+        keyed=True,
+        json_body=True,
+    ),
+)
+async def shadow_version(model_name: str, body: ShadowRequest, ctx: Ctx) -> Promoted:
+    """Make a version the model's challenger: every replica loads it and predicts `sample` of
+    the online requests with it too, after they are answered (docs/rollout.md)."""
+    from shared.promotion import shadow
+
+    registry = await _registry(ctx)
+    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
+    if body.version not in {v.version for v in versions}:
+        raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
+    event = await anyio.to_thread.run_sync(shadow, registry, model_name, body.version, body.sample)
+    return await _announce(ctx, event)
+
+
+@router.delete(
+    "/v1/models/{model_name}/shadow",
+    status_code=204,
+    dependencies=Mutating,
+    responses=errors({404: "No registered model of that name"}, keyed=True),
+)
+async def end_shadow(model_name: str, ctx: Ctx) -> None:
+    """No challenger any more: the replicas drop it at their next converge."""
+    registry = await _registry(ctx)
+    if not await anyio.to_thread.run_sync(registry.versions, model_name):
+        raise ModelNotFound(f"no registered model {model_name!r}")
+    await anyio.to_thread.run_sync(registry.end_shadow, model_name)
+
+
+async def _registry(ctx: Context) -> GatewayRegistry:
     return await anyio.to_thread.run_sync(ctx.the_registry)  # first use imports mlflow
 
 
@@ -103,5 +153,6 @@ async def _announce(ctx: Context, event: ModelPromoted) -> Promoted:
         version=event.version,
         previous_version=event.previous_version,
         reason=event.reason,
+        alias=event.alias,
         event_id=str(event.event_id),
     )

@@ -202,6 +202,28 @@ async def test_promotion_moves_production_and_announces_it(gateway: Start) -> No
     assert "tenure_months" in [c["name"] for c in info.json()["input"]["columns"]]
 
 
+async def test_shadow_sets_the_challenger_announces_it_and_ends(gateway: Start) -> None:
+    async with gateway() as rig:
+        itself = await rig.http.post("/v1/models/churn/shadow", json={"version": 1})
+        wide = await rig.http.post("/v1/models/churn/shadow", json={"version": 2, "sample": 2})
+        missing = await rig.http.post("/v1/models/churn/shadow", json={"version": 9})
+        set_ = await rig.http.post("/v1/models/churn/shadow", json={"version": 2, "sample": 0.25})
+        info = await rig.http.get("/v1/models/churn")
+        ended = await rig.http.delete("/v1/models/churn/shadow")
+    assert (itself.status_code, itself.json()["error"]) == (409, "InvalidShadow")
+    assert wide.status_code == 422
+    assert missing.status_code == 404
+    assert set_.status_code == 200, set_.text
+    assert (set_.json()["version"], set_.json()["alias"]) == (2, "challenger")
+    (event,) = rig.bus.published
+    assert isinstance(event, ModelPromoted)
+    assert (event.alias, event.version, event.reason) == ("challenger", 2, "manual")
+    assert info.json()["aliases"] == {"production": 1, "challenger": 2}
+    assert ended.status_code == 204
+    assert rig.shelf.challenger is None
+    assert rig.shelf.production == 1
+
+
 async def test_rollback_goes_back_once_then_has_nothing_to_roll_back(gateway: Start) -> None:
     parts = Parts()
     parts.shelf.production, parts.shelf.production_history = 2, [1, 2]
@@ -220,6 +242,7 @@ async def test_mutating_endpoints_need_the_key_when_one_is_set(gateway: Start) -
         calls = [
             ("/v1/models/churn/promote", {"version": 2}),
             ("/v1/models/churn/rollback", None),
+            ("/v1/models/churn/shadow", {"version": 2}),
             ("/v1/datasets/churn/ingest", {"source": "churn/churn.csv"}),
             ("/v1/models/churn/feedback", {"labels": [{"request_id": "r", "label": 1}]}),
             ("/v1/score", {"model_name": "churn", "rows": [ROW]}),
@@ -227,7 +250,7 @@ async def test_mutating_endpoints_need_the_key_when_one_is_set(gateway: Start) -
         refused = [await rig.http.post(path, json=body) for path, body in calls]
         wrong = await rig.http.post(calls[0][0], json=calls[0][1], headers={"X-API-Key": "no"})
         bearer = {"Authorization": f"Bearer {KEY}"}
-        allowed = await rig.http.post(calls[4][0], json=calls[4][1], headers=bearer)
+        allowed = await rig.http.post(calls[-1][0], json=calls[-1][1], headers=bearer)
         reading = await rig.http.post(PREDICT, json={"rows": [ROW]})
     for answer in [*refused, wrong]:
         assert answer.status_code == 401
@@ -329,6 +352,10 @@ async def test_each_operation_declares_exactly_its_error_answers(gateway: Start)
         "GET /v1/models/{model_name}": {"200", "404", "422"},
         "POST /v1/models/{model_name}/promote": {"200", "400", "401", "404", "413", "422", "503"},
         "POST /v1/models/{model_name}/rollback": {"200", "401", "404", "409", "422", "503"},
+        "POST /v1/models/{model_name}/shadow": {
+            *("200", "400", "401", "404", "409", "413", "422", "503"),
+        },
+        "DELETE /v1/models/{model_name}/shadow": {"204", "401", "404", "422"},
         "POST /v1/datasets/{dataset}/ingest": {"202", "401", "404", "413", "422", "503"},
         "POST /v1/score": {"202", "400", "401", "404", "413", "422", "503"},
         "POST /v1/models/{model_name}/feedback": {"202", "400", "401", "422", "503"},
