@@ -3,7 +3,7 @@
     python bench/serve.py [--workers 2] [--duration 10] [--warmup 5] [--concurrency 1,8,32]
                           [--repeat 1] [--quiet-cores 0.3] [--quiet-wait 120] [--workdir DIR]
                           [--runtime auto|native] [--no-mlflow] [--no-bentoml] [--peers-only]
-                          [--log-cost]
+                          [--log-cost | --shadow-cost SAMPLE]
 
 Starts, as local processes in a temporary directory: Redis, an MLflow tracking server, then
 
@@ -36,6 +36,9 @@ p99, and at least 50x mlflow's throughput; at concurrency 1, a p50 of at most 3 
 half BentoML's; the gateway's CPU at most 0.3 ms per request. `--log-cost` adds streamops with
 the prediction log off (on a Redis database of its own), runs the logger (an ingestor) for the
 one that logs, and checks that logging keeps at least 0.95x the throughput (issue 13).
+`--shadow-cost SAMPLE` registers a second version as the challenger, shadowing that share of
+the requests, and adds streamops with shadowing off (STREAMOPS_PREDICTOR_SHADOW=false, on a
+Redis database of its own): what shadowing costs a client (issue 14).
 """
 
 from __future__ import annotations
@@ -118,8 +121,9 @@ def rows(count: int, seed: int) -> Any:
     return frame
 
 
-def register(datasets: Path, tracking_uri: str) -> int:
-    """Fit the pipeline the trainer would build for the spec and register it as production."""
+def register(datasets: Path, tracking_uri: str, seed: int = 1, alias: str = "production") -> int:
+    """Fit the pipeline the trainer would build for the spec and register it as production
+    (or another alias: a challenger fitted on other rows, for --shadow-cost)."""
     import mlflow
 
     from shared.compiling import VERDICT_TAG, compile_verified
@@ -131,7 +135,7 @@ def register(datasets: Path, tracking_uri: str) -> int:
 
     spec = load_spec(datasets, DATASET)
     assert spec.training is not None
-    frame = rows(TRAIN_ROWS, seed=1)
+    frame = rows(TRAIN_ROWS, seed=seed)
     train, test = frame.iloc[: TRAIN_ROWS * 4 // 5], frame.iloc[TRAIN_ROWS * 4 // 5 :]
     model = pipeline(spec)
     model.fit(train[FEATURES], train["label"])
@@ -162,7 +166,7 @@ def register(datasets: Path, tracking_uri: str) -> int:
         onnx=onnx,
     )
     version = registry.log(record).version
-    registry.set_alias(spec.model_name, "production", version)
+    registry.set_alias(spec.model_name, alias, version)
     print(
         f"registered {spec.model_name} v{version}: roc_auc {metrics['roc_auc']:.3f}; "
         f"ONNX: {verdict.text}",
@@ -548,6 +552,7 @@ PEERS = {
     "mlflow": "mlflow models serve",
     "bentoml": "BentoML",
     "streamops-nolog": "streamops, log off",
+    "streamops-noshadow": "streamops, no shadow",
     "streamops": "streamops",
 }
 
@@ -644,6 +649,12 @@ def print_targets(
         if "streamops-nolog" in ratios:
             kept = ratios["streamops-nolog"][0]
             print(f"  target log on >= 0.95x log off (issue 13): {verdict(kept >= 0.95)}")
+    if "streamops-noshadow" in ratios:
+        rate, p50, p99, cpu = ratios["streamops-noshadow"]
+        print(
+            f"  shadow on / off (issue 14): throughput {rate:.2f}x, p50 {p50:.2f}x, "
+            f"p99 {p99:.2f}x, CPU per request {cpu:.2f}x"
+        )
     if concurrency == 1:
         print(f"  target p50 <= 3 ms: {verdict(ours.p50_ms <= 3)}")
         if "bentoml" in ratios:
@@ -695,6 +706,14 @@ def parse_args() -> argparse.Namespace:
         "one that logs): the log's cost, issue 13",
     )
     parser.add_argument(
+        "--shadow-cost",
+        type=float,
+        default=None,
+        metavar="SAMPLE",
+        help="also register a challenger shadowing this share of the requests, and measure "
+        "streamops with shadowing off beside it: a client's latency with shadow on, issue 14",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -709,6 +728,10 @@ def parse_args() -> argparse.Namespace:
         "scikit-learn (STREAMOPS_PREDICTOR_RUNTIME)",
     )
     args = parser.parse_args()
+    if args.log_cost and args.shadow_cost is not None:
+        parser.error("--log-cost and --shadow-cost each need a system of their own: one at a time")
+    if args.shadow_cost is not None and not 0 < args.shadow_cost <= 1:
+        parser.error("--shadow-cost is a share in (0, 1]")
     args.levels = [int(c) for c in args.concurrency.split(",")]
     args.gateway_workers = args.gateway_workers or max(1, args.workers // 2)
     args.predictors = args.workers - args.gateway_workers
@@ -781,6 +804,25 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
             prefix="nolog-",
         )
         stack.start_service("ingestor", "ingestor", service_env)
+    if args.shadow_cost is not None:
+        # A challenger shadowing the given share, and the same system with shadowing off, on
+        # a Redis database of its own (the registry is shared: the switch is the replicas').
+        from shared.registry import MlflowRegistry
+
+        challenger = register(datasets, tracking_uri, seed=2, alias="bench-candidate")
+        MlflowRegistry(tracking_uri).set_shadow(DATASET, challenger, args.shadow_cost)
+        quiet = {**service_env, "STREAMOPS_PREDICTOR_SHADOW": "false"}
+        quiet["STREAMOPS_REDIS_URL"] = other_database(redis_url)
+        print("starting streamops again with shadowing off ...", flush=True)
+        url = start_streamops(stack, quiet, args.gateway_workers, args.predictors, "noshadow-")
+        targets["streamops-noshadow"] = streamops_target(
+            stack,
+            url,
+            records,
+            args,
+            batches=batches_sent(quiet["STREAMOPS_REDIS_URL"]),
+            prefix="noshadow-",
+        )
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)
     check_agreement(dict(targets), ours_url, records)
     targets["streamops"] = streamops_target(

@@ -66,7 +66,10 @@ class Replica:
         await self.converge_shadows()
 
     async def converge_shadows(self) -> None:
-        """Load the challengers aliased in the registry, drop those no longer aliased."""
+        """Load the challengers aliased in the registry, drop those no longer aliased (none
+        at all with STREAMOPS_PREDICTOR_SHADOW=false)."""
+        if not self.settings.shadow:
+            return
         try:
             changes = await anyio.to_thread.run_sync(self.predictor.shadow_changes)
         except Exception as exc:

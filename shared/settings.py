@@ -249,8 +249,10 @@ class PredictorSettings(BaseSettings):
     # copy of their features: the input is the user's file or an immutable feature-store
     # version, and copying it would double a job's writes (docs/feedback.md). True copies them.
     log_batch_features: bool = False
-    # Shadowing (docs/rollout.md): the share of a model's online requests its challenger
-    # predicts too, when the registry's `streamops.shadow_sample` tag does not say.
+    # Shadowing (docs/rollout.md): whether this replica loads challengers at all (false: a
+    # switch for a fleet short of CPU), and the share of a model's online requests its
+    # challenger predicts too when the registry's `streamops.shadow_sample` tag does not say.
+    shadow: bool = True
     shadow_sample: float = Field(default=0.1, gt=0.0, le=1.0)
     # Batch scoring: rows per chunk of a file job (chunks are shared by all replicas).
     score_chunk_rows: int = Field(default=100_000, ge=100, le=50_000_000)
