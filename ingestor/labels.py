@@ -70,19 +70,21 @@ def join_batch(
     for event, entry_id in events:
         by_model[event.model_name].append((event, entry_id))
     results: dict[str, tuple[pa.Table, pa.Table]] = {}
+    shadowed: dict[str, pa.Table] = {}
     for model, items in by_model.items():
         table = labels.label_table(items)
-        logged = labels.lookup(store_root, model, table["request_id"].to_pylist())
-        results[model] = labels.join(table, logged)
+        ids = table["request_id"].to_pylist()
+        results[model] = labels.join(table, labels.lookup(store_root, model, ids))
+        # What a challenger said of the same rows, judged by the same labels (a label whose
+        # request was not shadowed, or not logged yet, judges production only).
+        shadowed[model], _ = labels.join(table, labels.lookup(store_root, model, ids, shadow=True))
     newest = max((e.occurred_at for e, _ in events), default=now)
     if any(u.num_rows for _, u in results.values()) and (now - newest).total_seconds() < grace_s:
         outcome.waiting = True
         return outcome
     for model, (matched, unmatched) in results.items():
-        days = pc.cast(matched["labelled_at"], pa.date32()) if matched.num_rows else None
-        for day in pc.unique(days).to_pylist() if days is not None else ():
-            part = matched.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-            predlog.write_part(labels.joined_part(store_root, model, day, first, last), part)
+        _write_joined(store_root, model, matched, first, last)
+        _write_joined(store_root, model, shadowed[model], first, last, shadow=True)
         if unmatched.num_rows:
             predlog.write_part(labels.unmatched_part(store_root, model, first, last), unmatched)
             log.warning(
@@ -96,6 +98,17 @@ def join_batch(
         outcome.joined[model] = matched.num_rows
         outcome.unmatched[model] = unmatched.num_rows
     return outcome
+
+
+def _write_joined(
+    store_root: Path, model: str, matched: pa.Table, first: str, last: str, *, shadow: bool = False
+) -> None:
+    """One part per day the labels arrived on, named by the batch."""
+    days = pc.cast(matched["labelled_at"], pa.date32()) if matched.num_rows else None
+    for day in pc.unique(days).to_pylist() if days is not None else ():
+        part = matched.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        path = labels.joined_part(store_root, model, day, first, last, shadow=shadow)
+        predlog.write_part(path, part)
 
 
 class LabelJoiner:

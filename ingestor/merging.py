@@ -32,7 +32,11 @@ class LogMerger:
                 log.warning("merging the prediction log's parts failed", exc_info=True)
 
     async def once(self) -> partmerge.Merged:
-        roots = [predlog.log_root(self.store_root), self.store_root / labels.LABELS_DIR]
+        roots = [
+            predlog.log_root(self.store_root),
+            self.store_root / labels.LABELS_DIR,
+            self.store_root / labels.SHADOW_LABELS_DIR,
+        ]
         done = await anyio.to_thread.run_sync(partmerge.merge_all, roots)
         if done.made or done.removed:
             log.info(

@@ -32,6 +32,9 @@ class Snapshot:
     quality: dict[tuple[str, int, str, str], float] = field(default_factory=dict)
     rows: dict[tuple[str, int, str], float] = field(default_factory=dict)
     bounds: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # The same for what challengers said of the labelled rows they shadowed.
+    shadow_quality: dict[tuple[str, int, str, str], float] = field(default_factory=dict)
+    shadow_rows: dict[tuple[str, int, str], float] = field(default_factory=dict)
 
 
 class QualityCollector(Collector):
@@ -75,6 +78,23 @@ def families(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
     yield quality
     yield rows
     yield bounds
+    shadow = GaugeMetricFamily(
+        "streamops_shadow_live_quality",
+        "Quality of a challenger version on the labels of the rows it shadowed, per window "
+        "(docs/rollout.md)",
+        labels=["model", "version", "metric", "window"],
+    )
+    for (model, version, metric, window), value in sorted(snap.shadow_quality.items()):
+        shadow.add_metric([model, str(version), metric, window], value)
+    shadow_rows = GaugeMetricFamily(
+        "streamops_shadow_live_labelled_rows",
+        "Labelled shadowed rows behind streamops_shadow_live_quality, per window",
+        labels=["model", "version", "window"],
+    )
+    for (model, version, window), value in sorted(snap.shadow_rows.items()):
+        shadow_rows.add_metric([model, str(version), window], value)
+    yield shadow
+    yield shadow_rows
 
 
 def gate_bounds(datasets_dir: Path) -> dict[tuple[str, str, str], float]:
@@ -110,12 +130,18 @@ class LiveQuality:
         snap = Snapshot(bounds=gate_bounds(self.datasets_dir))
         since = now - timedelta(days=30)  # what the windows can reach, at most
         for model in labels.models(self.store_root):
-            joined = labels.read_joined(self.store_root, model, since=since)
-            found = windows(joined, window_rows=self.window_rows, window_s=self.window_s, now=now)
-            for (version, window), figures in found.items():
-                snap.rows[(model, version, window)] = figures.pop("rows")
-                for metric, value in figures.items():
-                    snap.quality[(model, version, metric, window)] = value
+            for shadow, quality, rows in (
+                (False, snap.quality, snap.rows),
+                (True, snap.shadow_quality, snap.shadow_rows),
+            ):
+                joined = labels.read_joined(self.store_root, model, since=since, shadow=shadow)
+                found = windows(
+                    joined, window_rows=self.window_rows, window_s=self.window_s, now=now
+                )
+                for (version, window), figures in found.items():
+                    rows[(model, version, window)] = figures.pop("rows")
+                    for metric, value in figures.items():
+                        quality[(model, version, metric, window)] = value
         return snap
 
     async def run(self) -> None:

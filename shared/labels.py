@@ -25,17 +25,23 @@ from shared.datasets import DatasetSpec
 from shared.events import Label, LabelsArrived, LabelValue, derived_event_id
 
 LABELS_DIR = "_labels"
+# The same labels joined to what a challenger said of the same rows (docs/rollout.md).
+SHADOW_LABELS_DIR = "_labels_shadow"
 LABELS_PER_EVENT = 10_000  # LabelsArrived's limit
 # What a label is joined with: the prediction log's columns that judge the answer.
 LOGGED = ("request_id", "row", "version", "prediction", "probabilities", "classes", "time")
 
 
-def model_dir(store_root: Path, model: str) -> Path:
-    return store_root / LABELS_DIR / urllib.parse.quote(model, safe="")
+def model_dir(store_root: Path, model: str, *, shadow: bool = False) -> Path:
+    root = store_root / (SHADOW_LABELS_DIR if shadow else LABELS_DIR)
+    return root / urllib.parse.quote(model, safe="")
 
 
-def joined_part(store_root: Path, model: str, day: date, first: str, last: str) -> Path:
-    return model_dir(store_root, model) / f"date={day.isoformat()}" / f"part-{first}-{last}.parquet"
+def joined_part(
+    store_root: Path, model: str, day: date, first: str, last: str, *, shadow: bool = False
+) -> Path:
+    directory = model_dir(store_root, model, shadow=shadow)
+    return directory / f"date={day.isoformat()}" / f"part-{first}-{last}.parquet"
 
 
 def unmatched_part(store_root: Path, model: str, first: str, last: str) -> Path:
@@ -112,13 +118,17 @@ def _number(value: LabelValue) -> float | None:
     return float(value)
 
 
-def lookup(store_root: Path, model: str, request_ids: Sequence[str]) -> pa.Table:
-    """The logged rows of `request_ids` (one pyarrow scan, filtered on the ids)."""
+def lookup(
+    store_root: Path, model: str, request_ids: Sequence[str], *, shadow: bool = False
+) -> pa.Table:
+    """The logged rows of `request_ids` (one pyarrow scan, filtered on the ids): what the
+    clients were answered, or (`shadow`) what the challengers said of the same rows."""
     files = predlog.log_files(predlog.model_dir(store_root, model))
     if not files:
         return pa.table({"request_id": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     wanted = ds.field("request_id").isin(pa.array(sorted(set(request_ids)), pa.string()))
-    wanted &= ds.field("source") != predlog.SHADOW  # labels judge what the client was answered
+    source = ds.field("source")
+    wanted &= (source == predlog.SHADOW) if shadow else (source != predlog.SHADOW)
     return predlog.dataset_of(files).to_table(columns=list(LOGGED), filter=wanted)
 
 
@@ -176,10 +186,13 @@ def as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(column, pa.string())
 
 
-def read_joined(store_root: Path, model: str, since: datetime | None = None) -> pa.Table:
+def read_joined(
+    store_root: Path, model: str, since: datetime | None = None, *, shadow: bool = False
+) -> pa.Table:
     """A model's labels with their predictions (labelled since `since`); each (request, row)
-    once, its latest label."""
-    files = predlog.log_files(model_dir(store_root, model), since)  # the same layout
+    once, its latest label. With `shadow`, with what its challengers said instead."""
+    directory = model_dir(store_root, model, shadow=shadow)
+    files = predlog.log_files(directory, since)  # the same layout
     if not files:
         return pa.table({"request_id": pa.array([], pa.string())})
     expression = ds.field("labelled_at").is_valid()

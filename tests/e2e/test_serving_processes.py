@@ -415,3 +415,76 @@ def test_replay_of_the_logged_window_with_another_version_matches_a_direct_compu
     assert found is not None, shown.stdout
     assert float(found.group(1)) == pytest.approx(accuracy, abs=5e-5)
     assert f"on {len(hits)} labelled rows" in shown.stdout
+
+
+def test_a_challenger_shadows_a_quarter_of_the_requests_and_answers_none(world: World) -> None:
+    """v2 shadows production (v3) at 25% under a constant load: no request fails, every answer
+    is production's, the challenger predicted 25% ± 5% of the rows, and the agreement the
+    replicas export equals the agreement computed from the prediction log."""
+    from shared import predlog
+
+    set_ = world.http.post(f"/v1/models/{world.model}/shadow", json={"version": 2, "sample": 0.25})
+    assert set_.status_code == 200, set_.text
+
+    def both_shadow() -> bool:
+        loads = [
+            e
+            for e in world.events("model-loads")
+            if e["model_name"] == world.model and e["trigger"] == "shadow" and e["loaded"]
+        ]
+        return len({e["replica"] for e in loads if e["version"] == 2}) == 2
+
+    wait_until(both_shadow, timeout=60, what="both replicas holding the challenger")
+    started = datetime.now().astimezone()
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW)
+    load.start()
+    try:
+        wait_until(lambda: load.count >= 800, timeout=120, what="800 requests answered")
+    finally:
+        load.stop()
+    assert load.failures == []
+    answered = [a for answers in load.by_replica.values() for a in answers]
+    assert {version for _, _, version in answered} == {3}  # never the challenger
+
+    store = Path(world.running.env["STREAMOPS_FEATURE_STORE_ROOT"])
+
+    def logged() -> list[dict[str, Any]]:
+        # No other traffic since `started`: every record from then on is the load's.
+        rows = predlog.read_log(store, world.model, since=started, shadow=True).to_pylist()
+        online = [r for r in rows if r["source"] == "online"]
+        return rows if len(online) == load.count else []
+
+    rows = wait_until(logged, timeout=60, what="every request of the load in the log")
+    said = {(r["request_id"], r["row"]): r["prediction"] for r in rows if r["source"] == "online"}
+    shadowed = [r for r in rows if r["source"] == "shadow"]
+    assert {r["version"] for r in shadowed} == {2}
+    assert 0.20 <= len(shadowed) / len(said) <= 0.30
+    agreeing = sum(said[(r["request_id"], r["row"])] == r["prediction"] for r in shadowed)
+
+    def exported() -> dict[str, float]:
+        found = _shadow_metrics(world)
+        return found if found.get("rows") == len(shadowed) else {}
+
+    figures = wait_until(exported, timeout=30, what="the replicas' shadow metrics")
+    assert figures["agreeing"] / figures["rows"] == pytest.approx(agreeing / len(shadowed))
+    ended = world.http.delete(f"/v1/models/{world.model}/shadow")
+    assert ended.status_code == 204
+
+
+def _shadow_metrics(world: World) -> dict[str, float]:
+    """Shadowed and agreeing rows of this module's model, summed over the replicas."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {
+        "streamops_shadow_rows_total": "rows",
+        "streamops_shadow_agreeing_rows_total": "agreeing",
+    }
+    found = dict.fromkeys(names.values(), 0.0)
+    for process, url in world.running.metrics.items():
+        if not process.startswith("predictor"):
+            continue
+        for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+            for sample in family.samples:
+                if sample.name in names and sample.labels.get("model") == world.model:
+                    found[names[sample.name]] += sample.value
+    return found

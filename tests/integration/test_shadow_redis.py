@@ -107,6 +107,7 @@ async def test_a_challenger_shadows_the_sampled_requests_and_never_answers(
     assert value("streamops_shadow_predict_seconds_count", {"model": "churn", "version": "2"})
 
     _logged_apart(tmp_path, entries, ids[drawn[0]], len(drawn))
+    _judged_apart(tmp_path, logged)
 
 
 def _logged_apart(root: Path, entries: Any, drawn_id: str, drawn: int) -> None:
@@ -123,6 +124,38 @@ def _logged_apart(root: Path, entries: Any, drawn_id: str, drawn: int) -> None:
     ]
     found = labels.lookup(root, "churn", [drawn_id])
     assert found["version"].to_pylist() == [1]  # a label judges the answer the client got
+
+
+def _judged_apart(root: Path, logged: list[PredictionsLogged]) -> None:
+    """Labels for every request: production judged on all of them, the challenger on the rows
+    it shadowed, each against what it said."""
+    from datetime import UTC, datetime
+
+    from ingestor.labels import join_batch
+    from ingestor.quality import LiveQuality, QualityCollector
+    from shared.events import Label, LabelsArrived
+
+    said = {
+        (rid, e.shadow): p
+        for e in logged
+        for (rid, _), p in zip(e.requests, e.predictions, strict=True)
+    }
+    ids = sorted({rid for rid, _ in said})
+    truth = {rid: (sum(map(ord, rid)) % 2) for rid in ids}  # any labels will do
+    arrived = LabelsArrived(
+        model_name="churn", labels=[Label(request_id=i, label=v) for i, v in truth.items()]
+    )
+    fields = {k.encode(): v for k, v in entry_fields(arrived).items()}  # as read from Redis
+    joined = join_batch(root, [("9-0", fields)], now=datetime.now(UTC), grace_s=0)
+    assert joined.joined == {"churn": 120}
+    snap = LiveQuality(root, BUNDLED_DATASETS, QualityCollector()).compute()
+    shadowed = [rid for rid in ids if (rid, True) in said]
+    right = sum(said[(rid, True)] == truth[rid] for rid in shadowed) / len(shadowed)
+    assert snap.shadow_quality[("churn", 2, "accuracy", "rows")] == pytest.approx(right)
+    assert snap.shadow_rows[("churn", 2, "rows")] == len(shadowed)
+    right = sum(said[(rid, False)] == truth[rid] for rid in ids) / len(ids)
+    assert snap.quality[("churn", 1, "accuracy", "rows")] == pytest.approx(right)
+    assert ("churn", 2, "accuracy", "rows") not in snap.quality
 
 
 async def test_the_challenger_alias_is_loaded_when_it_moves_and_dropped_with_it(
