@@ -789,39 +789,23 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         "STREAMOPS_GATEWAY_INBOX": str(work / "inbox"),
     }
     if args.log_cost:
-        # The same system with the prediction log off, on a Redis database of its own; and
-        # the logger that compacts the log, counted as part of the system that logs.
-        quiet = {**service_env, "STREAMOPS_PREDICTOR_LOG_PREDICTIONS": "false"}
-        quiet["STREAMOPS_REDIS_URL"] = other_database(redis_url)
+        # The same system with the prediction log off; and the logger that compacts the log,
+        # counted as part of the system that logs.
         print("starting streamops again with the prediction log off ...", flush=True)
-        url = start_streamops(stack, quiet, args.gateway_workers, args.predictors, "nolog-")
-        targets["streamops-nolog"] = streamops_target(
-            stack,
-            url,
-            records,
-            args,
-            batches=batches_sent(quiet["STREAMOPS_REDIS_URL"]),
-            prefix="nolog-",
-        )
+        off = {"STREAMOPS_PREDICTOR_LOG_PREDICTIONS": "false"}
+        targets["streamops-nolog"] = beside(stack, service_env, off, records, args, prefix="nolog-")
         stack.start_service("ingestor", "ingestor", service_env)
     if args.shadow_cost is not None:
-        # A challenger shadowing the given share, and the same system with shadowing off, on
-        # a Redis database of its own (the registry is shared: the switch is the replicas').
+        # A challenger shadowing the given share, and the same system with shadowing off (the
+        # registry is shared: the switch is the replicas').
         from shared.registry import MlflowRegistry
 
         challenger = register(datasets, tracking_uri, seed=2, alias="bench-candidate")
         MlflowRegistry(tracking_uri).set_shadow(DATASET, challenger, args.shadow_cost)
-        quiet = {**service_env, "STREAMOPS_PREDICTOR_SHADOW": "false"}
-        quiet["STREAMOPS_REDIS_URL"] = other_database(redis_url)
         print("starting streamops again with shadowing off ...", flush=True)
-        url = start_streamops(stack, quiet, args.gateway_workers, args.predictors, "noshadow-")
-        targets["streamops-noshadow"] = streamops_target(
-            stack,
-            url,
-            records,
-            args,
-            batches=batches_sent(quiet["STREAMOPS_REDIS_URL"]),
-            prefix="noshadow-",
+        off = {"STREAMOPS_PREDICTOR_SHADOW": "false"}
+        targets["streamops-noshadow"] = beside(
+            stack, service_env, off, records, args, prefix="noshadow-"
         )
     ours_url = start_streamops(stack, service_env, args.gateway_workers, args.predictors)
     check_agreement(dict(targets), ours_url, records)
@@ -829,6 +813,23 @@ def start_systems(stack: Stack, args: argparse.Namespace) -> dict[str, Target]:
         stack, ours_url, records, args, batches=batches_sent(redis_url)
     )
     return targets
+
+
+def beside(
+    stack: Stack,
+    service_env: dict[str, str],
+    changed: dict[str, str],
+    records: list[dict[str, float]],
+    args: argparse.Namespace,
+    *,
+    prefix: str,
+) -> Target:
+    """The same system with `changed` settings, on a Redis database of its own."""
+    env = {**service_env, **changed}
+    env["STREAMOPS_REDIS_URL"] = other_database(service_env["STREAMOPS_REDIS_URL"])
+    url = start_streamops(stack, env, args.gateway_workers, args.predictors, prefix)
+    batches = batches_sent(env["STREAMOPS_REDIS_URL"])
+    return streamops_target(stack, url, records, args, batches=batches, prefix=prefix)
 
 
 def other_database(redis_url: str) -> str:

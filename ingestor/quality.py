@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from prometheus_client.core import GaugeMetricFamily
@@ -52,49 +53,50 @@ class QualityCollector(Collector):
 
 
 def families(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
-    """The three families, from `snap`."""
-    quality = GaugeMetricFamily(
+    """The five families, from `snap`."""
+    quality = ["model", "version", "metric", "window"]
+    rows = ["model", "version", "window"]
+    yield _family(
         "streamops_live_quality",
         "Quality of a model version on the labels that came back, per window (rows: its "
         "last labelled rows; time: labelled recently)",
-        labels=["model", "version", "metric", "window"],
+        quality,
+        snap.quality,
     )
-    for (model, version, metric, window), value in sorted(snap.quality.items()):
-        quality.add_metric([model, str(version), metric, window], value)
-    rows = GaugeMetricFamily(
+    yield _family(
         "streamops_live_labelled_rows",
         "Labelled rows behind streamops_live_quality, per window",
-        labels=["model", "version", "window"],
+        rows,
+        snap.rows,
     )
-    for (model, version, window), value in sorted(snap.rows.items()):
-        rows.add_metric([model, str(version), window], value)
-    bounds = GaugeMetricFamily(
+    yield _family(
         "streamops_quality_gate_bound",
         "The quality gate's bounds from the model's dataset spec (bound: minimum, maximum)",
-        labels=["model", "metric", "bound"],
+        ["model", "metric", "bound"],
+        snap.bounds,
     )
-    for (model, metric, bound), value in sorted(snap.bounds.items()):
-        bounds.add_metric([model, metric, bound], value)
-    yield quality
-    yield rows
-    yield bounds
-    shadow = GaugeMetricFamily(
+    yield _family(
         "streamops_shadow_live_quality",
         "Quality of a challenger version on the labels of the rows it shadowed, per window "
         "(docs/rollout.md)",
-        labels=["model", "version", "metric", "window"],
+        quality,
+        snap.shadow_quality,
     )
-    for (model, version, metric, window), value in sorted(snap.shadow_quality.items()):
-        shadow.add_metric([model, str(version), metric, window], value)
-    shadow_rows = GaugeMetricFamily(
+    yield _family(
         "streamops_shadow_live_labelled_rows",
         "Labelled shadowed rows behind streamops_shadow_live_quality, per window",
-        labels=["model", "version", "window"],
+        rows,
+        snap.shadow_rows,
     )
-    for (model, version, window), value in sorted(snap.shadow_rows.items()):
-        shadow_rows.add_metric([model, str(version), window], value)
-    yield shadow
-    yield shadow_rows
+
+
+def _family(
+    name: str, documentation: str, labels: list[str], values: Mapping[tuple[Any, ...], float]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric([str(part) for part in key], value)
+    return family
 
 
 def gate_bounds(datasets_dir: Path) -> dict[tuple[str, str, str], float]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import redis.asyncio as aioredis
 
+from predictor.cache import Served
 from predictor.metrics import PredictorMetrics
 from predictor.online import OnlinePredictor
 from predictor.runtimes import RUNTIMES
@@ -141,20 +142,8 @@ class Replica:
         self._export_versions()
         if not reason and trigger != "prefetch":
             self.changed.set()  # the gateway learns of it now, not at the next beat
-        await self._announce(
-            ModelLoaded(
-                replica=self.settings.common.consumer_name,
-                model_name=name,
-                version=version,
-                serving=self.predictor.cache.version(name),
-                loaded=not reason,
-                reason=reason[:2000],
-                seconds=round(seconds, 4),
-                trigger=trigger,
-                runtime=served.runtime if served else "",
-                compiled=served.verdict[:2000] if served else "",
-            )
-        )
+        event = self._loaded(name, version, trigger, reason=reason, seconds=seconds, served=served)
+        await self._announce(event)
 
     async def load_shadow(self, name: str, version: int, sample: float) -> None:
         """Load a challenger in a thread; say so on `model-loads` (trigger `shadow`)."""
@@ -168,19 +157,32 @@ class Replica:
             reason = str(exc)
             log.error("not loading challenger %s v%d: %s", name, version, exc)
         self.metrics.loads.labels(name, "shadow", "refused" if reason else "loaded").inc()
-        await self._announce(
-            ModelLoaded(
-                replica=self.settings.common.consumer_name,
-                model_name=name,
-                version=version,
-                serving=self.predictor.cache.version(name),
-                loaded=not reason,
-                reason=reason[:2000],
-                seconds=round(time.monotonic() - started, 4),
-                trigger="shadow",
-                runtime=served.runtime if served else "",
-                compiled=served.verdict[:2000] if served else "",
-            )
+        seconds = time.monotonic() - started
+        event = self._loaded(name, version, "shadow", reason=reason, seconds=seconds, served=served)
+        await self._announce(event)
+
+    def _loaded(
+        self,
+        name: str,
+        version: int,
+        trigger: Trigger,
+        *,
+        reason: str,
+        seconds: float,
+        served: Served | None,
+    ) -> ModelLoaded:
+        """The `model-loads` event of a load (refused when `reason` says why)."""
+        return ModelLoaded(
+            replica=self.settings.common.consumer_name,
+            model_name=name,
+            version=version,
+            serving=self.predictor.cache.version(name),
+            loaded=not reason,
+            reason=reason[:2000],
+            seconds=round(seconds, 4),
+            trigger=trigger,
+            runtime=served.runtime if served else "",
+            compiled=served.verdict[:2000] if served else "",
         )
 
     def serving(self) -> dict[str, Any]:
