@@ -73,11 +73,11 @@ def join_batch(
     shadowed: dict[str, pa.Table] = {}
     for model, items in by_model.items():
         table = labels.label_table(items)
-        ids = table["request_id"].to_pylist()
-        results[model] = labels.join(table, labels.lookup(store_root, model, ids))
+        answered, said = labels.lookup(store_root, model, table["request_id"].to_pylist())
+        results[model] = labels.join(table, answered)
         # What a challenger said of the same rows, judged by the same labels (a label whose
         # request was not shadowed, or not logged yet, judges production only).
-        shadowed[model], _ = labels.join(table, labels.lookup(store_root, model, ids, shadow=True))
+        shadowed[model], _ = labels.join(table, said)
     newest = max((e.occurred_at for e, _ in events), default=now)
     if any(u.num_rows for _, u in results.values()) and (now - newest).total_seconds() < grace_s:
         outcome.waiting = True

@@ -118,18 +118,18 @@ def _number(value: LabelValue) -> float | None:
     return float(value)
 
 
-def lookup(
-    store_root: Path, model: str, request_ids: Sequence[str], *, shadow: bool = False
-) -> pa.Table:
-    """The logged rows of `request_ids` (one pyarrow scan, filtered on the ids): what the
-    clients were answered, or (`shadow`) what the challengers said of the same rows."""
+def lookup(store_root: Path, model: str, request_ids: Sequence[str]) -> tuple[pa.Table, pa.Table]:
+    """The logged rows of `request_ids`, in one pyarrow scan filtered on the ids: (what the
+    clients were answered, what challengers said of the same rows)."""
     files = predlog.log_files(predlog.model_dir(store_root, model))
     if not files:
-        return pa.table({"request_id": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
+        empty = pa.table({"request_id": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
+        return empty, empty
     wanted = ds.field("request_id").isin(pa.array(sorted(set(request_ids)), pa.string()))
-    source = ds.field("source")
-    wanted &= (source == predlog.SHADOW) if shadow else (source != predlog.SHADOW)
-    return predlog.dataset_of(files).to_table(columns=list(LOGGED), filter=wanted)
+    found = predlog.dataset_of(files).to_table(columns=[*LOGGED, "source"], filter=wanted)
+    shadow = pc.equal(found["source"], predlog.SHADOW)
+    found, kept = found.drop_columns(["source"]), pc.invert(shadow)
+    return found.filter(kept), found.filter(shadow)
 
 
 def join(labels: pa.Table, logged: pa.Table) -> tuple[pa.Table, pa.Table]:

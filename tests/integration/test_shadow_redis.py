@@ -122,8 +122,9 @@ def _logged_apart(root: Path, entries: Any, drawn_id: str, drawn: int) -> None:
         ("online", 120),
         ("shadow", drawn),
     ]
-    found = labels.lookup(root, "churn", [drawn_id])
-    assert found["version"].to_pylist() == [1]  # a label judges the answer the client got
+    answered, said = labels.lookup(root, "churn", [drawn_id])
+    assert answered["version"].to_pylist() == [1]  # a label judges the answer the client got
+    assert said["version"].to_pylist() == [2]  # and, apart, what the challenger said
 
 
 def _judged_apart(root: Path, logged: list[PredictionsLogged]) -> None:
