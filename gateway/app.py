@@ -37,6 +37,7 @@ from gateway.routes import ServedRoutes
 from gateway.specs import SpecSchemas
 from shared.broker import redis_client
 from shared.errors import (
+    InvalidCanary,
     InvalidRows,
     InvalidShadow,
     JobNotFound,
@@ -67,6 +68,7 @@ STATUS: dict[type[StreamopsError], int] = {
     VersionNotFound: 404,
     NothingToRollBack: 409,
     InvalidShadow: 409,
+    InvalidCanary: 409,
     PayloadTooLarge: 413,
     InvalidRows: 422,
     # The upstream predictor took the rows and failed: a bad gateway, not the gateway's fault.

@@ -97,7 +97,9 @@ class Coalescer:
         self.answered = answered  # told of every batch answered in time (the metrics)
         # Several gunicorn workers may share a consumer name (settings read before the fork).
         self.channel = f"streamops:replies:{settings.common.consumer_name}:{uuid.uuid4().hex[:12]}"
-        self._open: dict[str, _Batch] = {}
+        # Open batches by model and target version (None: production; a canary's version):
+        # a batch is answered by one version.
+        self._open: dict[tuple[str, int | None], _Batch] = {}
         self._in_flight: dict[str, int] = defaultdict(int)
         self._sent: dict[uuid.UUID, _Sent] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,36 +125,39 @@ class Coalescer:
         columns: tuple[str, ...],
         rows: Sequence[tuple[Any, ...]],
         request_id: str,
+        target: int | None = None,
     ) -> Answer:
         """The predictions for `rows` (each a tuple of values in `columns` order) of request
-        `request_id`; raises PredictorTimeout, NoModelInService, InvalidRows,
-        PredictionFailed or NoPredictor."""
+        `request_id`, by the version `target` (a canary's) or production; raises
+        PredictorTimeout, NoModelInService, InvalidRows, PredictionFailed or NoPredictor."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._add(model_name, columns, _Part(rows, future, request_id))
+        self._add((model_name, target), columns, _Part(rows, future, request_id))
         # The timeout is the batch's (`_expire`): one timer per batch, not one per request.
         return await future
 
-    def _add(self, model_name: str, columns: tuple[str, ...], part: _Part) -> None:
-        batch = self._open.get(model_name)
+    def _add(self, key: tuple[str, int | None], columns: tuple[str, ...], part: _Part) -> None:
+        model_name = key[0]
+        batch = self._open.get(key)
         rows = len(part.values)
         # Other columns: the model's route changed between two requests; they go apart.
         if batch is not None and (
             batch.rows + rows > self.settings.batch_rows or batch.columns != columns
         ):
-            self._flush(model_name)
+            self._flush(key)
             batch = None
         if batch is None:
-            batch = self._open[model_name] = _Batch(columns)
+            batch = self._open[key] = _Batch(columns)
             # call_later(0) still runs after the requests already parsed in this loop turn.
             wait = self.settings.batch_wait_ms / 1000 if self._in_flight[model_name] else 0.0
-            batch.timer = asyncio.get_running_loop().call_later(wait, self._flush, model_name)
+            batch.timer = asyncio.get_running_loop().call_later(wait, self._flush, key)
         batch.parts.append(part)
         batch.rows += rows
         if batch.rows >= self.settings.batch_rows:
-            self._flush(model_name)
+            self._flush(key)
 
-    def _flush(self, model_name: str) -> None:
-        batch = self._open.pop(model_name, None)
+    def _flush(self, key: tuple[str, int | None]) -> None:
+        model_name, target = key
+        batch = self._open.pop(key, None)
         if batch is None:
             return
         if batch.timer is not None:
@@ -166,6 +171,7 @@ class Coalescer:
             deadline=self.clock() + self.settings.predict_timeout_s,
             columns=_by_column(batch.columns, parts),
             requests=[(p.request_id, len(p.values)) for p in parts],
+            target=target,
         )
         offsets, start = [], 0
         for part in parts:

@@ -76,9 +76,13 @@ class FastPredict:
             return _replay(messages, receive)
         status = 500
         try:
-            rid = headers.get(b"x-request-id")
-            given = None if rid is None else rid.decode("latin-1")
-            content, extra = await answer(self.context, plan, rows, given)
+            content, extra = await answer(
+                self.context,
+                plan,
+                rows,
+                _text(headers.get(b"x-request-id")),
+                _text(headers.get(b"x-routing-key")),
+            )
             status = 200
             await send(_start(200, content, extra))
             await send({"type": "http.response.body", "body": content})
@@ -120,6 +124,10 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     for name, value in scope["headers"]:
         found.setdefault(name, value)  # the first one, as Starlette's Headers.get
     return found
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _is_json(content_type: bytes | None) -> bool:

@@ -36,6 +36,8 @@ class Beat:
 
     models: dict[str, int]
     schemas: dict[str, ModelSchema]
+    # model → (its canary's version, the share of requests routed to it)
+    canaries: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,18 +58,41 @@ def parse_beat(replica: str, payload: Any, warn: Warned) -> Beat:
         warn(f"heartbeat of {replica} is not a JSON object; ignored")
         return Beat({}, {})
     models = _versions(replica, payload.get("models"), warn)
+    canaries = _canaries(replica, payload.get("canaries"), warn)
     raw = payload.get("schemas")
     if raw is None:
-        return Beat(models, {})  # an older replica: versions only
+        return Beat(models, {}, canaries)  # an older replica: versions only
     if not isinstance(raw, dict):
         warn(f"heartbeat of {replica}: 'schemas' is not an object; ignored")
-        return Beat(models, {})
+        return Beat(models, {}, canaries)
     schemas = {}
     for name, value in raw.items():
         schema = _schema(replica, name, value, warn)
         if schema is not None and name in models:
             schemas[name] = schema
-    return Beat(models, schemas)
+    return Beat(models, schemas, canaries)
+
+
+def _canaries(replica: str, raw: Any, warn: Warned) -> dict[str, tuple[int, float]]:
+    """`{name: [version, share]}`; an older replica says nothing (no canary held)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        warn(f"heartbeat of {replica}: 'canaries' is not an object; ignored")
+        return {}
+    out = {}
+    for name, value in raw.items():
+        try:
+            version, share = value
+            held = (int(version), float(share))
+        except (TypeError, ValueError):
+            warn(f"heartbeat of {replica}: canary {value!r} of {name!r} is not [version, share]")
+            continue
+        if held[0] >= 1 and 0 < held[1] <= 1:
+            out[str(name)] = held
+        else:
+            warn(f"heartbeat of {replica}: canary {value!r} of {name!r} is out of range")
+    return out
 
 
 def _versions(replica: str, raw: Any, warn: Warned) -> dict[str, int]:
@@ -112,12 +137,24 @@ def newest_schemas(beats: dict[str, Beat]) -> dict[str, ModelSchema]:
     return {name: schema for name, (_, schema) in best.items()}
 
 
+def agreed_canaries(beats: dict[str, Beat]) -> dict[str, tuple[int, float]]:
+    """Per model, its canary when every replica serving the model holds the same one (version
+    and share): while one is still loading it or has dropped it, production answers all."""
+    agreed: dict[str, tuple[int, float]] = {}
+    for name in {name for beat in beats.values() for name in beat.canaries}:
+        held = {beat.canaries.get(name) for beat in beats.values() if name in beat.models}
+        if len(held) == 1 and None not in held:
+            (agreed[name],) = held  # type: ignore[assignment]
+    return agreed
+
+
 @dataclass
 class Fleet:
     client: aioredis.Redis
     interval: float = 1.0
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)
     _advertised: dict[str, ModelSchema] = field(default_factory=dict)
+    _canaries: dict[str, tuple[int, float]] = field(default_factory=dict)
     _warn: Warned = field(default_factory=Warned)
     _task: asyncio.Task[None] | None = None
 
@@ -140,6 +177,12 @@ class Fleet:
             if models.get(model_name) is not None
         }
 
+    def canary(self, model_name: str) -> tuple[int, float] | None:
+        """The canary of `model_name` (version, share routed to it) when every replica serving
+        the model holds the same one; None otherwise, so no request is routed to a version a
+        replica cannot answer with (see agreed_canaries)."""
+        return self._canaries.get(model_name)
+
     def advertised(self) -> dict[str, ModelSchema]:
         """Model → the input schema the replicas serve it with (see newest_schemas)."""
         return self._advertised
@@ -157,6 +200,7 @@ class Fleet:
         # Both at once, with no await between: a reader never sees one without the other.
         self.replicas = {replica: beat.models for replica, beat in beats.items()}
         self._advertised = newest_schemas(beats)
+        self._canaries = agreed_canaries(beats)
 
     async def _poll(self) -> None:
         while True:

@@ -100,6 +100,15 @@ class ShadowRequest(BaseModel):
     )
 
 
+class CanaryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="Version to answer a share of the requests.")
+    percent: float = Field(
+        default=10, gt=0, le=100, description="Percent of the online requests routed to it."
+    )
+
+
 class Promoted(BaseModel):
     model_name: str
     version: int = Field(description="Version that now holds the alias.")

@@ -14,6 +14,7 @@ from typing import Any
 from shared.drift import DriftReference
 from shared.errors import NoModelInService
 from shared.events import Lineage
+from shared.registry import CANARY
 from shared.schema import ModelSchema
 
 
@@ -45,18 +46,21 @@ class Served:
 
 
 @dataclass(frozen=True)
-class Shadow:
-    """A model's challenger, and the share of its online requests it predicts as well."""
+class Aside:
+    """A version held beside production under an alias (docs/rollout.md): a challenger, and
+    the share of the online requests it predicts as well; or a canary, and the share routed
+    to it."""
 
     served: Served
-    sample: float
+    share: float
 
 
 class ModelCache:
     def __init__(self) -> None:
         self._live: dict[str, Served] = {}
         self._previous: dict[str, Served] = {}
-        self._shadows: dict[str, Shadow] = {}
+        # alias (challenger, canary) → model → the version held under it
+        self._asides: dict[str, dict[str, Aside]] = {}
 
     def get(self, name: str) -> Served:
         try:
@@ -68,8 +72,13 @@ class ModelCache:
         served = self._live.get(name)
         return None if served is None else served.version
 
-    def runtime(self, name: str) -> str:
-        """What runs the version of `name` in service (onnx, native), or none."""
+    def runtime(self, name: str, version: int | None = None) -> str:
+        """What runs the version of `name` in service (onnx, native), or none; with `version`,
+        what runs the version that answers a batch meant for it (see serving)."""
+        if version is not None:
+            canary = self.aside(CANARY, name)
+            if canary is not None and canary.served.version == version:
+                return canary.served.runtime
         served = self._live.get(name)
         return "none" if served is None else served.runtime
 
@@ -91,10 +100,21 @@ class ModelCache:
     def previous(self, name: str) -> Served | None:
         return self._previous.get(name)
 
+    def serving(self, name: str, version: int | None) -> Served:
+        """What answers a batch of `name` meant for `version`: the canary when it is that
+        version, production otherwise (a canary ended since the gateway chose it, say)."""
+        if version is not None:
+            canary = self.aside(CANARY, name)
+            if canary is not None and canary.served.version == version:
+                return canary.served
+        return self.get(name)
+
     def lineage(self, name: str, version: int | None) -> Lineage:
         """The lineage of `version` of `name` if it is served here (or was, just before the
-        last swap); an empty one otherwise."""
-        for served in (self._live.get(name), self._previous.get(name)):
+        last swap, or is its canary); an empty one otherwise."""
+        canary = self.aside(CANARY, name)
+        held = None if canary is None else canary.served
+        for served in (self._live.get(name), self._previous.get(name), held):
             if served is not None and served.version == version:
                 return served.lineage
         return Lineage()
@@ -105,16 +125,18 @@ class ModelCache:
         old = self._live.get(name)
         self._live = {k: v for k, v in self._live.items() if k != name}
         self._previous = {k: v for k, v in self._previous.items() if k != name}
-        self.set_shadow(name, None)
+        for alias in tuple(self._asides):
+            self.set_aside(alias, name, None)
         return old
 
-    def shadow(self, name: str) -> Shadow | None:
-        return self._shadows.get(name)
+    def aside(self, alias: str, name: str) -> Aside | None:
+        return self._asides.get(alias, {}).get(name)
 
-    def shadows(self) -> dict[str, Shadow]:
-        return self._shadows
+    def asides(self, alias: str) -> dict[str, Aside]:
+        return self._asides.get(alias, {})
 
-    def set_shadow(self, name: str, shadow: Shadow | None) -> None:
-        """`name`'s challenger from now on (None: none), swapped as the live table is."""
-        rest = {k: v for k, v in self._shadows.items() if k != name}
-        self._shadows = rest if shadow is None else {**rest, name: shadow}
+    def set_aside(self, alias: str, name: str, held: Aside | None) -> None:
+        """`name`'s version under `alias` from now on (None: none), swapped as the live table
+        is: a reader holds one snapshot."""
+        rest = {k: v for k, v in self.asides(alias).items() if k != name}
+        self._asides = {**self._asides, alias: rest if held is None else {**rest, name: held}}

@@ -39,6 +39,7 @@ from shared.events import (
     PredictionRequested,
     PredictionsLogged,
 )
+from shared.registry import CHALLENGER
 from shared.wire import Refused, dead_letter, entry_body, entry_fields
 
 GROUP = "predictor"
@@ -61,10 +62,10 @@ def parse(message_id: str, fields: dict[bytes, bytes]) -> PredictionRequested | 
 def answer(predictor: Predictor, requests: Sequence[PredictionRequested]) -> list[BatchPredicted]:
     """Answers for `requests` (all for one model): one predict call for all of them; when that
     fails, each request alone, so one bad batch does not fail its neighbours."""
-    name = requests[0].model_name
+    name, target = requests[0].model_name, requests[0].target
     columns = _columns(requests)
     try:
-        merged = predictor.predict(name, None, columns)
+        merged = predictor.predict(name, None, columns, target)
     except NoModelInService as exc:
         return [_failure(r, "no_model", str(exc)) for r in requests]
     except Exception:
@@ -87,7 +88,8 @@ def _frame(requests: Sequence[PredictionRequested]) -> pd.DataFrame:
 
 def _alone(predictor: Predictor, request: PredictionRequested) -> BatchPredicted:
     try:
-        return _split(predictor.predict(request.model_name, _frame([request])), [request])[0]
+        said = predictor.predict(request.model_name, _frame([request]), version=request.target)
+        return _split(said, [request])[0]
     except NoModelInService as exc:
         return _failure(request, "no_model", str(exc))
     except (KeyError, ValueError, TypeError) as exc:
@@ -173,13 +175,15 @@ class OnlinePredictor:
         live, rejected = self._sort(entries)
         if rejected:
             await self._dead_letter(rejected)
-        by_model: dict[str, list[PredictionRequested]] = defaultdict(list)
+        # One predict call per model and version: a canary's batches never mix with
+        # production's (the gateway routes whole batches to one or the other).
+        by_model: dict[tuple[str, int | None], list[PredictionRequested]] = defaultdict(list)
         for request in live:
-            by_model[request.model_name].append(request)
+            by_model[request.model_name, request.target].append(request)
         answered = 0
-        for name, requests in by_model.items():
+        for (name, target), requests in by_model.items():
             started = time.perf_counter()
-            runtime = self.predictor.cache.runtime(name)
+            runtime = self.predictor.cache.runtime(name, target)
             if runtime == ONNX and sum(r.rows for r in requests) <= INLINE_ROWS:
                 answers = answer(self.predictor, requests)
             else:
@@ -190,7 +194,8 @@ class OnlinePredictor:
             await self._reply(requests, answers, entry)
             self._count(name, requests, answers)
             answered += len(answers)
-            await self._shadow(name, requests, answers)
+            if target is None:  # a challenger is compared with production, not a canary
+                await self._shadow(name, requests, answers)
         return answered
 
     async def _shadow(
@@ -198,10 +203,10 @@ class OnlinePredictor:
     ) -> None:
         """The challenger's answers to the sampled requests, once production's were sent:
         compared, counted and logged; a failure here never reaches a client."""
-        held = self.predictor.cache.shadow(name)
+        held = self.predictor.cache.aside(CHALLENGER, name)
         if held is None:
             return
-        sample = shadow.sample_of(requests, answers, held.sample)
+        sample = shadow.sample_of(requests, answers, held.share)
         if sample is None or sample.features is None:
             return
         challenger = held.served

@@ -23,13 +23,15 @@ from predictor.runtimes import RUNTIMES
 from predictor.service import PRODUCTION, Predictor
 from shared.errors import ModelLoadFailed
 from shared.events import ModelLoaded, ModelPromoted, ModelTrained
-from shared.registry import CHALLENGER
+from shared.registry import CANARY, CHALLENGER
 from shared.settings import PredictorSettings
 from shared.telemetry import StatusBoard, beat
 from shared.wire import entry_fields
 
 SERVICE = "predictor"
-Trigger = Literal["start", "promotion", "converge", "prefetch", "shadow"]
+Trigger = Literal["start", "promotion", "converge", "prefetch", "shadow", "canary"]
+# The trigger of a load under each alias beside production.
+ASIDE_TRIGGERS: dict[str, Trigger] = {CHALLENGER: "shadow", CANARY: "canary"}
 log = logging.getLogger(__name__)
 
 
@@ -64,29 +66,33 @@ class Replica:
             self.remove(name)
         for name, version in changes.stale:
             await self.load(name, version, trigger)
-        await self.converge_shadows()
+        await self.converge_asides()
 
-    async def converge_shadows(self) -> None:
-        """Load the challengers aliased in the registry, drop those no longer aliased (none
-        at all with STREAMOPS_PREDICTOR_SHADOW=false)."""
-        if not self.settings.shadow:
-            return
-        try:
-            changes = await anyio.to_thread.run_sync(self.predictor.shadow_changes)
-        except Exception as exc:
-            log.error("cannot read the registry's challengers: %s", exc)
-            return
-        for name in changes.gone:
-            self.predictor.end_shadow(name)
-        for name, sample in changes.resampled:
-            self.predictor.resample(name, sample)
-        for name, version, sample in changes.stale:
-            await self.load_shadow(name, version, sample)
+    async def converge_asides(self, *aliases: str) -> None:
+        """Load the challengers and canaries aliased in the registry (or only `aliases`'s),
+        drop those no longer aliased (no challengers at all with STREAMOPS_PREDICTOR_SHADOW
+        =false)."""
+        for alias in aliases or tuple(ASIDE_TRIGGERS):
+            if alias == CHALLENGER and not self.settings.shadow:
+                continue
+            try:
+                changes = await anyio.to_thread.run_sync(self.predictor.aside_changes, alias)
+            except Exception as exc:
+                log.error("cannot read the registry's %s aliases: %s", alias, exc)
+                continue
+            for name in changes.gone:
+                self.predictor.end_aside(alias, name)
+            for name, share in changes.resampled:
+                self.predictor.reshare(alias, name, share)
+            for name, version, share in changes.stale:
+                await self.load_aside(alias, name, version, share)
+            if alias == CANARY and (changes.gone or changes.resampled or changes.stale):
+                self.changed.set()  # the gateways route by what the heartbeat says
 
     async def promoted(self, event: ModelPromoted) -> None:
-        if event.alias == CHALLENGER:
+        if event.alias in ASIDE_TRIGGERS:
             if self.settings.serves(event.model_name):
-                await self.converge_shadows()  # its sample is in the registry
+                await self.converge_asides(event.alias)  # its share is in the registry
             return
         if self.predictor.wants(event):
             self.predictor.retry(event.model_name, event.version)  # promoted again: try again
@@ -145,20 +151,22 @@ class Replica:
         event = self._loaded(name, version, trigger, reason=reason, seconds=seconds, served=served)
         await self._announce(event)
 
-    async def load_shadow(self, name: str, version: int, sample: float) -> None:
-        """Load a challenger in a thread; say so on `model-loads` (trigger `shadow`)."""
+    async def load_aside(self, alias: str, name: str, version: int, share: float) -> None:
+        """Load a challenger or canary in a thread; say so on `model-loads` (trigger `shadow`
+        or `canary`)."""
+        trigger = ASIDE_TRIGGERS[alias]
         started = time.monotonic()
         reason, served = "", None
         try:
             served = await anyio.to_thread.run_sync(
-                self.predictor.load_shadow, name, version, sample
+                self.predictor.load_aside, alias, name, version, share
             )
         except ModelLoadFailed as exc:
             reason = str(exc)
-            log.error("not loading challenger %s v%d: %s", name, version, exc)
-        self.metrics.loads.labels(name, "shadow", "refused" if reason else "loaded").inc()
+            log.error("not loading %s %s v%d: %s", alias, name, version, exc)
+        self.metrics.loads.labels(name, trigger, "refused" if reason else "loaded").inc()
         seconds = time.monotonic() - started
-        event = self._loaded(name, version, "shadow", reason=reason, seconds=seconds, served=served)
+        event = self._loaded(name, version, trigger, reason=reason, seconds=seconds, served=served)
         await self._announce(event)
 
     def _loaded(
@@ -187,11 +195,17 @@ class Replica:
 
     def serving(self) -> dict[str, Any]:
         """What the heartbeat tells the gateway: the version and input schema of each model in
-        service (`{"models": {name: version}, "schemas": {name: ModelSchema as JSON}}`)."""
-        served = self.predictor.cache.live()
+        service, and its canary with the share routed to it (`{"models": {name: version},
+        "schemas": {name: ModelSchema as JSON}, "canaries": {name: [version, share]}}`)."""
+        cache = self.predictor.cache
+        served = cache.live()
         return {
             "models": {s.name: s.version for s in served},
             "schemas": {s.name: s.schema.model_dump(mode="json") for s in served},
+            "canaries": {
+                name: [held.served.version, held.share]
+                for name, held in cache.asides(CANARY).items()
+            },
         }
 
     async def start_background(self) -> None:

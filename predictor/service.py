@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from predictor.cache import ModelCache, Served, Shadow
+from predictor.cache import Aside, ModelCache, Served
 from predictor.drift import DriftMonitor
 from predictor.loader import load
 from predictor.outputs import Prediction, predict_with
@@ -25,16 +25,16 @@ from shared.datasets import DatasetSpec
 from shared.errors import ModelRefused, NoModelInService
 from shared.events import ModelPromoted
 from shared.model_loading import LoadPolicy
-from shared.registry import PRODUCTION, ServingRegistry
+from shared.registry import CHALLENGER, PRODUCTION, ServingRegistry
 from shared.schema import input_columns, input_frame
 
 __all__ = [
     "PINNED_KEPT",
     "PRODUCTION",
+    "AsideChanges",
     "Changes",
     "Prediction",
     "Predictor",
-    "ShadowChanges",
     "predict_with",
 ]
 
@@ -52,8 +52,9 @@ class Changes:
 
 
 @dataclass(frozen=True)
-class ShadowChanges:
-    """Challengers to load (model, version, sample), to resample, and models with none now."""
+class AsideChanges:
+    """For one alias beside production (challenger, canary): versions to load (model,
+    version, share), shares to change, and models with none now."""
 
     stale: list[tuple[str, int, float]]
     resampled: list[tuple[str, float]]
@@ -104,9 +105,10 @@ class Predictor:
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._loading_guard = threading.Lock()
         # The share of a model's online requests its challenger predicts when the registry
-        # says none; challengers refused for good, by model (tried again when re-aliased).
+        # says none; versions refused for good under an alias, by (alias, model): tried again
+        # when aliased anew.
         self.shadow_sample = shadow_sample
-        self._refused_shadows: dict[str, int] = {}
+        self._refused_asides: dict[tuple[str, str], int] = {}
 
     # --- which models, which versions ----------------------------------------------------------
 
@@ -179,32 +181,38 @@ class Predictor:
             log.info("%s: no longer served (was v%d): not in production", name, old.version)
         return old
 
-    # --- challengers (docs/rollout.md) ----------------------------------------------------------
+    # --- challengers and canaries (docs/rollout.md) -------------------------------------------
 
-    def shadow_changes(self) -> ShadowChanges:
-        """Compare the challengers loaded here with the registry's `challenger` aliases, for
-        the models served here (a challenger of production's own version shadows nothing)."""
+    def aside_changes(self, alias: str) -> AsideChanges:
+        """Compare the versions held here under `alias` (challenger, canary) with the
+        registry's, for the models served here (production's own version is no challenger
+        nor canary of itself)."""
+        if alias == CHALLENGER:
+            challengers = self.registry.challengers().items()
+            found = {n: (c.version, c.sample or self.shadow_sample) for n, c in challengers}
+        else:
+            found = {n: (c.version, c.share) for n, c in self.registry.canaries().items()}
         wanted = {
-            name: challenger
-            for name, challenger in self.registry.challengers().items()
-            if self.cache.version(name) not in (None, challenger.version)
+            name: aliased
+            for name, aliased in found.items()
+            if self.cache.version(name) not in (None, aliased[0])
         }
         stale, resampled = [], []
-        for name, challenger in sorted(wanted.items()):
-            sample = challenger.sample or self.shadow_sample
-            held = self.cache.shadow(name)
-            if held is None or held.served.version != challenger.version:
-                if self._refused_shadows.get(name) != challenger.version:
-                    stale.append((name, challenger.version, sample))
-            elif held.sample != sample:
-                resampled.append((name, sample))
-        gone = [name for name in self.cache.shadows() if name not in wanted]
-        return ShadowChanges(stale, resampled, gone)
+        for name, (version, share) in sorted(wanted.items()):
+            held = self.cache.aside(alias, name)
+            if held is None or held.served.version != version:
+                if self._refused_asides.get((alias, name)) != version:
+                    stale.append((name, version, share))
+            elif held.share != share:
+                resampled.append((name, share))
+        gone = [name for name in self.cache.asides(alias) if name not in wanted]
+        return AsideChanges(stale, resampled, gone)
 
-    def load_shadow(self, name: str, version: int, sample: float) -> Served:
-        """Load `version` as `name`'s challenger (blocking: from a thread); ModelLoadFailed
-        leaves the one before (if any) shadowing."""
-        self._refused_shadows = {k: v for k, v in self._refused_shadows.items() if k != name}
+    def load_aside(self, alias: str, name: str, version: int, share: float) -> Served:
+        """Load `version` as `name`'s challenger or canary (blocking: from a thread);
+        ModelLoadFailed leaves the one before (if any) in place."""
+        key = (alias, name)
+        self._refused_asides = {k: v for k, v in self._refused_asides.items() if k != key}
         with self._lock_for(name, version):
             staged = self._staged.get(name)
             if staged is not None and staged.version == version:
@@ -213,21 +221,21 @@ class Predictor:
                 try:
                     served = self._load(name, version, refuse=False)
                 except ModelRefused:
-                    self._refused_shadows = {**self._refused_shadows, name: version}
+                    self._refused_asides = {**self._refused_asides, key: version}
                     raise
-            self.cache.set_shadow(name, Shadow(served, sample))
-        log.info("%s: v%d shadows %.0f%% of the requests", name, version, sample * 100)
+            self.cache.set_aside(alias, name, Aside(served, share))
+        log.info("%s: v%d is the %s for %.0f%% of the requests", name, version, alias, share * 100)
         return served
 
-    def resample(self, name: str, sample: float) -> None:
-        held = self.cache.shadow(name)
+    def reshare(self, alias: str, name: str, share: float) -> None:
+        held = self.cache.aside(alias, name)
         if held is not None:
-            self.cache.set_shadow(name, Shadow(held.served, sample))
+            self.cache.set_aside(alias, name, Aside(held.served, share))
 
-    def end_shadow(self, name: str) -> None:
-        if self.cache.shadow(name) is not None:
-            self.cache.set_shadow(name, None)
-            log.info("%s: no challenger any more", name)
+    def end_aside(self, alias: str, name: str) -> None:
+        if self.cache.aside(alias, name) is not None:
+            self.cache.set_aside(alias, name, None)
+            log.info("%s: no %s any more", name, alias)
 
     def predict_shadow(self, served: Served, columns: Mapping[str, Any]) -> Prediction:
         """The challenger's answer to rows production answered (no drift counted: the
@@ -239,20 +247,27 @@ class Predictor:
     # --- predicting ----------------------------------------------------------------------------
 
     def predict(
-        self, name: str, rows: pd.DataFrame | None, columns: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        rows: pd.DataFrame | None,
+        columns: Mapping[str, Any] | None = None,
+        version: int | None = None,
     ) -> Prediction:
         """One call for the whole batch; the model is taken once, so a swap in the middle does
         not split a batch between versions. `columns` are the same rows as plain lists (an
         online batch as it arrived), or the rows when `rows` is None: a compiled model is fed
-        from them with no DataFrame built, and drift bins them (cheaper than a frame)."""
-        served = self.cache.get(name)
+        from them with no DataFrame built, and drift bins them (cheaper than a frame).
+        `version`: the canary's, for a batch the gateway routed to it (production's answers
+        when this replica holds no such canary)."""
+        served = self.cache.serving(name, version)
         if columns is not None and isinstance(served.model, CompiledModel):
             features: Any = input_columns(served.schema, columns)
         else:
             frame = rows if rows is not None else pd.DataFrame(columns)
             features = input_frame(served.schema, frame)
         prediction = predict_with(served, features)
-        if self.drift is not None:
+        if self.drift is not None and served.version == self.cache.version(name):
+            # A canary's rows are not production's: they would blur its drift window.
             self.drift.observe(served, features if columns is None else columns)
         return prediction
 

@@ -79,6 +79,10 @@ class InvalidShadow(StreamopsError):
     """A challenger that cannot shadow: production's own version, or a sample out of (0, 1]."""
 
 
+class InvalidCanary(StreamopsError):
+    """A canary that cannot be: production's own version, or a percent out of (0, 100]."""
+
+
 class NoModelInService(StreamopsError):
     """A predictor has no model loaded under that name (yet)."""
 

@@ -274,7 +274,7 @@ class ModelTrained(Event):
     gate_reasons: tuple[str, ...] = Field(default=(), description="Why the gate decided so.")
 
 
-PromotionReason = Literal["auto", "manual", "rollback", "external"]
+PromotionReason = Literal["auto", "manual", "rollback", "external", "guard"]
 
 
 class ModelPromoted(Event):
@@ -285,8 +285,17 @@ class ModelPromoted(Event):
     model_name: str = Field(description="Registered model name.")
     version: int = Field(ge=1, description="Version that now holds the alias.")
     previous_version: int | None = Field(default=None, description="Version that held it before.")
-    alias: str = Field(default="production", description="Alias that moved.")
-    reason: PromotionReason = Field(description="auto, manual, rollback or external.")
+    alias: str = Field(
+        default="production", description="Alias that moved: production, challenger or canary."
+    )
+    reason: PromotionReason = Field(
+        description="auto, manual, rollback, external, or guard (the rollout guard restored "
+        "the version before, or withdrew a canary: `breaches` says why)."
+    )
+    withdrawn: bool = Field(
+        default=False,
+        description="True: the alias was taken off `version` (a canary ended), not put on it.",
+    )
 
 
 class ModelLoaded(Event):
@@ -302,10 +311,11 @@ class ModelLoaded(Event):
     loaded: bool = Field(description="True: loaded (in service, or staged for a prefetch).")
     reason: str = Field(default="", description="Why it was refused.")
     seconds: float = Field(ge=0, description="Time spent loading, checking and warming up.")
-    trigger: Literal["start", "promotion", "converge", "prefetch", "shadow"] = Field(
+    trigger: Literal["start", "promotion", "converge", "prefetch", "shadow", "canary"] = Field(
         description="What made the replica load it (prefetch: a version just trained, loaded "
         "ahead of its promotion and not in service yet; shadow: the model's challenger, which "
-        "predicts a sample of the requests after production answered them)."
+        "predicts a sample of the requests after production answered them; canary: the "
+        "version the gateways route a share of the requests to)."
     )
     runtime: str = Field(
         default="",
@@ -342,6 +352,13 @@ class PredictionRequested(Event):
         default_factory=list,
         description="The HTTP requests coalesced into the batch, in row order: (request id, "
         "rows). Empty: the batch is one request, whose id is the event id.",
+    )
+    target: int | None = Field(
+        default=None,
+        ge=1,
+        description="The version to answer with: the model's canary, for requests the gateway "
+        "routed to it. None: production. A replica that holds no such canary (it ended a "
+        "moment ago) answers with production, and the answer says which version it is.",
     )
 
     @model_validator(mode="after")

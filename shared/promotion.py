@@ -1,11 +1,11 @@
-"""Moving the `production` alias (promotion and rollback) and the `challenger` alias
-(shadowing), each one event for serving."""
+"""Moving the `production` alias (promotion and rollback), the `challenger` alias
+(shadowing) and the `canary` alias, each one event for serving."""
 
 from __future__ import annotations
 
-from shared.errors import InvalidShadow, NothingToRollBack
+from shared.errors import InvalidCanary, InvalidShadow, NothingToRollBack
 from shared.events import ModelPromoted, PromotionReason, derived_event_id
-from shared.registry import CHALLENGER, Registry, ShadowRegistry
+from shared.registry import CANARY, CHALLENGER, CanaryRegistry, Registry, ShadowRegistry
 
 PRODUCTION = "production"
 
@@ -59,14 +59,51 @@ def shadow(registry: ShadowRegistry, name: str, version: int, sample: float) -> 
         raise InvalidShadow(f"a shadow sample is a share in (0, 1], not {sample}")
     if registry.alias(name, PRODUCTION) == version:
         raise InvalidShadow(f"{name} v{version} is in production: a challenger is another")
-    found = registry.alias(name, CHALLENGER)
-    previous = found if found != version else None  # said again: the same event
+    previous = registry.alias(name, CHALLENGER)
     registry.set_shadow(name, version, sample)
+    return _aliased(name, version, previous, CHALLENGER)
+
+
+def canary(registry: CanaryRegistry, name: str, version: int, percent: float) -> ModelPromoted:
+    """Make `version` the canary of `name`, answering `percent` of its online requests
+    (docs/rollout.md). InvalidCanary when it is production's own version, or `percent` is not
+    in (0, 100]."""
+    if not 0 < percent <= 100:
+        raise InvalidCanary(f"a canary's percent is in (0, 100], not {percent}")
+    if registry.alias(name, PRODUCTION) == version:
+        raise InvalidCanary(f"{name} v{version} is in production: a canary is another version")
+    previous = registry.alias(name, CANARY)
+    registry.set_canary(name, version, percent)
+    return _aliased(name, version, previous, CANARY)
+
+
+def end_canary(
+    registry: CanaryRegistry, name: str, reason: PromotionReason = "manual"
+) -> ModelPromoted | None:
+    """No canary for `name` any more; the event that says so (every replica drops it, and the
+    gateways route nothing more to it), or None when there was none."""
+    version = registry.alias(name, CANARY)
+    if version is None:
+        return None
+    registry.end_canary(name)
     return ModelPromoted(
-        event_id=derived_event_id(ModelPromoted.stream, name, version, previous, CHALLENGER),
+        event_id=derived_event_id(ModelPromoted.stream, name, version, "withdrawn", reason),
         model_name=name,
         version=version,
-        previous_version=previous,
-        alias=CHALLENGER,
+        alias=CANARY,
+        withdrawn=True,
+        reason=reason,
+    )
+
+
+def _aliased(name: str, version: int, previous: int | None, alias: str) -> ModelPromoted:
+    """The event of `alias` set on `version` (set again: the same event as before)."""
+    before = previous if previous != version else None
+    return ModelPromoted(
+        event_id=derived_event_id(ModelPromoted.stream, name, version, before, alias),
+        model_name=name,
+        version=version,
+        previous_version=before,
+        alias=alias,
         reason="manual",
     )

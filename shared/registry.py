@@ -14,10 +14,12 @@ from shared.model_loading import PERMISSIVE, LoadedModel, LoadPolicy, load_versi
 from shared.model_logging import DRIFT_ARTIFACT, TrainingRecord, log_training
 
 __all__ = [
+    "CANARY",
     "CHALLENGER",
     "DRIFT_ARTIFACT",
     "PRODUCTION",
     "TAG",
+    "Canary",
     "Challenger",
     "LoadPolicy",
     "LoadedModel",
@@ -35,6 +37,12 @@ PRODUCTION = "production"
 # sample of the online requests with it too, after their answers are sent.
 CHALLENGER = "challenger"
 SHADOW_SAMPLE_TAG = f"{TAG}shadow_sample"
+# The version a share of the online requests is routed to (docs/rollout.md): every replica
+# loads it, and the gateways send it the requests whose routing key falls in its percent.
+CANARY = "canary"
+CANARY_PERCENT_TAG = f"{TAG}canary_percent"
+# A canary aliased with no readable percent (in the MLflow UI, say) takes this share.
+DEFAULT_CANARY_PERCENT = 10.0
 # Registered models read per search_registered_models page.
 PAGE = 1000
 
@@ -57,6 +65,23 @@ class Challenger:
 
     version: int
     sample: float | None = None
+
+    @property
+    def share(self) -> float | None:
+        return self.sample
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A model's `canary` alias, and the percent of online requests routed to it (the model's
+    `streamops.canary_percent` tag; None when unset or unreadable: DEFAULT_CANARY_PERCENT)."""
+
+    version: int
+    percent: float | None = None
+
+    @property
+    def share(self) -> float:
+        return (self.percent or DEFAULT_CANARY_PERCENT) / 100
 
 
 class Registry(Protocol):
@@ -93,8 +118,19 @@ class ShadowRegistry(Protocol):
     def end_shadow(self, name: str) -> None: ...
 
 
-class GatewayRegistry(Registry, ShadowRegistry, Protocol):
-    """What the gateway's model routes need: the registry, and setting challengers."""
+class CanaryRegistry(Protocol):
+    """What setting a canary needs (shared/promotion.py)."""
+
+    def alias(self, name: str, alias: str) -> int | None: ...
+
+    def set_canary(self, name: str, version: int, percent: float) -> None: ...
+
+    def end_canary(self, name: str) -> None: ...
+
+
+class GatewayRegistry(Registry, ShadowRegistry, CanaryRegistry, Protocol):
+    """What the gateway's model routes need: the registry, and setting challengers and
+    canaries."""
 
 
 class ServingRegistry(Registry, Protocol):
@@ -104,6 +140,8 @@ class ServingRegistry(Registry, Protocol):
     def production_versions(self) -> dict[str, int]: ...
 
     def challengers(self) -> dict[str, Challenger]: ...
+
+    def canaries(self) -> dict[str, Canary]: ...
 
     def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel: ...
 
@@ -166,23 +204,50 @@ class MlflowRegistry:
     def challengers(self) -> dict[str, Challenger]:
         """The `challenger` of every registered model that has one, with its sample (one
         search, as for production)."""
-        found: dict[str, Challenger] = {}
+        return {
+            name: Challenger(version, shadow_sample(tag))
+            for name, version, tag in self._aliased(CHALLENGER, SHADOW_SAMPLE_TAG)
+        }
+
+    def canaries(self) -> dict[str, Canary]:
+        """The `canary` of every registered model that has one, with its percent (one
+        search)."""
+        return {
+            name: Canary(version, canary_percent(tag))
+            for name, version, tag in self._aliased(CANARY, CANARY_PERCENT_TAG)
+        }
+
+    def _aliased(self, alias: str, tag: str) -> Iterator[tuple[str, int, str | None]]:
+        """(model, version under `alias`, the model's `tag`) of every model with `alias`."""
         for model in self._registered_models():
             aliases = model.aliases or {}
-            if CHALLENGER in aliases:
-                sample = shadow_sample((model.tags or {}).get(SHADOW_SAMPLE_TAG))
-                found[model.name] = Challenger(int(aliases[CHALLENGER]), sample)
-        return found
+            if alias in aliases:
+                yield model.name, int(aliases[alias]), (model.tags or {}).get(tag)
 
     def set_shadow(self, name: str, version: int, sample: float) -> None:
         """Make `version` the challenger of `name`, shadowing `sample` of its requests."""
-        self.client.set_registered_model_tag(name, SHADOW_SAMPLE_TAG, repr(sample))
-        self.client.set_registered_model_alias(name, CHALLENGER, str(version))
+        self._set_aside(name, CHALLENGER, version, SHADOW_SAMPLE_TAG, sample)
 
     def end_shadow(self, name: str) -> None:
         """No challenger for `name` any more (none: nothing to do)."""
-        if CHALLENGER in self.aliases(name):
-            self.client.delete_registered_model_alias(name, CHALLENGER)
+        self._end_aside(name, CHALLENGER)
+
+    def set_canary(self, name: str, version: int, percent: float) -> None:
+        """Make `version` the canary of `name`, answering `percent` of its requests."""
+        self._set_aside(name, CANARY, version, CANARY_PERCENT_TAG, percent)
+
+    def end_canary(self, name: str) -> None:
+        """No canary for `name` any more (none: nothing to do)."""
+        self._end_aside(name, CANARY)
+
+    def _set_aside(self, name: str, alias: str, version: int, tag: str, value: float) -> None:
+        # The tag first: a replica that sees the new alias reads its share with it.
+        self.client.set_registered_model_tag(name, tag, repr(value))
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def _end_aside(self, name: str, alias: str) -> None:
+        if alias in self.aliases(name):
+            self.client.delete_registered_model_alias(name, alias)
 
     def _registered_models(self) -> Iterator[Any]:
         token: str | None = None
@@ -246,11 +311,20 @@ def lineage_of(run_id: str, tags: dict[str, str]) -> Lineage:
 
 def shadow_sample(raw: str | None) -> float | None:
     """A `streamops.shadow_sample` tag as a share in (0, 1]; None when unset or not one."""
+    return _within(raw, 1)
+
+
+def canary_percent(raw: str | None) -> float | None:
+    """A `streamops.canary_percent` tag as a percent in (0, 100]; None when unset or not one."""
+    return _within(raw, 100)
+
+
+def _within(raw: str | None, top: float) -> float | None:
     try:
-        sample = float(raw) if raw is not None else None
+        value = float(raw) if raw is not None else None
     except ValueError:
         return None
-    return sample if sample is not None and 0 < sample <= 1 else None
+    return value if value is not None and 0 < value <= top else None
 
 
 def _quote(text: str) -> str:

@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     promote.set_defaults(run=_promote)
 
     _add_shadow(commands)
+    _add_canary(commands)
 
     back = commands.add_parser("rollback", help="back to the previous production version")
     back.add_argument("model")
@@ -443,6 +444,54 @@ def _shadow(args: argparse.Namespace) -> int:
     console.print(
         f"{args.model}: v{args.version} shadows {args.sample:.0%} of the online requests; "
         "model-promoted published (alias challenger)"
+    )
+    return 0
+
+
+def _add_canary(commands: Any) -> None:
+    canary = commands.add_parser(
+        "canary",
+        help="route a percent of the online requests to a version (a client's X-Routing-Key "
+        "keeps it on one version)",
+    )
+    canary.add_argument("model")
+    canary.add_argument("version", type=int, nargs="?")
+    canary.add_argument(
+        "--percent", type=float, default=10.0, help="percent of the requests (default 10)"
+    )
+    canary.add_argument("--off", action="store_true", help="no canary any more")
+    canary.set_defaults(run=_canary)
+
+
+def _canary(args: argparse.Namespace) -> int:
+    import redis
+
+    from shared.broker import redis_url
+    from shared.errors import InvalidCanary
+    from shared.promotion import canary, end_canary
+    from shared.settings import CommonSettings
+    from streamops.client import publish
+
+    registry = _registry()
+    bus = redis.Redis.from_url(redis_url(CommonSettings()))
+    if args.off:
+        ended = end_canary(registry, args.model)
+        if ended is not None:
+            publish(bus, ended)
+        console.print(f"{args.model}: no canary; production answers every request")
+        return 0
+    if args.version not in [v.version for v in registry.versions(args.model)]:
+        err.print(f"model {args.model!r} has no version {args.version}")
+        return 1
+    try:
+        event = canary(registry, args.model, args.version, args.percent)
+    except InvalidCanary as exc:
+        err.print(str(exc))
+        return 1
+    publish(bus, event)
+    console.print(
+        f"{args.model}: v{args.version} answers {args.percent:g}% of the online requests once "
+        "every replica holds it; model-promoted published (alias canary)"
     )
     return 0
 

@@ -36,9 +36,11 @@ class Predictions(Protocol):
         columns: tuple[str, ...],
         rows: Sequence[tuple[Any, ...]],
         request_id: str,
+        target: int | None = None,
     ) -> Answer:
         """The answer for `rows`, each a tuple of values in `columns` order, of the request
-        `request_id` (the prediction log's key)."""
+        `request_id` (the prediction log's key), by version `target` (a canary) or
+        production."""
         ...
 
 
@@ -51,6 +53,10 @@ class Replicas(Protocol):
     def alive(self) -> bool: ...
 
     def serving(self, model_name: str) -> dict[str, int]: ...
+
+    def canary(self, model_name: str) -> tuple[int, float] | None:
+        """The canary every replica of the model holds: (version, share routed to it)."""
+        ...
 
     def advertised(self) -> dict[str, ModelSchema]:
         """Model → the input schema the replicas serve it with (the highest version's)."""

@@ -1,5 +1,5 @@
-"""The registered models: what they hold, moving `production` (promote, rollback) and
-`challenger` (shadow).
+"""The registered models: what they hold, moving `production` (promote, rollback),
+`challenger` (shadow) and `canary`.
 
 These look models up in the registry, not in the served set: a model can be promoted before
 any replica serves it. What is served shows in `serving` and `input` (the served set of
@@ -12,6 +12,7 @@ from fastapi import APIRouter
 
 from gateway.api.deps import Context, Ctx, Mutating
 from gateway.schemas import (
+    CanaryRequest,
     ModelInfo,
     Promoted,
     PromoteRequest,
@@ -140,6 +141,53 @@ async def end_shadow(model_name: str, ctx: Ctx) -> None:
     if not await anyio.to_thread.run_sync(registry.versions, model_name):
         raise ModelNotFound(f"no registered model {model_name!r}")
     await anyio.to_thread.run_sync(registry.end_shadow, model_name)
+
+
+@router.post(
+    "/v1/models/{model_name}/canary",
+    response_model=Promoted,
+    dependencies=Mutating,
+    responses=errors(
+        {
+            404: "No such model or version",
+            409: "The version is production's own (InvalidCanary)",
+            413: "Body over the size limit",
+            503: _PUBLISH,
+        },
+        keyed=True,
+        json_body=True,
+    ),
+)
+async def canary_version(model_name: str, body: CanaryRequest, ctx: Ctx) -> Promoted:
+    """Route `percent` of the model's online requests to a version: every replica loads it,
+    and once all of them hold it the gateways send it the requests whose `X-Routing-Key` (else
+    request id) falls in its share; `X-Model-Version` says who answered (docs/rollout.md)."""
+    from shared.promotion import canary
+
+    registry = await _registry(ctx)
+    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
+    if body.version not in {v.version for v in versions}:
+        raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
+    event = await anyio.to_thread.run_sync(canary, registry, model_name, body.version, body.percent)
+    return await _announce(ctx, event)
+
+
+@router.delete(
+    "/v1/models/{model_name}/canary",
+    status_code=204,
+    dependencies=Mutating,
+    responses=errors({404: "No registered model of that name", 503: _PUBLISH}, keyed=True),
+)
+async def end_canary(model_name: str, ctx: Ctx) -> None:
+    """No canary any more: production answers every request again within a second."""
+    from shared.promotion import end_canary
+
+    registry = await _registry(ctx)
+    if not await anyio.to_thread.run_sync(registry.versions, model_name):
+        raise ModelNotFound(f"no registered model {model_name!r}")
+    event = await anyio.to_thread.run_sync(end_canary, registry, model_name)
+    if event is not None:
+        await ctx.bus.publish(event)
 
 
 async def _registry(ctx: Context) -> GatewayRegistry:

@@ -13,6 +13,7 @@ import orjson
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
+from gateway import canary
 from gateway.api.deps import Context, Ctx, request_id
 from gateway.coalesce import Answer
 from gateway.schemas import PredictResponse, errors, predict_request
@@ -47,17 +48,19 @@ async def _answer(
     columns: tuple[str, ...],
     rows: Sequence[tuple[Any, ...]],
     request_id: str,
+    *,
+    target: int | None,
 ) -> Answer:
     """The coalescer's answer. Replicas share one stream, so a batch may reach one that has not
     loaded the model yet (it appeared a moment ago, or that replica just restarted) while
     another serves it: sent again then, a few times, rather than answered 503."""
     for _ in range(NO_MODEL_TRIES - 1):
         try:
-            return await ctx.coalescer.predict(name, columns, rows, request_id)
+            return await ctx.coalescer.predict(name, columns, rows, request_id, target)
         except NoModelInService:
             if not ctx.fleet.serving(name):
                 raise
-    return await ctx.coalescer.predict(name, columns, rows, request_id)
+    return await ctx.coalescer.predict(name, columns, rows, request_id, target)
 
 
 @dataclass(frozen=True)
@@ -106,15 +109,22 @@ def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 async def answer(
-    ctx: Context, plan: Plan, rows: Sequence[Any], x_request_id: str | None
+    ctx: Context,
+    plan: Plan,
+    rows: Sequence[Any],
+    x_request_id: str | None,
+    routing_key: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The answer to validated rows: the JSON body and the headers (named errors raised)."""
+    """The answer to validated rows: the JSON body and the headers (named errors raised).
+    A model with a canary answers with it when the routing key (else the request id) falls
+    in its share (gateway.canary)."""
     if len(rows) > plan.max_rows:
         raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {plan.max_rows}")
     if not ctx.fleet.alive():
         raise NoPredictor("no predictor replica is running")
     rid = request_id(x_request_id)
-    got = await _answer(ctx, plan.name, plan.columns, plan.values_of(rows), rid)
+    target = canary.target(ctx.fleet.canary(plan.name), routing_key or rid)
+    got = await _answer(ctx, plan.name, plan.columns, plan.values_of(rows), rid, target=target)
     version = got.batch.model_version or 0
     headers = {
         "X-Model-Version": str(version),
@@ -145,8 +155,12 @@ def predict_router(plan: Plan) -> APIRouter:
         body: Any,
         ctx: Ctx,
         x_request_id: Annotated[str | None, Header()] = None,
+        x_routing_key: Annotated[
+            str | None,
+            Header(description="Keeps a client on one version while a canary runs."),
+        ] = None,
     ) -> Response:
-        content, headers = await answer(ctx, plan, body.rows, x_request_id)
+        content, headers = await answer(ctx, plan, body.rows, x_request_id, x_routing_key)
         return Response(content, media_type="application/json", headers=headers)
 
     # The body's type exists only at run time: FastAPI reads it from the annotations.

@@ -3,7 +3,8 @@ the gateway under gunicorn) against a real Redis and a real MLflow server.
 
 One stack for the module, the tests in order: the first trains and promotes v1 through the
 streams, the next promote v2 (trained, refused by the gate, prefetched, timed) and v3
-(registered straight into MLflow, under load), the last a corrupt v4.
+(registered straight into MLflow, under load), then a corrupt v4; the prediction log, labels
+and replay follow, then v2 as v3's challenger and as its canary.
 """
 
 from __future__ import annotations
@@ -448,27 +449,86 @@ def test_a_challenger_shadows_a_quarter_of_the_requests_and_answers_none(world: 
 
     store = Path(world.running.env["STREAMOPS_FEATURE_STORE_ROOT"])
 
-    def logged() -> list[dict[str, Any]]:
-        # No other traffic since `started`: every record from then on is the load's.
+    def settled() -> tuple[list[dict[str, Any]], dict[str, float]] | None:
+        # No other traffic since `started`: every record from then on is the load's. A batch's
+        # shadow record is written after its answers (and its online record), so the log and the
+        # replicas' counters are read together until they tell of the same shadowed rows.
+        found = _shadow_metrics(world)
         rows = predlog.read_log(store, world.model, since=started, shadow=True).to_pylist()
-        online = [r for r in rows if r["source"] == "online"]
-        return rows if len(online) == load.count else []
+        online = sum(r["source"] == "online" for r in rows)
+        shadowed = sum(r["source"] == "shadow" for r in rows)
+        if online == load.count and shadowed == found["rows"]:
+            return rows, found
+        return None
 
-    rows = wait_until(logged, timeout=60, what="every request of the load in the log")
+    both = wait_until(settled, timeout=60, what="the load's records and shadow metrics")
+    assert both is not None
+    rows, figures = both
     said = {(r["request_id"], r["row"]): r["prediction"] for r in rows if r["source"] == "online"}
     shadowed = [r for r in rows if r["source"] == "shadow"]
     assert {r["version"] for r in shadowed} == {2}
     assert 0.20 <= len(shadowed) / len(said) <= 0.30
     agreeing = sum(said[(r["request_id"], r["row"])] == r["prediction"] for r in shadowed)
-
-    def exported() -> dict[str, float]:
-        found = _shadow_metrics(world)
-        return found if found.get("rows") == len(shadowed) else {}
-
-    figures = wait_until(exported, timeout=30, what="the replicas' shadow metrics")
     assert figures["agreeing"] / figures["rows"] == pytest.approx(agreeing / len(shadowed))
     ended = world.http.delete(f"/v1/models/{world.model}/shadow")
     assert ended.status_code == 204
+
+
+def test_a_canary_answers_a_tenth_of_the_requests_and_keeps_each_key_on_one_version(
+    world: World,
+) -> None:
+    """v2 is the canary of production (v3) at 10%: of 2,000 requests from 1,000 routing keys
+    (each key twice, from a pool of clients), 10% ± 3% are answered by v2, no request fails,
+    and every key gets the same version both times. Withdrawn, production answers them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.canary import position
+
+    url = f"/v1/models/{world.model}/predict"
+    set_ = world.http.post(f"/v1/models/{world.model}/canary", json={"version": 2, "percent": 10})
+    assert set_.status_code == 200, set_.text
+    inside = next(f"probe-{i}" for i in range(1000) if position(f"probe-{i}") < 0.1)
+
+    def version_for(key: str) -> int:
+        answer = world.http.post(url, json={"rows": [ROW]}, headers={"X-Routing-Key": key})
+        assert answer.status_code == 200, answer.text
+        return int(answer.headers["X-Model-Version"])
+
+    # Routed once both replicas hold it and every gateway worker has read their heartbeats.
+    wait_until(lambda: all(version_for(inside) == 2 for _ in range(6)), timeout=60,
+               what="requests routed to the canary")  # fmt: skip
+    keys = [f"client-{i}" for i in range(1000)] * 2
+    random.Random(5).shuffle(keys)
+
+    def ask(chunk: list[str]) -> list[tuple[str, int | str]]:
+        said: list[tuple[str, int | str]] = []
+        with httpx.Client(timeout=30) as http:
+            for key in chunk:
+                answer = http.post(
+                    f"{world.running.gateway_url}{url}",
+                    json={"rows": [ROW]},
+                    headers={"X-Routing-Key": key},
+                )
+                ok = answer.status_code == 200
+                said.append((key, int(answer.headers["X-Model-Version"]) if ok else answer.text))
+        return said
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = [a for chunk in pool.map(ask, [keys[i::8] for i in range(8)]) for a in chunk]
+    failed = [said for _, said in answers if isinstance(said, str)]
+    assert failed == []
+    by_key: dict[str, set[int | str]] = {}
+    for key, said in answers:
+        by_key.setdefault(key, set()).add(said)
+    assert all(len(versions) == 1 for versions in by_key.values())
+    versions = [said for _, said in answers]
+    assert set(versions) == {2, 3}
+    assert 0.07 <= versions.count(2) / len(versions) <= 0.13
+
+    ended = world.http.delete(f"/v1/models/{world.model}/canary")
+    assert ended.status_code == 204
+    wait_until(lambda: all(version_for(inside) == 3 for _ in range(6)), timeout=30,
+               what="production answering every key again")  # fmt: skip
 
 
 def _shadow_metrics(world: World) -> dict[str, float]:

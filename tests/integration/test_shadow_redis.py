@@ -26,7 +26,7 @@ from shared import labels, predlog
 from shared.broker import ensure_group
 from shared.datasets import DatasetSpec, feature_frame, load_spec
 from shared.events import BatchPredicted, PredictionRequested, PredictionsLogged
-from shared.registry import Challenger
+from shared.registry import CHALLENGER, Challenger
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from shared.wire import entry_body, entry_fields
 from tests.support.shelf import ModelShelf, churn_frame, two_pipelines
@@ -58,8 +58,8 @@ async def test_a_challenger_shadows_the_sampled_requests_and_never_answers(
     )
     predictor = Predictor(shelf, {"churn": spec}, ModelCache())
     predictor.converge()
-    for name, version, sample in predictor.shadow_changes().stale:
-        predictor.load_shadow(name, version, sample)
+    for name, version, sample in predictor.aside_changes(CHALLENGER).stale:
+        predictor.load_aside(CHALLENGER, name, version, sample)
     metrics = PredictorMetrics()
     policy = LogPolicy(sample=1.0, maxlen=10_000, keeps_features=lambda name: True)
     online = OnlinePredictor(client, predictor, "replica-1", 10, metrics=metrics, log=policy)
@@ -189,8 +189,8 @@ async def test_the_challenger_alias_is_loaded_when_it_moves_and_dropped_with_it(
         await client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
 
         async def shadowing() -> bool:
-            held = cache.shadow(name)
-            return held is not None and (held.served.version, held.sample) == (2, 0.25)
+            held = cache.aside(CHALLENGER, name)
+            return held is not None and (held.served.version, held.share) == (2, 0.25)
 
         await eventually(shadowing, timeout=30, what="v2 shadowing a quarter")
         assert cache.version(name) == 1  # production unchanged
@@ -198,7 +198,7 @@ async def test_the_challenger_alias_is_loaded_when_it_moves_and_dropped_with_it(
         registry.end_shadow(name)
 
         async def dropped() -> bool:
-            return cache.shadow(name) is None
+            return cache.aside(CHALLENGER, name) is None
 
         await eventually(dropped, timeout=30, what="the challenger dropped at a converge")
     await client.aclose()

@@ -28,6 +28,7 @@ class FakeCoalescer:
     # What it was asked: model, column → values (as the batch will carry them), rows.
     asked: list[tuple[str, dict[str, list[Any]], int]] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
+    targets: list[int | None] = field(default_factory=list)
 
     async def predict(
         self,
@@ -35,9 +36,11 @@ class FakeCoalescer:
         columns: tuple[str, ...],
         values: Sequence[tuple[Any, ...]],
         request_id: str,
+        target: int | None = None,
     ) -> Answer:
         rows = len(values)
         self.request_ids.append(request_id)
+        self.targets.append(target)
         by_column = {name: [row[i] for row in values] for i, name in enumerate(columns)}
         self.asked.append((model_name, by_column, rows))
         if self.failure is not None:
@@ -48,7 +51,7 @@ class FakeCoalescer:
         batch = BatchPredicted(
             request_id=uuid.uuid4(),
             model_name=model_name,
-            model_version=self.version,
+            model_version=target or self.version,  # a canary answers as itself
             predictions=[1] * rows
             if given is None
             else [given[i % len(given)] for i in range(rows)],
@@ -70,12 +73,16 @@ class FakeFleet:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     warned: Warned = field(default_factory=Warned)
     refreshes: int = 0
+    canaries: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def alive(self) -> bool:
         return bool(self.replicas)
 
     def serving(self, model_name: str) -> dict[str, int]:
         return {r: m[model_name] for r, m in self.replicas.items() if model_name in m}
+
+    def canary(self, model_name: str) -> tuple[int, float] | None:
+        return self.canaries.get(model_name)
 
     def advertised(self) -> dict[str, ModelSchema]:
         beats: dict[str, Beat] = {

@@ -224,6 +224,42 @@ async def test_shadow_sets_the_challenger_announces_it_and_ends(gateway: Start) 
     assert rig.shelf.production == 1
 
 
+async def test_canary_is_set_routed_by_key_and_withdrawn(gateway: Start) -> None:
+    """The route sets the alias and announces it; once the fleet agrees on the canary, a
+    request goes to it when its routing key falls in its share, the same key always the same
+    way, and X-Model-Version says who answered; DELETE withdraws it and says so."""
+    from gateway.canary import position
+
+    async with gateway() as rig:
+        itself = await rig.http.post("/v1/models/churn/canary", json={"version": 1})
+        wide = await rig.http.post("/v1/models/churn/canary", json={"version": 2, "percent": 101})
+        missing = await rig.http.post("/v1/models/churn/canary", json={"version": 9})
+        set_ = await rig.http.post("/v1/models/churn/canary", json={"version": 2, "percent": 30})
+        info = await rig.http.get("/v1/models/churn")
+        rig.fleet.canaries["churn"] = (2, 0.3)
+        keys = [f"client-{i}" for i in range(40)]
+        answers = [
+            await rig.http.post(PREDICT, json={"rows": [ROW]}, headers={"X-Routing-Key": key})
+            for key in keys * 2
+        ]
+        ended = await rig.http.delete("/v1/models/churn/canary")
+    assert (itself.status_code, itself.json()["error"]) == (409, "InvalidCanary")
+    assert wide.status_code == 422
+    assert missing.status_code == 404
+    assert (set_.json()["version"], set_.json()["alias"]) == (2, "canary")
+    assert info.json()["aliases"] == {"production": 1, "canary": 2}
+    said = [int(a.headers["X-Model-Version"]) for a in answers]
+    expected = [2 if position(key) < 0.3 else 3 for key in keys]  # the fake's production: 3
+    assert said == expected * 2
+    assert 2 in said and 3 in said
+    assert rig.coalescer.targets == [2 if v == 2 else None for v in said]
+    assert ended.status_code == 204
+    set_event, withdrawn = [e for e in rig.bus.published if isinstance(e, ModelPromoted)]
+    assert (set_event.alias, set_event.version, set_event.withdrawn) == ("canary", 2, False)
+    assert (withdrawn.alias, withdrawn.version, withdrawn.withdrawn) == ("canary", 2, True)
+    assert rig.shelf.canary is None
+
+
 async def test_rollback_goes_back_once_then_has_nothing_to_roll_back(gateway: Start) -> None:
     parts = Parts()
     parts.shelf.production, parts.shelf.production_history = 2, [1, 2]
@@ -356,6 +392,10 @@ async def test_each_operation_declares_exactly_its_error_answers(gateway: Start)
             *("200", "400", "401", "404", "409", "413", "422", "503"),
         },
         "DELETE /v1/models/{model_name}/shadow": {"204", "401", "404", "422"},
+        "POST /v1/models/{model_name}/canary": {
+            *("200", "400", "401", "404", "409", "413", "422", "503"),
+        },
+        "DELETE /v1/models/{model_name}/canary": {"204", "401", "404", "422", "503"},
         "POST /v1/datasets/{dataset}/ingest": {"202", "401", "404", "413", "422", "503"},
         "POST /v1/score": {"202", "400", "401", "404", "413", "422", "503"},
         "POST /v1/models/{model_name}/feedback": {"202", "400", "401", "422", "503"},

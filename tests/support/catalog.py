@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from shared.model_loading import LoadedModel, LoadPolicy, decide
-from shared.registry import Challenger, RegisteredVersion, TrainingRecord
+from shared.registry import Canary, Challenger, RegisteredVersion, TrainingRecord
 
 SKOPS_SKLEARN: dict[str, dict[str, Any]] = {
     "sklearn": {"serialization_format": "skops"},
@@ -50,6 +50,9 @@ class Catalog:
         return dict(self.production)
 
     def challengers(self) -> dict[str, Challenger]:
+        return {}
+
+    def canaries(self) -> dict[str, Canary]:
         return {}
 
     def load_model(self, name: str, version: int, policy: LoadPolicy) -> LoadedModel:

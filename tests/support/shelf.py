@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from shared.model_loading import LoadedModel, LoadPolicy
-from shared.registry import Challenger, RegisteredVersion, TrainingRecord
+from shared.registry import Canary, Challenger, RegisteredVersion, TrainingRecord
 from trainer.training import fit
 
 
@@ -24,6 +24,7 @@ class ModelShelf:
     references: dict[int, dict[str, Any]] = field(default_factory=dict)
     name: str = "churn"
     challenger: Challenger | None = None
+    canary: Canary | None = None
 
     def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
         return None
@@ -68,6 +69,15 @@ class ModelShelf:
     def end_shadow(self, name: str) -> None:
         self.challenger = None
 
+    def canaries(self) -> dict[str, Canary]:
+        return {} if self.canary is None else {self.name: self.canary}
+
+    def set_canary(self, name: str, version: int, percent: float) -> None:
+        self.canary = Canary(version, percent)
+
+    def end_canary(self, name: str) -> None:
+        self.canary = None
+
     def drift_reference(self, name: str, version: int) -> dict[str, Any] | None:
         return self.references.get(version)
 
@@ -84,9 +94,11 @@ class ModelShelf:
 
     def aliases(self, name: str) -> dict[str, int]:
         found = {} if self.production is None else {"production": self.production}
-        return (
-            found if self.challenger is None else {**found, "challenger": self.challenger.version}
-        )
+        if self.challenger is not None:
+            found["challenger"] = self.challenger.version
+        if self.canary is not None:
+            found["canary"] = self.canary.version
+        return found
 
     def model_names(self) -> list[str]:
         return [self.name]

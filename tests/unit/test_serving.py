@@ -262,4 +262,4 @@ async def test_a_refusal_is_announced_counted_and_not_retried_each_converge() ->
 
     await replica.promoted(ModelPromoted(model_name="pickled", version=1, reason="manual"))
     assert len(streams.events) == 2  # promoted again: tried again (and refused again)
-    assert replica.serving() == {"models": {}, "schemas": {}}
+    assert replica.serving() == {"models": {}, "schemas": {}, "canaries": {}}

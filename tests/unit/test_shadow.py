@@ -13,7 +13,7 @@ from predictor.shadow import compare
 from shared.datasets import DatasetSpec
 from shared.errors import InvalidShadow
 from shared.promotion import shadow
-from shared.registry import Challenger
+from shared.registry import CHALLENGER, Challenger
 from tests.support.shelf import ModelShelf, two_pipelines
 
 
@@ -33,30 +33,30 @@ def test_a_challenger_is_loaded_resampled_and_dropped_as_the_registry_says(
     models: tuple[Any, Any], churn_spec: DatasetSpec
 ) -> None:
     predictor, shelf = _predictor(models, churn_spec)
-    assert predictor.shadow_changes().stale == []
+    assert predictor.aside_changes(CHALLENGER).stale == []
 
     shelf.challenger = Challenger(2)  # no sample tag: the replica's default
-    assert predictor.shadow_changes().stale == [("churn", 2, 0.1)]
-    served = predictor.load_shadow("churn", 2, 0.1)
-    held = predictor.cache.shadow("churn")
+    assert predictor.aside_changes(CHALLENGER).stale == [("churn", 2, 0.1)]
+    served = predictor.load_aside(CHALLENGER, "churn", 2, 0.1)
+    held = predictor.cache.aside(CHALLENGER, "churn")
     assert held is not None
-    assert (held.served, held.sample) == (served, 0.1)
+    assert (held.served, held.share) == (served, 0.1)
     assert predictor.cache.version("churn") == 1  # production untouched
-    assert predictor.shadow_changes().stale == []
+    assert predictor.aside_changes(CHALLENGER).stale == []
 
     shelf.challenger = Challenger(2, 0.3)
-    changes = predictor.shadow_changes()
+    changes = predictor.aside_changes(CHALLENGER)
     assert (changes.stale, changes.resampled) == ([], [("churn", 0.3)])
 
     shelf.production = 2  # the challenger was promoted: it shadows nothing now
     predictor.converge()
-    assert predictor.shadow_changes().gone == ["churn"]
+    assert predictor.aside_changes(CHALLENGER).gone == ["churn"]
     shelf.challenger = None
     shelf.production = 1
     predictor.converge()
-    assert predictor.shadow_changes().gone == ["churn"]
-    predictor.end_shadow("churn")
-    assert predictor.cache.shadow("churn") is None
+    assert predictor.aside_changes(CHALLENGER).gone == ["churn"]
+    predictor.end_aside(CHALLENGER, "churn")
+    assert predictor.cache.aside(CHALLENGER, "churn") is None
 
 
 def test_a_challenger_refused_is_not_tried_again_until_aliased_anew(
@@ -68,12 +68,12 @@ def test_a_challenger_refused_is_not_tried_again_until_aliased_anew(
     shelf.models[3] = ModelRefused("not for serving")
     shelf.challenger = Challenger(3, 0.5)
     with pytest.raises(ModelLoadFailed):
-        predictor.load_shadow("churn", 3, 0.5)
-    assert predictor.shadow_changes().stale == []
-    assert predictor.cache.shadow("churn") is None
+        predictor.load_aside(CHALLENGER, "churn", 3, 0.5)
+    assert predictor.aside_changes(CHALLENGER).stale == []
+    assert predictor.cache.aside(CHALLENGER, "churn") is None
     assert predictor.refused("churn") is None  # production's own refusals are apart
     shelf.challenger = Challenger(2, 0.5)
-    assert predictor.shadow_changes().stale == [("churn", 2, 0.5)]
+    assert predictor.aside_changes(CHALLENGER).stale == [("churn", 2, 0.5)]
 
 
 def test_setting_a_challenger_refuses_production_itself_and_bad_samples() -> None:
