@@ -37,6 +37,7 @@ from shared.errors import NoModelInService
 from shared.events import (
     BatchPredicted,
     PredictionRequested,
+    PredictionsFailed,
     PredictionsLogged,
 )
 from shared.registry import CHALLENGER
@@ -193,6 +194,7 @@ class OnlinePredictor:
             entry = functools.partial(self._entry, name, requests, answers, seconds)
             await self._reply(requests, answers, entry)
             self._count(name, requests, answers)
+            await self._failed(name, target, requests, answers)
             answered += len(answers)
             if target is None:  # a challenger is compared with production, not a canary
                 await self._shadow(name, requests, answers)
@@ -237,6 +239,34 @@ class OnlinePredictor:
         )
         args, options = self._log_command(logged)
         await self.client.xadd(*args, **options)
+
+    async def _failed(
+        self,
+        name: str,
+        target: int | None,
+        requests: Sequence[PredictionRequested],
+        answers: Sequence[BatchPredicted],
+    ) -> None:
+        """Say which version failed which rows (the rollout guard's error rate); rare, so a
+        call of its own. Rows refused as invalid are the client's fault, not the version's."""
+        failed = [(r, a) for r, a in zip(requests, answers, strict=True) if a.failure == "failed"]
+        if not failed:
+            return
+        try:
+            version = self.predictor.cache.serving(name, target).version
+        except NoModelInService:
+            return
+        event = PredictionsFailed(
+            model_name=name,
+            model_version=version,
+            replica=self.consumer,
+            rows=sum(r.rows for r, _ in failed),
+            error=(failed[0][1].error or "")[:2000],
+        )
+        try:
+            await self.client.xadd(event.stream, entry_fields(event), maxlen=10_000)  # type: ignore[arg-type]
+        except Exception:
+            log.warning("could not publish %s", event.stream, exc_info=True)
 
     def _count(
         self, name: str, requests: Sequence[PredictionRequested], answers: Sequence[BatchPredicted]

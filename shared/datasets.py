@@ -139,6 +139,73 @@ class RetrainSpec(BaseModel):
     log_days: float = Field(default=7.0, gt=0, le=366, description="The log window, in days.")
 
 
+class RolloutSpec(BaseModel):
+    """How a new version of the model takes traffic (docs/rollout.md): the guard that watches
+    it after a promotion and during a canary, and the canary's automatic steps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    guard: bool = Field(
+        default=True, description="Watch every promotion and canary, and undo a bad one."
+    )
+    watch_minutes: float = Field(
+        default=10.0, gt=0, le=24 * 60, description="How long a new version is watched."
+    )
+    baseline_minutes: float = Field(
+        default=10.0,
+        gt=0,
+        le=24 * 60,
+        description="A promotion's new version is compared with what the old one answered in "
+        "the last this many minutes before it (a canary: with production over the same time).",
+    )
+    min_rows: int = Field(
+        default=200,
+        ge=10,
+        description="Rows the new version (and the one it is compared with) must have answered "
+        "before the guard judges errors, latency or the prediction shift.",
+    )
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of the new version's rows that failed (502) above which it breaches.",
+    )
+    max_p99_ratio: float = Field(
+        default=3.0,
+        ge=1,
+        description="The new version's p99 predict latency breaches above this many times the "
+        "old one's (and above p99_floor_ms).",
+    )
+    p99_floor_ms: float = Field(
+        default=50.0, gt=0, description="A p99 under this never breaches, whatever the ratio."
+    )
+    max_prediction_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="PSI of the new version's predictions against the old one's (labels, or "
+        "deciles of values) above which it breaches: 0.25 is the conventional real shift.",
+    )
+    min_labelled_rows: int = Field(
+        default=100,
+        ge=10,
+        description="Labelled rows of the new version before its live quality is held against "
+        "the gate's bounds.",
+    )
+    steps: tuple[float, ...] = Field(
+        default=(),
+        description="Percents a canary goes through, one every `step_minutes` while the guard "
+        "holds; reaching 100 promotes it. Empty: a canary stays where it was set.",
+    )
+    step_minutes: float = Field(default=10.0, gt=0, le=24 * 60)
+
+    @model_validator(mode="after")
+    def _steps_climb(self) -> Self:
+        steps = list(self.steps)
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"rollout.steps must climb within (0, 100]: {steps}")
+        return self
+
+
 # `package.module:function`: a function of a module importable by the trainer (docs/training.md).
 ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -250,6 +317,10 @@ class DatasetSpec(BaseModel):
     labels: LabelsSpec | None = Field(
         default=None, description="Ground truth for a model's answers, instead of training data."
     )
+    rollout: RolloutSpec | None = Field(
+        default=None,
+        description="How new versions of the model take traffic (none: the defaults).",
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> Self:
@@ -270,13 +341,19 @@ class DatasetSpec(BaseModel):
             if self.training.split == "time" and self.timestamp is None:
                 raise ValueError("training.split 'time' needs a timestamp column")
         self._log_can_fill_every_column()
+        self._sections_fit(names)
+        return self
+
+    def _sections_fit(self, names: list[str]) -> None:
+        """`labels` and `rollout` go with what they are about."""
+        if self.rollout is not None and self.training is None:
+            raise ValueError("`rollout` is about the model a spec trains: it needs `training`")
         if self.labels is not None:
             if self.training is not None:
                 raise ValueError("a labels dataset trains nothing: no `training` section")
             for key in (self.labels.request_id, self.labels.row):
                 if key is not None and key not in names:
                     raise ValueError(f"labels names column {key!r}, which the spec lacks")
-        return self
 
     def _log_can_fill_every_column(self) -> None:
         """A spec that retrains on its prediction log: the log gives the features, the label

@@ -274,7 +274,23 @@ class ModelTrained(Event):
     gate_reasons: tuple[str, ...] = Field(default=(), description="Why the gate decided so.")
 
 
-PromotionReason = Literal["auto", "manual", "rollback", "external", "guard"]
+PromotionReason = Literal["auto", "manual", "rollback", "external", "guard", "rollout"]
+
+
+class GuardBreach(BaseModel):
+    """One check a watched version failed (docs/rollout.md): the figure against its
+    threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check: Literal["errors", "latency", "prediction_shift", "live_quality"] = Field(
+        description="errors: share of rows failed; latency: p99 predict ms; prediction_shift: "
+        "PSI of its predictions against the old version's; live_quality: a gate metric on "
+        "its labelled rows."
+    )
+    value: float = Field(description="The new version's figure.")
+    threshold: float = Field(description="The bound it crossed.")
+    detail: str = Field(default="", description="What was compared, in words.")
 
 
 class ModelPromoted(Event):
@@ -289,12 +305,17 @@ class ModelPromoted(Event):
         default="production", description="Alias that moved: production, challenger or canary."
     )
     reason: PromotionReason = Field(
-        description="auto, manual, rollback, external, or guard (the rollout guard restored "
-        "the version before, or withdrew a canary: `breaches` says why)."
+        description="auto, manual, rollback, external, guard (the rollout guard restored "
+        "the version before, or withdrew a canary: `breaches` says why) or rollout (a canary "
+        "that went through its steps)."
     )
     withdrawn: bool = Field(
         default=False,
         description="True: the alias was taken off `version` (a canary ended), not put on it.",
+    )
+    breaches: tuple[GuardBreach, ...] = Field(
+        default=(),
+        description="Reason guard: the checks the version taken out of service failed.",
     )
 
 
@@ -448,6 +469,19 @@ class PredictionsLogged(Event):
         if lengths - {rows} or (self.probabilities is not None and len(self.probabilities) != rows):
             raise ValueError("features, predictions and probabilities differ in length")
         return self
+
+
+class PredictionsFailed(Event):
+    """Rows a model version failed to predict online (answered 502): what the rollout guard
+    counts as the version's errors. Rows refused as invalid are the client's, not counted."""
+
+    stream: ClassVar[str] = "predict-failures"
+
+    model_name: str = Field(min_length=1, max_length=200, description="Registered model name.")
+    model_version: int = Field(ge=1, description="Version that failed.")
+    replica: str = Field(default="", description="Consumer name of the replica.")
+    rows: int = Field(ge=1, description="Rows of the batches that failed.")
+    error: str = Field(default="", max_length=2000, description="The first failure's message.")
 
 
 LabelValue = str | bool | int | float

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from shared.errors import InvalidCanary, InvalidShadow, NothingToRollBack
-from shared.events import ModelPromoted, PromotionReason, derived_event_id
+from shared.events import GuardBreach, ModelPromoted, PromotionReason, derived_event_id
 from shared.registry import CANARY, CHALLENGER, CanaryRegistry, Registry, ShadowRegistry
 
 PRODUCTION = "production"
@@ -30,8 +30,14 @@ def promote(registry: Registry, name: str, version: int, reason: PromotionReason
     )
 
 
-def rollback(registry: Registry, name: str) -> ModelPromoted:
-    """Back to the version that was in production before the current one."""
+def rollback(
+    registry: Registry,
+    name: str,
+    reason: PromotionReason = "rollback",
+    breaches: tuple[GuardBreach, ...] = (),
+) -> ModelPromoted:
+    """Back to the version that was in production before the current one (`reason` guard:
+    the rollout guard's doing, `breaches` why)."""
     current = registry.alias(name, PRODUCTION)
     history = registry.history(name)
     if current is not None and history and history[-1] == current:
@@ -43,11 +49,32 @@ def rollback(registry: Registry, name: str) -> ModelPromoted:
     registry.set_history(name, history[: len(history) - history[::-1].index(target)])
     registry.set_alias(name, PRODUCTION, target)
     return ModelPromoted(
-        event_id=derived_event_id(ModelPromoted.stream, name, target, current, "rollback"),
+        event_id=derived_event_id(ModelPromoted.stream, name, target, current, reason),
         model_name=name,
         version=target,
         previous_version=current,
-        reason="rollback",
+        reason=reason,
+        breaches=breaches,
+    )
+
+
+def restore(
+    registry: Registry, name: str, bad: int, to: int, breaches: tuple[GuardBreach, ...]
+) -> ModelPromoted:
+    """The rollout guard's undo: production from `bad` back to `to`, the version that answered
+    before it (not always the alias before it: that one may never have served, a corrupt
+    version the replicas refused, say). The history is cut back to `to`'s last place in it."""
+    history = registry.history(name)
+    last = len(history) - history[::-1].index(to) if to in history else None
+    registry.set_history(name, history[:last] if last is not None else [*history, to])
+    registry.set_alias(name, PRODUCTION, to)
+    return ModelPromoted(
+        event_id=derived_event_id(ModelPromoted.stream, name, to, bad, "guard"),
+        model_name=name,
+        version=to,
+        previous_version=bad,
+        reason="guard",
+        breaches=breaches,
     )
 
 
@@ -74,11 +101,16 @@ def canary(registry: CanaryRegistry, name: str, version: int, percent: float) ->
         raise InvalidCanary(f"{name} v{version} is in production: a canary is another version")
     previous = registry.alias(name, CANARY)
     registry.set_canary(name, version, percent)
-    return _aliased(name, version, previous, CANARY)
+    # Its percent in the id too: a step to another percent is news, the same one said again
+    # is not.
+    return _aliased(name, version, previous, CANARY, repr(float(percent)))
 
 
 def end_canary(
-    registry: CanaryRegistry, name: str, reason: PromotionReason = "manual"
+    registry: CanaryRegistry,
+    name: str,
+    reason: PromotionReason = "manual",
+    breaches: tuple[GuardBreach, ...] = (),
 ) -> ModelPromoted | None:
     """No canary for `name` any more; the event that says so (every replica drops it, and the
     gateways route nothing more to it), or None when there was none."""
@@ -93,14 +125,17 @@ def end_canary(
         alias=CANARY,
         withdrawn=True,
         reason=reason,
+        breaches=breaches,
     )
 
 
-def _aliased(name: str, version: int, previous: int | None, alias: str) -> ModelPromoted:
+def _aliased(
+    name: str, version: int, previous: int | None, alias: str, *more: str
+) -> ModelPromoted:
     """The event of `alias` set on `version` (set again: the same event as before)."""
     before = previous if previous != version else None
     return ModelPromoted(
-        event_id=derived_event_id(ModelPromoted.stream, name, version, before, alias),
+        event_id=derived_event_id(ModelPromoted.stream, name, version, before, alias, *more),
         model_name=name,
         version=version,
         previous_version=before,

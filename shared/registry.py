@@ -32,6 +32,8 @@ __all__ = [
 
 TAG = "streamops."
 HISTORY_TAG = f"{TAG}production_history"
+# The rollout guard's verdict on a version it watched (docs/rollout.md).
+GUARD_TAG = f"{TAG}guard"
 PRODUCTION = "production"
 # The version shadowing production (docs/rollout.md): every replica loads it and predicts a
 # sample of the online requests with it too, after their answers are sent.
@@ -126,6 +128,15 @@ class CanaryRegistry(Protocol):
     def set_canary(self, name: str, version: int, percent: float) -> None: ...
 
     def end_canary(self, name: str) -> None: ...
+
+
+class GuardRegistry(Registry, CanaryRegistry, Protocol):
+    """What the rollout guard needs: moving production and the canary, and saying its verdict
+    on a version (a version tag, shown by `streamops models`)."""
+
+    def tag_version(self, name: str, version: int, key: str, value: str) -> None: ...
+
+    def canaries(self) -> dict[str, Canary]: ...
 
 
 class GatewayRegistry(Registry, ShadowRegistry, CanaryRegistry, Protocol):
@@ -239,6 +250,9 @@ class MlflowRegistry:
     def end_canary(self, name: str) -> None:
         """No canary for `name` any more (none: nothing to do)."""
         self._end_aside(name, CANARY)
+
+    def tag_version(self, name: str, version: int, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, str(version), key, value)
 
     def _set_aside(self, name: str, alias: str, version: int, tag: str, value: float) -> None:
         # The tag first: a replica that sees the new alias reads its share with it.

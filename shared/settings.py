@@ -173,6 +173,9 @@ class TrainerSettings(BaseSettings):
     watch_s: float = Field(default=2.0, ge=0.0, le=3600.0)
     # How often the specs' retrain rules (drift, decay, schedule) are checked (0: never).
     retrain_check_s: float = Field(default=30.0, ge=0.0, le=86_400.0)
+    # How often the rollout guard judges the versions it watches (0: no guard at all); what
+    # it checks is each spec's `rollout` section (docs/rollout.md).
+    guard_s: float = Field(default=1.0, ge=0.0, le=3600.0)
     # Where training entry points (`training.entry_point` in a spec) may come from besides the
     # trainer's environment: a directory put first on the import path (docs/training.md).
     plugins_dir: Path | None = None

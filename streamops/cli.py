@@ -516,7 +516,7 @@ def _models(args: argparse.Namespace) -> int:
         by_version: dict[int, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(version, []).append(alias)
-        table = Table("version", "aliases", "dataset v", "gate", "metrics", title=name)
+        table = Table("version", "aliases", "dataset v", "gate", "metrics", "guard", title=name)
         for v in registry.versions(name):
             metrics = ", ".join(
                 f"{k} {val:.4f}" for k, val in sorted(v.metrics.items()) if k != "training_seconds"
@@ -529,6 +529,8 @@ def _models(args: argparse.Namespace) -> int:
                     v.tags.get("streamops.gate_passed", ""), ""
                 ),
                 metrics,
+                # The rollout guard's verdict, with its figures when it undid the version.
+                v.tags.get("streamops.guard", ""),
             )
         console.print(table)
     return 0

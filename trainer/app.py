@@ -134,6 +134,24 @@ class Trainer:
             self.tasks.append(asyncio.create_task(self.watch()))
         if self.settings.retrain_check_s > 0 and self.retrain_out is not None:
             self.tasks.append(asyncio.create_task(self._retrain_watcher().run()))
+        if self.settings.guard_s > 0:
+            self.tasks.append(asyncio.create_task(self._guard().run()))
+
+    def _guard(self) -> Any:
+        """The rollout guard (trainer/guarding.py), on the real registry."""
+        from shared.registry import MlflowRegistry
+        from trainer.guarding import Guard
+
+        common = self.settings.common
+        return Guard(
+            self.client,
+            MlflowRegistry(common.mlflow_tracking_uri),
+            common.datasets_dir,
+            common.feature_store_root,
+            self.promoted_out.publish,
+            self.metrics,
+            interval_s=self.settings.guard_s,
+        )
 
     def _retrain_watcher(self) -> Any:
         """The retrain rules' watcher (trainer/retrain.py), on the real registry."""

@@ -61,6 +61,34 @@ class TrainerMetrics:
             registry=r,
         )
 
+        # The rollout guard (trainer/guarding.py): what it watches, each check's figure and
+        # bound for the version watched, and how each watch ended.
+        self.guard_watching = Gauge(
+            "streamops_guard_watching",
+            "1 while the guard watches a version (kind: promotion or canary)",
+            ["model", "version", "kind"],
+            registry=r,
+        )
+        self.guard_figure = Gauge(
+            "streamops_guard_figure",
+            "A watched version's figure for a check (errors, latency, prediction_shift, "
+            "live_quality), and the bound it is held to (side: value or threshold)",
+            ["model", "version", "check", "side"],
+            registry=r,
+        )
+        self.guard_breaches = Counter(
+            "streamops_guard_breaches",
+            "Checks a watched version failed, each at the guard's verdict",
+            ["model", "version", "check"],
+            registry=r,
+        )
+        self.guard_verdicts = Counter(
+            "streamops_guard_verdicts",
+            "How watches ended: held, rolled_back, withdrawn (a canary), stepped, promoted",
+            ["model", "kind", "outcome"],
+            registry=r,
+        )
+
     def trained(self, event: ModelTrained, seconds: float) -> None:
         self.trainings.labels(event.dataset, "trained").inc()
         self.seconds.labels(event.dataset).observe(seconds)

@@ -63,6 +63,9 @@ def world(
     spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
     model = f"churn-serve-{uuid.uuid4().hex[:8]}"
     spec["training"]["model_name"] = model
+    # The guard is off until its own tests: the swaps before them serve one row under load,
+    # and the versions differ on it on purpose.
+    spec["rollout"] = {"guard": False}
     (workdir / "datasets" / "churn").mkdir(parents=True)
     (workdir / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
     client = redis.Redis.from_url(redis_url)
@@ -529,6 +532,115 @@ def test_a_canary_answers_a_tenth_of_the_requests_and_keeps_each_key_on_one_vers
     assert ended.status_code == 204
     wait_until(lambda: all(version_for(inside) == 3 for _ in range(6)), timeout=30,
                what="production answering every key again")  # fmt: skip
+
+
+def _rollout(world: World, **rollout: Any) -> None:
+    """Rewrite the module's spec with this `rollout` section (the guard reads it anew for each
+    version it starts watching)."""
+    path = world.datasets / "churn" / "spec.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["rollout"] = rollout
+    path.write_text(yaml.safe_dump(spec))
+
+
+def _varied_rows(rows: int, seed: int) -> list[dict[str, Any]]:
+    """Churn feature rows as JSON would carry them (NaN as null)."""
+    frame = churn_features(rows, seed=seed).drop(columns=["churned"])
+    records: list[dict[str, Any]] = json.loads(frame.to_json(orient="records"))
+    return records
+
+
+def test_a_bad_promotion_under_load_is_rolled_back_by_the_guard(world: World) -> None:
+    """Under a load of varied rows, a version that answers one class (it passed no gate; it
+    is promoted by hand) is rolled back by the guard within its watch, which says why in
+    `model-promoted` and `streamops models`; once a replica is back on v3, no request gets the
+    bad version from it, and no request fails."""
+    import time
+
+    _rollout(world, watch_minutes=0.5, baseline_minutes=0.25, min_rows=150)
+    spec = load_spec(world.datasets, "churn")
+    rows = _varied_rows(300, seed=21)
+    said = world.http.post(f"/v1/models/{world.model}/predict", json={"rows": rows[:200]})
+    assert said.status_code == 200, said.text
+    labels = said.json()["predictions"]
+    constant = min({0, 1}, key=labels.count)  # the class production says least
+    training = churn_features(3000, seed=9)
+    training["churned"] = constant
+    training.loc[training.index[:15], "churned"] = 1 - constant  # two classes, barely
+    bad = register(world.mlflow_url, spec, fit_model(spec, training), production=False)
+
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
+    began = time.monotonic()
+    load.start()
+    try:
+        # Production's answers to these rows fill the guard's baseline window (15 s), so the
+        # bad version is held against them, not against the one row of the tests before.
+        wait_until(lambda: time.monotonic() - began > 16 and load.count > 300, timeout=60,
+                   what="a baseline of varied traffic")  # fmt: skip
+        done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": bad})
+        assert done.status_code == 200, done.text
+
+        def guarded() -> list[dict[str, Any]]:
+            events = world.events("model-promoted")
+            return [e for e in events if e["reason"] == "guard" and e["previous_version"] == bad]
+
+        (event,) = wait_until(guarded, timeout=90, what="the guard's rollback")
+        wait_until(lambda: _serving(world) == {3}, timeout=30, what="v3 everywhere again")
+        seen = load.count
+        wait_until(lambda: load.count > seen + 100, timeout=30, what="traffic after the rollback")
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert event["version"] == 3
+    checks = {b["check"]: b for b in event["breaches"]}
+    assert checks["prediction_shift"]["value"] > checks["prediction_shift"]["threshold"]
+    for replica, answers in load.by_replica.items():
+        bad_seen = [received for _, received, version in answers if version == bad]
+        if not bad_seen:
+            continue
+        back = min(r for sent, r, v in answers if v == 3 and sent > min(bad_seen))
+        assert [a for a in answers if a[2] == bad and a[0] > back] == [], replica
+    shown = _cli(world, "models", world.model)
+    assert "rolled back: prediction_shift" in shown
+
+
+def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
+    """The same rows, a version trained as production was: its watch ends with it held."""
+    spec = load_spec(world.datasets, "churn")
+    good = register(world.mlflow_url, spec, fit_model(spec, churn_features(3000, seed=10)), False)
+    rows = _varied_rows(300, seed=21)
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
+    load.start()
+    try:
+        wait_until(lambda: load.count > 300, timeout=60, what="traffic flowing")
+        done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": good})
+        assert done.status_code == 200, done.text
+        mlflow = MlflowClient(tracking_uri=world.mlflow_url)
+
+        def verdict() -> str:
+            tags = mlflow.get_model_version(world.model, str(good)).tags
+            return str(tags.get("streamops.guard", ""))
+
+        said = wait_until(verdict, timeout=120, what="the guard's verdict on the good version")
+    finally:
+        load.stop()
+    assert said.startswith("held"), said
+    assert load.failures == []
+    assert int(mlflow.get_model_version_by_alias(world.model, "production").version) == good
+    assert not [e for e in world.events("model-promoted") if e["previous_version"] == good]
+
+
+def _cli(world: World, *args: str) -> str:
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamops.cli", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **world.running.env, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
 
 
 def _shadow_metrics(world: World) -> dict[str, float]:

@@ -251,7 +251,7 @@ async def test_canary_is_set_routed_by_key_and_withdrawn(gateway: Start) -> None
     said = [int(a.headers["X-Model-Version"]) for a in answers]
     expected = [2 if position(key) < 0.3 else 3 for key in keys]  # the fake's production: 3
     assert said == expected * 2
-    assert 2 in said and 3 in said
+    assert set(said) == {2, 3}
     assert rig.coalescer.targets == [2 if v == 2 else None for v in said]
     assert ended.status_code == 204
     set_event, withdrawn = [e for e in rig.bus.published if isinstance(e, ModelPromoted)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -12,9 +13,18 @@ import httpx
 class Load:
     """Constant concurrent traffic from threads, recording every answer."""
 
-    def __init__(self, url: str, row: dict[str, Any], threads: int = 6) -> None:
+    def __init__(
+        self,
+        url: str,
+        row: dict[str, Any],
+        threads: int = 6,
+        varied: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.url = url
         self.row = row
+        # Rows sent in turn instead of `row` alone (a distribution of answers, not one).
+        self.varied = varied or [row]
+        self.sent = itertools.count()
         self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -37,7 +47,8 @@ class Load:
             while not self.stopping.is_set():
                 started = time.monotonic()
                 try:
-                    answer = http.post(self.url, json={"rows": [self.row]})
+                    row = self.varied[next(self.sent) % len(self.varied)]
+                    answer = http.post(self.url, json={"rows": [row]})
                 except httpx.HTTPError as exc:
                     self._record(None, f"{type(exc).__name__}: {exc}", started)
                     continue

@@ -25,6 +25,7 @@ class ModelShelf:
     name: str = "churn"
     challenger: Challenger | None = None
     canary: Canary | None = None
+    version_tags: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def find(self, name: str, tag: str, value: str) -> RegisteredVersion | None:
         return None
@@ -69,6 +70,9 @@ class ModelShelf:
     def end_shadow(self, name: str) -> None:
         self.challenger = None
 
+    def tag_version(self, name: str, version: int, key: str, value: str) -> None:
+        self.version_tags.setdefault(version, {})[key] = value
+
     def canaries(self) -> dict[str, Canary]:
         return {} if self.canary is None else {self.name: self.canary}
 
@@ -90,7 +94,11 @@ class ModelShelf:
     def versions(self, name: str) -> list[RegisteredVersion]:
         if name != self.name:
             return []
-        return [RegisteredVersion(name, v, f"run-{v}", {}, {"roc_auc": 0.8}) for v in self.models]
+        tags = self.version_tags
+        return [
+            RegisteredVersion(name, v, f"run-{v}", dict(tags.get(v, {})), {"roc_auc": 0.8})
+            for v in self.models
+        ]
 
     def aliases(self, name: str) -> dict[str, int]:
         found = {} if self.production is None else {"production": self.production}
