@@ -89,6 +89,13 @@ class PredictorMetrics:
             pair,
             registry=r,
         )
+        self.shadow_psi = Gauge(
+            "streamops_shadow_score_psi",
+            "PSI of the challenger's scores (probability of the last class, or the value) "
+            "against production's on the same rows, over this replica's latest shadowed rows",
+            pair,
+            registry=r,
+        )
         self.shadow_seconds = Histogram(
             "streamops_shadow_predict_seconds",
             "Time of one challenger predict call",

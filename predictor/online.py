@@ -147,6 +147,9 @@ class OnlinePredictor:
         self.clock = clock
         self.metrics = metrics or PredictorMetrics()
         self.log = log  # None: nothing goes to the prediction log
+        # Per (model, champion, challenger): the paired scores, and when their PSI was set.
+        self._windows: dict[tuple[str, str, str], shadow.ScoreWindow] = {}
+        self._psi_at: dict[tuple[str, str, str], float] = {}
 
     async def run(self) -> None:
         await ensure_group(self.client, STREAM, GROUP)
@@ -232,6 +235,7 @@ class OnlinePredictor:
         self.metrics.shadow_rows.labels(*pair).inc(compared.rows)
         self.metrics.shadow_agreeing.labels(*pair).inc(compared.agreeing)
         self.metrics.shadow_difference.labels(*pair).inc(compared.difference)
+        self._score_shift(pair, sample, said)
         if self.log is None:
             return
         logged = shadow.shadow_entry(
@@ -239,6 +243,24 @@ class OnlinePredictor:
         )
         args, options = self._log_command(logged)
         await self.client.xadd(*args, **options)
+
+    def _score_shift(
+        self, pair: tuple[str, str, str], sample: PredictionsLogged, said: Prediction
+    ) -> None:
+        """Keep the pair's scores; the PSI between them, at most once a second (a few
+        thousand values sorted: not for every batch)."""
+        before = shadow.scores(sample.predictions, sample.probabilities)
+        after = shadow.scores(said.predictions, said.probabilities)
+        if before is None or after is None or len(before) != len(after):
+            return
+        window = self._windows.setdefault(pair, shadow.ScoreWindow())
+        window.add(before, after)
+        now = time.monotonic()
+        if now - self._psi_at.get(pair, 0.0) >= 1.0:
+            self._psi_at[pair] = now
+            found = window.psi()
+            if found is not None:
+                self.metrics.shadow_psi.labels(*pair).set(found)
 
     async def _failed(
         self,

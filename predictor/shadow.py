@@ -10,14 +10,16 @@ same rows have them), and its agreement with production to the metrics.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from predictor.outputs import Prediction
 from predictor.predlog import online_entry
+from shared.drift import decile_psi
 from shared.events import BatchPredicted, Lineage, PredictionRequested, PredictionsLogged
 
 
@@ -50,6 +52,44 @@ def compare(production: Sequence[Any], challenger: Sequence[Any]) -> Compared:
         return Compared(len(production), 0, difference)
     agreeing = sum(str(p) == str(c) for p, c in zip(production, challenger, strict=True))
     return Compared(len(production), agreeing, 0.0)
+
+
+# The latest paired scores a replica keeps per pair of versions, and the fewest it judges.
+KEPT_SCORES = 5_000
+MIN_SCORES = 50
+
+
+def scores(predictions: Sequence[Any], probabilities: Sequence[Sequence[float]] | None) -> Any:
+    """One score per row: a classifier's probability of its last class (the positive one, of
+    two), a regressor's value; None when the answers have neither."""
+    if probabilities:
+        return np.asarray(probabilities, dtype=float)[:, -1]
+    if predictions and all(isinstance(p, float) for p in predictions):
+        return np.asarray(predictions, dtype=float)
+    return None
+
+
+@dataclass
+class ScoreWindow:
+    """The latest scores production and a challenger gave the same rows, and the PSI between
+    them (in production's deciles, as the guard compares predictions)."""
+
+    champion: deque[float] = field(default_factory=lambda: deque(maxlen=KEPT_SCORES))
+    challenger: deque[float] = field(default_factory=lambda: deque(maxlen=KEPT_SCORES))
+
+    def add(self, champion: Any, challenger: Any) -> None:
+        self.champion.extend(champion)
+        self.challenger.extend(challenger)
+
+    def psi(self) -> float | None:
+        if len(self.champion) < MIN_SCORES:
+            return None
+        before = np.fromiter(self.champion, float)
+        after = np.fromiter(self.challenger, float)
+        keep = ~(np.isnan(before) | np.isnan(after))
+        if keep.sum() < MIN_SCORES:
+            return None
+        return decile_psi(before[keep], after[keep])
 
 
 def shadow_entry(

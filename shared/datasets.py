@@ -139,6 +139,26 @@ class RetrainSpec(BaseModel):
     log_days: float = Field(default=7.0, gt=0, le=366, description="The log window, in days.")
 
 
+class ShadowGateSpec(BaseModel):
+    """Shadow evidence before a promotion (docs/rollout.md): a version that passes the hold-out
+    gate becomes the challenger, not production; the guard promotes it once it has shadowed
+    `min_rows` rows and is no worse than production by more than `margin` (on live quality
+    when both have `min_labelled_rows` labelled rows since, else on agreement: the share of
+    rows given production's label, at least 1 - margin). Otherwise it stays a challenger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample: float = Field(default=0.25, gt=0, le=1, description="Share of requests shadowed.")
+    min_rows: int = Field(default=500, ge=10, description="Shadowed rows before a verdict.")
+    margin: float = Field(default=0.05, ge=0, le=1, description="How much worse is tolerated.")
+    max_minutes: float = Field(
+        default=60.0,
+        gt=0,
+        le=7 * 24 * 60,
+        description="Watched this long at most; without evidence enough it stays a challenger.",
+    )
+
+
 class RolloutSpec(BaseModel):
     """How a new version of the model takes traffic (docs/rollout.md): the guard that watches
     it after a promotion and during a canary, and the canary's automatic steps."""
@@ -190,6 +210,11 @@ class RolloutSpec(BaseModel):
         ge=10,
         description="Labelled rows of the new version before its live quality is held against "
         "the gate's bounds.",
+    )
+    shadow_first: ShadowGateSpec | None = Field(
+        default=None,
+        description="Ask for shadow evidence before an automatic promotion (none: the hold-out "
+        "gate decides alone).",
     )
     steps: tuple[float, ...] = Field(
         default=(),

@@ -157,6 +157,19 @@ def psi(reference: Sequence[float], counts: np.ndarray[Any, Any]) -> float:
     return float(np.sum((live - expected) * np.log(live / expected)))
 
 
+def decile_psi(before: Any, after: Any) -> float:
+    """The PSI of values `after` against values `before`, in the deciles of `before` (NaNs left
+    out): how far one set of scores or predictions moved from another."""
+    ref = np.asarray(before, dtype="float64")
+    ref = ref[~np.isnan(ref)]
+    live = np.asarray(after, dtype="float64")
+    live = live[~np.isnan(live)]
+    edges = np.unique(np.quantile(ref, np.linspace(0.1, 0.9, 9)))
+    bins = len(edges) + 1
+    shares = np.bincount(np.searchsorted(edges, ref), minlength=bins) / len(ref)
+    return psi(shares.tolist(), np.bincount(np.searchsorted(edges, live), minlength=bins))
+
+
 class Window:
     """The bins of the last `size` live rows of one model version. Thread-safe: predictions
     write from the predict thread, scrapes read from the metrics server's.

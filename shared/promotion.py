@@ -78,17 +78,25 @@ def restore(
     )
 
 
-def shadow(registry: ShadowRegistry, name: str, version: int, sample: float) -> ModelPromoted:
+def shadow(
+    registry: ShadowRegistry,
+    name: str,
+    version: int,
+    sample: float,
+    reason: PromotionReason = "manual",
+) -> ModelPromoted:
     """Make `version` the challenger of `name`, predicting `sample` of its online requests
     after production answered them (docs/rollout.md). InvalidShadow when it is production's
-    own version, or `sample` is not in (0, 1]."""
+    own version, or `sample` is not in (0, 1]. Reason auto: the trainer's, for a version that
+    must earn its promotion in shadow (the guard promotes it on the evidence)."""
     if not 0 < sample <= 1:
         raise InvalidShadow(f"a shadow sample is a share in (0, 1], not {sample}")
     if registry.alias(name, PRODUCTION) == version:
         raise InvalidShadow(f"{name} v{version} is in production: a challenger is another")
     previous = registry.alias(name, CHALLENGER)
     registry.set_shadow(name, version, sample)
-    return _aliased(name, version, previous, CHALLENGER)
+    event = _aliased(name, version, previous, CHALLENGER)
+    return event if reason == "manual" else event.model_copy(update={"reason": reason})
 
 
 def canary(registry: CanaryRegistry, name: str, version: int, percent: float) -> ModelPromoted:

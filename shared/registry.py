@@ -130,13 +130,20 @@ class CanaryRegistry(Protocol):
     def end_canary(self, name: str) -> None: ...
 
 
-class GuardRegistry(Registry, CanaryRegistry, Protocol):
+class TrainingRegistry(Registry, ShadowRegistry, Protocol):
+    """What training needs: the registry, and setting a challenger (a version that must
+    shadow production before it is promoted)."""
+
+
+class GuardRegistry(Registry, ShadowRegistry, CanaryRegistry, Protocol):
     """What the rollout guard needs: moving production and the canary, and saying its verdict
     on a version (a version tag, shown by `streamops models`)."""
 
     def tag_version(self, name: str, version: int, key: str, value: str) -> None: ...
 
     def canaries(self) -> dict[str, Canary]: ...
+
+    def challengers(self) -> dict[str, Challenger]: ...
 
 
 class GatewayRegistry(Registry, ShadowRegistry, CanaryRegistry, Protocol):

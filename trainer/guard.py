@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shared.datasets import GateSpec, RolloutSpec
-from shared.drift import psi
+from shared.drift import decile_psi, psi
 from shared.events import GuardBreach, PredictionsLogged
 
 # What a tally keeps of a version's recent answers: enough for a p99 and a distribution.
@@ -91,13 +91,7 @@ def prediction_psi(new: Tally, old: Tally) -> float:
         before, after = Counter(said_before), Counter(said_now)
         shares = np.array([before[label] for label in labels], float) / len(said_before)
         return psi(shares.tolist(), np.array([after[label] for label in labels], float))
-    values = np.asarray(said_before, float)
-    values = values[~np.isnan(values)]
-    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
-    shares = np.bincount(np.searchsorted(edges, values), minlength=len(edges) + 1) / len(values)
-    live = np.asarray(said_now, float)
-    counts = np.bincount(np.searchsorted(edges, live[~np.isnan(live)]), minlength=len(edges) + 1)
-    return psi(shares.tolist(), counts.astype(float))
+    return decile_psi(np.asarray(said_before, float), np.asarray(said_now, float))
 
 
 def judge(

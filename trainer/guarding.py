@@ -39,12 +39,13 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 
 from shared import labels
-from shared.datasets import DatasetSpec, RolloutSpec, load_spec
+from shared.datasets import METRICS, DatasetSpec, RolloutSpec, load_spec
 from shared.events import GuardBreach, ModelPromoted, PredictionsFailed, PredictionsLogged
 from shared.promotion import canary, end_canary, promote, restore
 from shared.quality import judge as live_figures
-from shared.registry import CANARY, GUARD_TAG, PRODUCTION, GuardRegistry
+from shared.registry import CANARY, CHALLENGER, GUARD_TAG, PRODUCTION, GuardRegistry
 from shared.wire import entry_body
+from trainer.evidence import Pairing, decide
 from trainer.guard import Tally, judge, summary
 from trainer.metrics import TrainerMetrics
 
@@ -56,7 +57,7 @@ KEPT_VERSIONS = 4
 # Labels are read from the feature store this often, not at every judgement.
 QUALITY_EVERY_S = 10.0
 STREAMS = (PredictionsLogged.stream, PredictionsFailed.stream, ModelPromoted.stream)
-Kind = Literal["promotion", "canary"]
+Kind = Literal["promotion", "canary", "shadow"]
 
 
 class Watch(BaseModel):
@@ -87,6 +88,10 @@ class Watching:
     old: Tally | None = None
     quality: dict[str, float] | None = None
     quality_read: float = 0.0
+    # A challenger's (kind shadow): its answers paired with production's, and both live
+    # figures on their labelled rows.
+    pairing: Pairing | None = None
+    live: tuple[dict[str, float], dict[str, float]] | None = None
 
 
 @dataclass
@@ -153,11 +158,23 @@ class Guard:
     # --- what versions answer ------------------------------------------------------------------
 
     def answered(self, entry: PredictionsLogged) -> None:
+        self._pair(entry)
         if entry.shadow:
             return  # a challenger's answers reached no client
         now = self.clock()
         for tally in self._tallies(entry.model_name, entry.model_version):
             tally.add(entry, now)
+
+    def _pair(self, entry: PredictionsLogged) -> None:
+        """Production's answers and a watched challenger's, for its shadow evidence."""
+        for watching in self._of(entry.model_name):
+            watch, pairing = watching.watch, watching.pairing
+            if pairing is None:
+                continue
+            if entry.shadow and entry.model_version == watch.version:
+                pairing.challenger(entry)
+            elif not entry.shadow and entry.model_version == watch.against:
+                pairing.production(entry)
 
     def failed(self, event: PredictionsFailed) -> None:
         now = self.clock()
@@ -195,6 +212,9 @@ class Guard:
         model = event.model_name
         if event.alias == CANARY:
             await self._canary_moved(event)
+            return
+        if event.alias == CHALLENGER:
+            await self._challenger_set(event)
             return
         if event.alias != PRODUCTION:
             return
@@ -270,6 +290,34 @@ class Guard:
         )
         await self._start(Watching(watch, rule, spec, old=Tally()))
 
+    async def _challenger_set(self, event: ModelPromoted) -> None:
+        """A version the trainer made a challenger to earn its promotion (reason auto): watch
+        its shadow evidence. A challenger set by hand is someone's experiment: not watched."""
+        model = event.model_name
+        current = self.watching.get(f"{model}|shadow")
+        if current is not None and (event.withdrawn or current.watch.version != event.version):
+            await self._end(current)
+        spec, rule = await anyio.to_thread.run_sync(self._rule, model)
+        gate = rule.shadow_first
+        if (
+            event.withdrawn
+            or event.reason != "auto"
+            or gate is None
+            or f"{model}|shadow" in self.watching
+        ):
+            return
+        production = await anyio.to_thread.run_sync(self.registry.alias, model, PRODUCTION)
+        now = self.clock()
+        watch = Watch(
+            model=model,
+            version=event.version,
+            against=production,
+            kind="shadow",
+            started=now,
+            until=now + gate.max_minutes * 60,
+        )
+        await self._start(Watching(watch, rule, spec, pairing=Pairing()))
+
     def _rule(self, model: str) -> tuple[DatasetSpec | None, RolloutSpec]:
         """The spec that trains `model` and its rollout rule (the defaults without one)."""
         for path in sorted(self.datasets_dir.glob("*/spec.yaml")):
@@ -322,6 +370,9 @@ class Guard:
     async def _judge(self, watching: Watching) -> None:
         watch, rule = watching.watch, watching.rule
         now = self.clock()
+        if watch.kind == "shadow":
+            await self._judge_shadow(watching, now)
+            return
         if watching.spec is not None and now - watching.quality_read >= QUALITY_EVERY_S:
             watching.quality_read = now
             watching.quality = await anyio.to_thread.run_sync(self._quality, watch)
@@ -335,6 +386,65 @@ class Guard:
                 await self._step(watching)
         elif watch.until is not None and now >= watch.until:
             await self._held(watching)
+
+    async def _judge_shadow(self, watching: Watching, now: float) -> None:
+        """Promote a challenger on its shadow evidence, or leave it a challenger and say why."""
+        watch, rule = watching.watch, watching.rule
+        gate, training = rule.shadow_first, watching.spec.training if watching.spec else None
+        if gate is None or training is None or watching.pairing is None:
+            await self._end(watching)
+            return
+        if now - watching.quality_read >= QUALITY_EVERY_S:
+            watching.quality_read = now
+            watching.live = await anyio.to_thread.run_sync(self._both_live, watch)
+        live = None
+        if watching.live is not None:
+            mine, theirs = (figures.get(training.metric) for figures in watching.live)
+            enough = min(f.get("rows", 0.0) for f in watching.live) >= rule.min_labelled_rows
+            if enough and mine is not None and theirs is not None:
+                live = (mine, theirs)
+        higher = METRICS[training.task][training.metric]
+        decision = decide(
+            watching.pairing, gate, live=live, metric=training.metric, higher_is_better=higher
+        )
+        if decision.promote is None and (watch.until is None or now < watch.until):
+            return
+        await self._end(watching)
+        outcome = "promoted" if decision.promote else "stays_challenger"
+        said = f"{'promoted on shadow evidence' if decision.promote else 'stays challenger'}: "
+        event = await anyio.to_thread.run_sync(
+            self._shadow_verdict, watch, bool(decision.promote), said + decision.said
+        )
+        self.metrics.guard_verdicts.labels(watch.model, "shadow", outcome).inc()
+        log.info("guard: %s v%d %s%s", watch.model, watch.version, said, decision.said)
+        if event is not None:
+            self.metrics.promoted(event)
+            await self.publish(event)
+
+    def _both_live(self, watch: Watch) -> tuple[dict[str, float], dict[str, float]] | None:
+        """The challenger's and production's live figures on rows labelled since the watch
+        began (None when neither has any)."""
+        from datetime import UTC, datetime
+
+        since = datetime.fromtimestamp(watch.started, UTC)
+        found = []
+        for shadow, version in ((True, watch.version), (False, watch.against)):
+            joined = labels.read_joined(self.store_root, watch.model, since, shadow=shadow)
+            if joined.num_rows == 0 or "version" not in joined.column_names:
+                return None
+            found.append(live_figures(joined.filter(pc.equal(joined["version"], version))))
+        return found[0], found[1]
+
+    def _shadow_verdict(self, watch: Watch, promote_it: bool, said: str) -> ModelPromoted | None:
+        registry = self.registry
+        if registry.alias(watch.model, CHALLENGER) != watch.version:
+            return None  # someone moved or ended it meanwhile
+        registry.tag_version(watch.model, watch.version, GUARD_TAG, said)
+        if not promote_it:
+            return None
+        event = promote(registry, watch.model, watch.version, "rollout")
+        registry.end_shadow(watch.model)
+        return event
 
     def _quality(self, watch: Watch) -> dict[str, float] | None:
         """Live figures of the watched version's rows labelled since the watch began."""

@@ -30,8 +30,8 @@ from shared.events import (
     derived_event_id,
 )
 from shared.feature_store import FeatureStore, announcement
-from shared.promotion import PRODUCTION, promote
-from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord
+from shared.promotion import PRODUCTION, promote, shadow
+from shared.registry import TAG, RegisteredVersion, Registry, TrainingRecord, TrainingRegistry
 from trainer import estimators
 from trainer.compile import compile_trained
 from trainer.gate import Verdict, judge
@@ -123,7 +123,7 @@ def train_for(
     event: DataIngested,
     datasets_dir: Path,
     store: FeatureStore,
-    registry: Registry,
+    registry: TrainingRegistry,
     plan: Plan | None = None,
     *,
     plugins_dir: Path | None = None,
@@ -283,7 +283,7 @@ def _finish(
     event: DataIngested,
     registered: RegisteredVersion,
     verdict: Verdict,
-    registry: Registry,
+    registry: TrainingRegistry,
 ) -> Outcome:
     training = training_spec(spec)
     trained = ModelTrained(
@@ -303,6 +303,17 @@ def _finish(
         current = registry.alias(registered.name, PRODUCTION)
         # A redelivered event must not undo a later promotion or a rollback.
         if current is None or current < registered.version:
-            promoted = promote(registry, registered.name, registered.version, "auto")
+            promoted = _promote(spec, registered.version, current, registry)
             promoted = promoted.model_copy(update={"correlation_id": event.correlation_id})
     return Outcome(trained, promoted)
+
+
+def _promote(
+    spec: DatasetSpec, version: int, current: int | None, registry: TrainingRegistry
+) -> ModelPromoted:
+    """Production, or the challenger when the spec asks for shadow evidence first and there
+    is a production to shadow (the guard promotes it on that evidence: trainer/guarding.py)."""
+    gate = spec.rollout.shadow_first if spec.rollout is not None else None
+    if gate is None or current is None:
+        return promote(registry, spec.model_name, version, "auto")
+    return shadow(registry, spec.model_name, version, gate.sample, reason="auto")

@@ -25,7 +25,7 @@ from trainer.service import Outcome, Plan, train_for
 
 if TYPE_CHECKING:
     from shared.feature_store import FeatureStore
-    from shared.registry import Registry
+    from shared.registry import TrainingRegistry
 
 _PR_SET_PDEATHSIG = 1
 _state: dict[str, object] = {}
@@ -108,7 +108,7 @@ def run_training(
     plan: Plan,
     datasets_dir: Path,
     store: FeatureStore,
-    registry: Registry,
+    registry: TrainingRegistry,
     *,
     plugins_dir: Path | None,
 ) -> Outcome | None:

@@ -473,6 +473,7 @@ def test_a_challenger_shadows_a_quarter_of_the_requests_and_answers_none(world: 
     assert 0.20 <= len(shadowed) / len(said) <= 0.30
     agreeing = sum(said[(r["request_id"], r["row"])] == r["prediction"] for r in shadowed)
     assert figures["agreeing"] / figures["rows"] == pytest.approx(agreeing / len(shadowed))
+    assert figures["psi"] >= 0  # the score shift, from every replica that shadowed enough
     ended = world.http.delete(f"/v1/models/{world.model}/shadow")
     assert ended.status_code == 204
 
@@ -650,13 +651,19 @@ def _shadow_metrics(world: World) -> dict[str, float]:
     names = {
         "streamops_shadow_rows_total": "rows",
         "streamops_shadow_agreeing_rows_total": "agreeing",
+        "streamops_shadow_score_psi": "psi",
     }
     found = dict.fromkeys(names.values(), 0.0)
+    found["psi"] = -1.0  # none exported yet
     for process, url in world.running.metrics.items():
         if not process.startswith("predictor"):
             continue
         for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
             for sample in family.samples:
-                if sample.name in names and sample.labels.get("model") == world.model:
+                if sample.name not in names or sample.labels.get("model") != world.model:
+                    continue
+                if sample.name == "streamops_shadow_score_psi":
+                    found["psi"] = max(found["psi"], sample.value)
+                else:
                     found[names[sample.name]] += sample.value
     return found

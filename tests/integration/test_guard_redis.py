@@ -219,3 +219,74 @@ async def test_the_guard_restores_the_version_that_answered_not_a_refused_alias(
     (rolled,) = published
     assert (rolled.version, rolled.previous_version) == (1, 3)
     assert (shelf.production, shelf.production_history) == (1, [1])
+
+
+async def _pair(client: aioredis.Redis, ids: list[str], production: int, challenger: int,
+                agree: Callable[[int], bool]) -> None:  # fmt: skip
+    """Production answers `ids`, then the challenger shadows them (agreeing where `agree`)."""
+    for start in range(0, len(ids), 10):
+        chunk = ids[start : start + 10]
+        said = [i % 2 for i in range(start, start + len(chunk))]
+        theirs = [s if agree(start + i) else 1 - s for i, s in enumerate(said)]
+        for version, answers, shadow in ((production, said, False), (challenger, theirs, True)):
+            entry = PredictionsLogged(
+                model_name="churn", model_version=version, latency_ms=1.0,
+                requests=[(rid, 1) for rid in chunk], features=None, predictions=answers,
+                classes=[0, 1], shadow=shadow,
+            )  # fmt: skip
+            await client.xadd(entry.stream, entry_fields(entry))  # type: ignore[arg-type]
+
+
+async def test_a_challenger_of_the_trainer_is_promoted_on_its_shadow_evidence_or_stays(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    from shared.promotion import shadow
+
+    shelf = ModelShelf(models={1: object(), 2: object(), 3: object(), 4: object()},
+                       production=1, production_history=[1])  # fmt: skip
+    rule = {"shadow_first": {"min_rows": 100, "margin": 0.05, "max_minutes": 10}}
+    guard, published, clock = _guard(client, shelf, tmp_path, rule)
+    await guard.read(block_ms=None)
+
+    hand = shadow(shelf, "churn", 4, 0.5)  # set by hand: someone's experiment, not watched
+    await client.xadd(hand.stream, entry_fields(hand))  # type: ignore[arg-type]
+    await _drain(guard)
+    assert guard.watching == {}
+
+    earned = shadow(shelf, "churn", 2, 0.5, reason="auto")
+    await client.xadd(earned.stream, entry_fields(earned))  # type: ignore[arg-type]
+    await _drain(guard)
+    await _pair(client, [f"a{i}" for i in range(60)], 1, 2, lambda i: True)
+    await _drain(guard)
+    await guard.judge_all()
+    assert published == []  # 60 of 100 rows
+    await _pair(client, [f"b{i}" for i in range(60)], 1, 2, lambda i: i % 40 != 0)
+    await _drain(guard)
+    await guard.judge_all()
+    (promoted,) = published
+    assert (promoted.alias, promoted.version, promoted.reason) == ("production", 2, "rollout")
+    assert (shelf.production, shelf.challenger) == (2, None)
+    said = shelf.version_tags[2][GUARD_TAG]
+    assert said.startswith("promoted on shadow evidence: agreement 0.9833 on 120 rows"), said
+
+    await _drain(guard)  # its own promotion: a promotion watch starts
+    worse = shadow(shelf, "churn", 3, 0.5, reason="auto")
+    await client.xadd(worse.stream, entry_fields(worse))  # type: ignore[arg-type]
+    await _drain(guard)
+    await _pair(client, [f"c{i}" for i in range(120)], 2, 3, lambda i: i % 5 != 0)
+    await _drain(guard)
+    await guard.judge_all()
+    assert len(published) == 1
+    assert shelf.production == 2
+    assert shelf.challenger is not None  # stays one
+    assert shelf.version_tags[3][GUARD_TAG].startswith("stays challenger: agreement 0.8")
+
+    later = shadow(shelf, "churn", 4, 0.5, reason="auto")
+    await client.xadd(later.stream, entry_fields(later))  # type: ignore[arg-type]
+    await _drain(guard)
+    await _pair(client, [f"d{i}" for i in range(20)], 2, 4, lambda i: True)
+    await _drain(guard)
+    clock.now += 10 * 60
+    await guard.judge_all()
+    assert shelf.version_tags[4][GUARD_TAG] == "stays challenger: 20 of 100 rows shadowed"
+    assert "churn|shadow" not in guard.watching

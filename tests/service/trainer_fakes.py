@@ -111,6 +111,12 @@ class RecordingRegistry:
     def model_names(self) -> list[str]:
         return sorted({r.model_name for r in self.records})
 
+    def set_shadow(self, name: str, version: int, sample: float) -> None:
+        self.aliases_set["challenger"] = version
+
+    def end_shadow(self, name: str) -> None:
+        self.aliases_set.pop("challenger", None)
+
 
 @dataclass
 class InProcessFits:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from predictor.cache import ModelCache
@@ -94,3 +95,23 @@ def test_answers_are_compared_as_labels_or_as_values() -> None:
     values = compare([1.5, 2.0, 4.0], [1.0, 2.5, 4.0])
     assert (values.rows, values.agreeing) == (3, 0)
     assert values.difference == pytest.approx(1.0)
+
+
+def test_the_score_shift_is_a_psi_over_production_deciles() -> None:
+    from predictor.shadow import MIN_SCORES, ScoreWindow, scores
+
+    rng = np.random.default_rng(3)
+    champion = rng.random(2000)
+    assert scores([0, 1], [[0.3, 0.7], [0.9, 0.1]]).tolist() == [0.7, 0.1]
+    assert scores([1.5, 2.0], None).tolist() == [1.5, 2.0]
+    assert scores(["a", "b"], None) is None
+    alike, moved = ScoreWindow(), ScoreWindow()
+    alike.add(champion[: MIN_SCORES - 1], rng.random(MIN_SCORES - 1))
+    assert alike.psi() is None  # too few rows to say
+    alike.add(champion, rng.random(2000))
+    moved.add(champion, champion**4)  # pushed towards 0
+    same, shifted = alike.psi(), moved.psi()
+    assert same is not None
+    assert shifted is not None
+    assert same < 0.05
+    assert shifted > 0.25
