@@ -16,6 +16,11 @@ metrics (`streamops_guard_*`). A watch that ends with no breach is `held`; a can
 `rollout.steps` goes up a step every `step_minutes` while it holds, and reaching 100 is
 promoted (reason `rollout`), which starts a promotion watch of its own.
 
+A third kind of watch is a challenger the trainer set because the spec asks for shadow
+evidence first (`rollout.shadow_first`): its answers are paired with production's
+(trainer/evidence.py), and it is promoted (reason `rollout`) once the evidence holds, or left
+a challenger with the reason in its tag.
+
 Several trainers run a guard each: a Redis key claims each verdict (SET NX), and the guard
 that acts first checks that the alias still points where it watched, so nothing is undone
 twice or after someone moved it. Watches are kept in a Redis hash, so a restarted trainer
@@ -31,23 +36,30 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio.to_thread
-import pyarrow.compute as pc
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from shared import labels
-from shared.datasets import METRICS, DatasetSpec, RolloutSpec, load_spec
+from shared.datasets import METRICS
 from shared.events import GuardBreach, ModelPromoted, PredictionsFailed, PredictionsLogged
-from shared.promotion import canary, end_canary, promote, restore
-from shared.quality import judge as live_figures
+from shared.promotion import canary
 from shared.registry import CANARY, CHALLENGER, GUARD_TAG, PRODUCTION, GuardRegistry
 from shared.wire import entry_body
 from trainer.evidence import Pairing, decide
 from trainer.guard import Tally, judge, summary
 from trainer.metrics import TrainerMetrics
+from trainer.watches import (
+    Watch,
+    Watching,
+    both_live,
+    live_of,
+    promote_canary,
+    rule_of,
+    shadow_verdict,
+    undo,
+)
 
 log = logging.getLogger(__name__)
 WATCHES_KEY = "streamops:guard:watches"
@@ -57,41 +69,6 @@ KEPT_VERSIONS = 4
 # Labels are read from the feature store this often, not at every judgement.
 QUALITY_EVERY_S = 10.0
 STREAMS = (PredictionsLogged.stream, PredictionsFailed.stream, ModelPromoted.stream)
-Kind = Literal["promotion", "canary", "shadow"]
-
-
-class Watch(BaseModel):
-    """A version being watched (kept in Redis as JSON while it lasts)."""
-
-    model: str
-    version: int
-    against: int | None  # the version it is compared with: production's before, or during
-    kind: Kind
-    started: float
-    until: float | None  # None: a canary with steps, watched until its last one
-    percent: float | None = None  # a canary's share now
-    stepped: float = 0.0  # when a canary last stepped (or started)
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}|{self.kind}"
-
-
-@dataclass
-class Watching:
-    watch: Watch
-    rule: RolloutSpec
-    spec: DatasetSpec | None
-    new: Tally = field(default_factory=Tally)
-    # A promotion's old version: what it answered before (fixed). A canary's: production's
-    # answers over the same window (live).
-    old: Tally | None = None
-    quality: dict[str, float] | None = None
-    quality_read: float = 0.0
-    # A challenger's (kind shadow): its answers paired with production's, and both live
-    # figures on their labelled rows.
-    pairing: Pairing | None = None
-    live: tuple[dict[str, float], dict[str, float]] | None = None
 
 
 @dataclass
@@ -226,7 +203,7 @@ class Guard:
             await self._end(current)  # the version it watched left production
         if event.reason in ("guard", "rollback"):
             return  # back to a version that served before: nothing new to watch
-        spec, rule = await anyio.to_thread.run_sync(self._rule, model)
+        spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, model)
         if not rule.guard:
             return
         now = self.clock()
@@ -273,7 +250,7 @@ class Guard:
             return
         if current is not None:
             await self._end(current)
-        spec, rule = await anyio.to_thread.run_sync(self._rule, model)
+        spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, model)
         if not rule.guard:
             return
         production = await anyio.to_thread.run_sync(self.registry.alias, model, PRODUCTION)
@@ -297,7 +274,7 @@ class Guard:
         current = self.watching.get(f"{model}|shadow")
         if current is not None and (event.withdrawn or current.watch.version != event.version):
             await self._end(current)
-        spec, rule = await anyio.to_thread.run_sync(self._rule, model)
+        spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, model)
         gate = rule.shadow_first
         if (
             event.withdrawn
@@ -317,17 +294,6 @@ class Guard:
             until=now + gate.max_minutes * 60,
         )
         await self._start(Watching(watch, rule, spec, pairing=Pairing()))
-
-    def _rule(self, model: str) -> tuple[DatasetSpec | None, RolloutSpec]:
-        """The spec that trains `model` and its rollout rule (the defaults without one)."""
-        for path in sorted(self.datasets_dir.glob("*/spec.yaml")):
-            try:
-                spec = load_spec(self.datasets_dir, path.parent.name)
-            except Exception:  # the ingestor reports broken specs
-                continue
-            if spec.training is not None and spec.model_name == model:
-                return spec, spec.rollout or RolloutSpec()
-        return None, RolloutSpec()
 
     async def _start(self, watching: Watching) -> None:
         watch = watching.watch
@@ -357,7 +323,7 @@ class Guard:
                 continue
             if watch.key in self.watching:
                 continue
-            spec, rule = await anyio.to_thread.run_sync(self._rule, watch.model)
+            spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, watch.model)
             old = Tally() if watch.kind == "canary" else None
             self.watching[watch.key] = Watching(watch, rule, spec, old=old)
 
@@ -375,7 +341,7 @@ class Guard:
             return
         if watching.spec is not None and now - watching.quality_read >= QUALITY_EVERY_S:
             watching.quality_read = now
-            watching.quality = await anyio.to_thread.run_sync(self._quality, watch)
+            watching.quality = await anyio.to_thread.run_sync(live_of, self.store_root, watch)
         gate = watching.spec.training.gate if watching.spec and watching.spec.training else None
         breaches = judge(watching.new, watching.old, rule, quality=watching.quality, gate=gate)
         self._export(watching, breaches)
@@ -396,7 +362,7 @@ class Guard:
             return
         if now - watching.quality_read >= QUALITY_EVERY_S:
             watching.quality_read = now
-            watching.live = await anyio.to_thread.run_sync(self._both_live, watch)
+            watching.live = await anyio.to_thread.run_sync(both_live, self.store_root, watch)
         live = None
         if watching.live is not None:
             mine, theirs = (figures.get(training.metric) for figures in watching.live)
@@ -413,49 +379,13 @@ class Guard:
         outcome = "promoted" if decision.promote else "stays_challenger"
         said = f"{'promoted on shadow evidence' if decision.promote else 'stays challenger'}: "
         event = await anyio.to_thread.run_sync(
-            self._shadow_verdict, watch, bool(decision.promote), said + decision.said
+            shadow_verdict, self.registry, watch, bool(decision.promote), said + decision.said
         )
         self.metrics.guard_verdicts.labels(watch.model, "shadow", outcome).inc()
         log.info("guard: %s v%d %s%s", watch.model, watch.version, said, decision.said)
         if event is not None:
             self.metrics.promoted(event)
             await self.publish(event)
-
-    def _both_live(self, watch: Watch) -> tuple[dict[str, float], dict[str, float]] | None:
-        """The challenger's and production's live figures on rows labelled since the watch
-        began (None when neither has any)."""
-        from datetime import UTC, datetime
-
-        since = datetime.fromtimestamp(watch.started, UTC)
-        found = []
-        for shadow, version in ((True, watch.version), (False, watch.against)):
-            joined = labels.read_joined(self.store_root, watch.model, since, shadow=shadow)
-            if joined.num_rows == 0 or "version" not in joined.column_names:
-                return None
-            found.append(live_figures(joined.filter(pc.equal(joined["version"], version))))
-        return found[0], found[1]
-
-    def _shadow_verdict(self, watch: Watch, promote_it: bool, said: str) -> ModelPromoted | None:
-        registry = self.registry
-        if registry.alias(watch.model, CHALLENGER) != watch.version:
-            return None  # someone moved or ended it meanwhile
-        registry.tag_version(watch.model, watch.version, GUARD_TAG, said)
-        if not promote_it:
-            return None
-        event = promote(registry, watch.model, watch.version, "rollout")
-        registry.end_shadow(watch.model)
-        return event
-
-    def _quality(self, watch: Watch) -> dict[str, float] | None:
-        """Live figures of the watched version's rows labelled since the watch began."""
-        from datetime import UTC, datetime
-
-        since = datetime.fromtimestamp(watch.started, UTC)
-        joined = labels.read_joined(self.store_root, watch.model, since)
-        if joined.num_rows == 0 or "version" not in joined.column_names:
-            return None
-        mine = joined.filter(pc.equal(joined["version"], watch.version))
-        return live_figures(mine) if mine.num_rows else None
 
     def _export(self, watching: Watching, breaches: list[GuardBreach]) -> None:
         watch = watching.watch
@@ -480,7 +410,7 @@ class Guard:
         if not await self.client.set(claim, "1", nx=True, ex=3600):
             return  # another trainer's guard has it
         said = tuple(breaches)
-        event = await anyio.to_thread.run_sync(self._undo, watch, said)
+        event = await anyio.to_thread.run_sync(undo, self.registry, watch, said)
         for breach in breaches:
             self.metrics.guard_breaches.labels(watch.model, str(watch.version), breach.check).inc()
         outcome = "rolled_back" if watch.kind == "promotion" else "withdrawn"
@@ -493,26 +423,6 @@ class Guard:
                     summary(said))  # fmt: skip
         self.metrics.promoted(event)
         await self.publish(event)
-
-    def _undo(self, watch: Watch, breaches: tuple[GuardBreach, ...]) -> ModelPromoted | None:
-        """Roll the promotion back, or withdraw the canary, if the alias is still where the
-        guard watched it (blocking: the registry)."""
-        registry = self.registry
-        alias = PRODUCTION if watch.kind == "promotion" else CANARY
-        if registry.alias(watch.model, alias) != watch.version:
-            return None
-        if watch.kind == "promotion":
-            event: ModelPromoted | None = None
-            if watch.against is not None:
-                event = restore(registry, watch.model, watch.version, watch.against, breaches)
-            verdict = "rolled back" if event is not None else "breached, nothing to roll back to"
-        else:
-            event = end_canary(registry, watch.model, "guard", breaches)
-            verdict = "withdrawn"
-        registry.tag_version(
-            watch.model, watch.version, GUARD_TAG, f"{verdict}: {summary(breaches)}"
-        )
-        return event
 
     async def _held(self, watching: Watching) -> None:
         watch = watching.watch
@@ -536,7 +446,7 @@ class Guard:
         step = higher[0]
         if step >= 100:
             await self._end(watching)
-            event = await anyio.to_thread.run_sync(self._promote_canary, watch)
+            event = await anyio.to_thread.run_sync(promote_canary, self.registry, watch)
             outcome = "promoted"
         else:
             event = await anyio.to_thread.run_sync(
@@ -549,10 +459,3 @@ class Guard:
         log.info("guard: %s canary v%d %s to %g%%", watch.model, watch.version, outcome, step)
         if event is not None:
             await self.publish(event)
-
-    def _promote_canary(self, watch: Watch) -> ModelPromoted | None:
-        if self.registry.alias(watch.model, CANARY) != watch.version:
-            return None
-        event = promote(self.registry, watch.model, watch.version, "rollout")
-        self.registry.end_canary(watch.model)
-        return event
