@@ -257,9 +257,9 @@ class OnlinePredictor:
         window.add(before, after)
         now = time.monotonic()
         if now - self._psi_at.get(pair, 0.0) >= 1.0:
-            self._psi_at[pair] = now
             found = window.psi()
-            if found is not None:
+            if found is not None:  # too few scores yet: tried again at the next batch
+                self._psi_at[pair] = now
                 self.metrics.shadow_psi.labels(*pair).set(found)
 
     async def _failed(

@@ -551,69 +551,24 @@ def _varied_rows(rows: int, seed: int) -> list[dict[str, Any]]:
     return records
 
 
-def test_a_bad_promotion_under_load_is_rolled_back_by_the_guard(world: World) -> None:
-    """Under a load of varied rows, a version that answers one class (it passed no gate; it
-    is promoted by hand) is rolled back by the guard within its watch, which says why in
-    `model-promoted` and `streamops models`; once a replica is back on v3, no request gets the
-    bad version from it, and no request fails."""
+def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
+    """Under a load of varied rows, a version trained as production was, promoted by hand, is
+    watched against what production answered before and held: its watch ends with no
+    breach, production stays on it, and no request fails."""
     import time
 
     _rollout(world, watch_minutes=0.5, baseline_minutes=0.25, min_rows=150)
     spec = load_spec(world.datasets, "churn")
-    rows = _varied_rows(300, seed=21)
-    said = world.http.post(f"/v1/models/{world.model}/predict", json={"rows": rows[:200]})
-    assert said.status_code == 200, said.text
-    labels = said.json()["predictions"]
-    constant = min({0, 1}, key=labels.count)  # the class production says least
-    training = churn_features(3000, seed=9)
-    training["churned"] = constant
-    training.loc[training.index[:15], "churned"] = 1 - constant  # two classes, barely
-    bad = register(world.mlflow_url, spec, fit_model(spec, training), production=False)
-
-    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
+    good = register(world.mlflow_url, spec, fit_model(spec, churn_features(3000, seed=10)), False)
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW,
+                varied=_varied_rows(300, seed=21))  # fmt: skip
     began = time.monotonic()
     load.start()
     try:
-        # Production's answers to these rows fill the guard's baseline window (15 s), so the
-        # bad version is held against them, not against the one row of the tests before.
+        # Production's answers to these rows fill the guard's baseline window (15 s): the new
+        # version is held against them, not against the one row of the tests before.
         wait_until(lambda: time.monotonic() - began > 16 and load.count > 300, timeout=60,
                    what="a baseline of varied traffic")  # fmt: skip
-        done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": bad})
-        assert done.status_code == 200, done.text
-
-        def guarded() -> list[dict[str, Any]]:
-            events = world.events("model-promoted")
-            return [e for e in events if e["reason"] == "guard" and e["previous_version"] == bad]
-
-        (event,) = wait_until(guarded, timeout=90, what="the guard's rollback")
-        wait_until(lambda: _serving(world) == {3}, timeout=30, what="v3 everywhere again")
-        seen = load.count
-        wait_until(lambda: load.count > seen + 100, timeout=30, what="traffic after the rollback")
-    finally:
-        load.stop()
-    assert load.failures == []
-    assert event["version"] == 3
-    checks = {b["check"]: b for b in event["breaches"]}
-    assert checks["prediction_shift"]["value"] > checks["prediction_shift"]["threshold"]
-    for replica, answers in load.by_replica.items():
-        bad_seen = [received for _, received, version in answers if version == bad]
-        if not bad_seen:
-            continue
-        back = min(r for sent, r, v in answers if v == 3 and sent > min(bad_seen))
-        assert [a for a in answers if a[2] == bad and a[0] > back] == [], replica
-    shown = _cli(world, "models", world.model)
-    assert "rolled back: prediction_shift" in shown
-
-
-def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
-    """The same rows, a version trained as production was: its watch ends with it held."""
-    spec = load_spec(world.datasets, "churn")
-    good = register(world.mlflow_url, spec, fit_model(spec, churn_features(3000, seed=10)), False)
-    rows = _varied_rows(300, seed=21)
-    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
-    load.start()
-    try:
-        wait_until(lambda: load.count > 300, timeout=60, what="traffic flowing")
         done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": good})
         assert done.status_code == 200, done.text
         mlflow = MlflowClient(tracking_uri=world.mlflow_url)
@@ -629,6 +584,72 @@ def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
     assert load.failures == []
     assert int(mlflow.get_model_version_by_alias(world.model, "production").version) == good
     assert not [e for e in world.events("model-promoted") if e["previous_version"] == good]
+
+
+def test_a_bad_version_that_passes_a_lax_gate_is_rolled_back_by_the_guard(world: World) -> None:
+    """Data whose labels are nearly all one class (the class production says least) is
+    ingested under a lax gate: the trainer's version answers that class, passes, and is
+    promoted, under a load of varied rows. The guard rolls it back within its watch, saying
+    why in `model-promoted` and `streamops models`; once a replica is back on the version
+    before, no request gets the bad one from it; no request fails."""
+    rows = _varied_rows(300, seed=21)
+    said = world.http.post(f"/v1/models/{world.model}/predict", json={"rows": rows[:200]})
+    assert said.status_code == 200, said.text
+    before = said.json()["model_version"]
+    labels = said.json()["predictions"]
+    constant = min({0, 1}, key=labels.count)  # the class production says least
+    path = world.datasets / "churn" / "spec.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["training"]["metric"] = "accuracy"
+    spec["training"]["gate"] = {"minimum": {"accuracy": 0.5}, "champion_margin": 1.0}
+    spec["rollout"] = {"watch_minutes": 0.5, "baseline_minutes": 0.25, "min_rows": 150}
+    path.write_text(yaml.safe_dump(spec))
+    data = churn_rows(1500, seed=44)
+    for i, row in enumerate(data):
+        row["churned"] = str(constant if i % 50 else 1 - constant)  # two classes, barely
+    csv = write_csv(world.datasets.parent / "skewed.csv", data).read_bytes()
+
+    load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
+    load.start()
+    try:
+        wait_until(lambda: load.count > 300, timeout=60, what="traffic flowing")
+        accepted = world.http.post(
+            "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        flow = accepted.json()["correlation_id"]
+
+        def promoted() -> list[dict[str, Any]]:
+            events = world.events("model-promoted")
+            return [e for e in events if e["correlation_id"] == flow and e["reason"] == "auto"]
+
+        (auto,) = wait_until(promoted, timeout=240, what="the skewed version promoted")
+        bad = auto["version"]
+
+        def guarded() -> list[dict[str, Any]]:
+            events = world.events("model-promoted")
+            return [e for e in events if e["reason"] == "guard" and e["previous_version"] == bad]
+
+        (event,) = wait_until(guarded, timeout=90, what="the guard's rollback")
+        wait_until(lambda: _serving(world) == {before}, timeout=30, what="the version before")
+        seen = load.count
+        wait_until(lambda: load.count > seen + 100, timeout=30, what="traffic after the rollback")
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert event["version"] == before
+    checks = {b["check"]: b for b in event["breaches"]}
+    assert checks["prediction_shift"]["value"] > checks["prediction_shift"]["threshold"]
+    for replica, answers in load.by_replica.items():
+        bad_seen = [received for _, received, version in answers if version == bad]
+        if not bad_seen:
+            continue
+        back = min(r for sent, r, v in answers if v == before and sent > min(bad_seen))
+        assert [a for a in answers if a[2] == bad and a[0] > back] == [], replica
+    tags = MlflowClient(tracking_uri=world.mlflow_url).get_model_version(world.model, str(bad)).tags
+    assert tags["streamops.guard"].startswith("rolled back: prediction_shift")
+    shown = _cli(world, "models", world.model)
+    assert "rolled back" in shown, shown  # the table may wrap the rest of the cell
 
 
 def _cli(world: World, *args: str) -> str:
