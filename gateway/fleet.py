@@ -1,11 +1,13 @@
 """What the gateway knows about the predictor replicas: their heartbeats.
 
 Each replica's heartbeat (`streamops:heartbeat:predictor:<consumer>`) carries the version of
-each model it serves and, from replicas that know it, the model's input schema:
-`{"models": {name: version}, "schemas": {name: ModelSchema as JSON}}`. The gateway reads them
-every second, so a predict request with no replica alive is answered 503 at once instead of
-waiting for its timeout, `/readyz` says whether anything can answer, and the routes follow the
-models the replicas advertise (gateway.routes).
+each model it serves, from replicas that know it the model's input schema, and the canary it
+holds beside production: `{"models": {name: version}, "schemas": {name: ModelSchema as JSON},
+"canaries": {name: [version, share]}}`. The gateway reads them every second, so a predict
+request with no replica alive is answered 503 at once instead of waiting for its timeout,
+`/readyz` says whether anything can answer, the routes follow the models the replicas
+advertise (gateway.routes), and requests go to a canary only while every replica serving the
+model holds it (agreed_canaries; docs/rollout.md).
 
 A heartbeat is input from another process: anything malformed in it (a schema that does not
 validate, a version that is not a number) is logged once and left out, never raised. An old
