@@ -253,6 +253,9 @@ class OnlinePredictor:
         after = shadow.scores(said.predictions, said.probabilities)
         if before is None or after is None or len(before) != len(after):
             return
+        if pair not in self._windows:  # a new challenger: the model's older pairs are done
+            for old in [p for p in self._windows if p[0] == pair[0]]:
+                del self._windows[old]
         window = self._windows.setdefault(pair, shadow.ScoreWindow())
         window.add(before, after)
         now = time.monotonic()

@@ -31,7 +31,13 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 JOBS = ("ingestor", "trainer", "predictor", "gateway")
-GROUPS = {"streamops-targets", "streamops-serving", "streamops-streams", "streamops-data"}
+GROUPS = {
+    "streamops-targets",
+    "streamops-serving",
+    "streamops-streams",
+    "streamops-data",
+    "streamops-rollout",
+}
 DRIFT_MIN_ROWS = 20  # so a few requests export PSI (the default waits for 500 rows)
 
 

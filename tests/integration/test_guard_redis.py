@@ -290,3 +290,52 @@ async def test_a_challenger_of_the_trainer_is_promoted_on_its_shadow_evidence_or
     await guard.judge_all()
     assert shelf.version_tags[4][GUARD_TAG] == "stays challenger: 20 of 100 rows shadowed"
     assert "churn|shadow" not in guard.watching
+
+
+async def test_a_replica_says_which_version_failed_which_rows(
+    client: aioredis.Redis, churn_spec: Any
+) -> None:
+    """A version whose predict raises is answered 502 and reported on `predict-failures`,
+    with its version and rows: the guard's error rate."""
+    import time
+
+    from predictor.cache import ModelCache
+    from predictor.online import OnlinePredictor
+    from predictor.service import Predictor
+    from shared.broker import ensure_group
+    from shared.events import PredictionRequested
+    from shared.wire import entry_body
+    from tests.support.shelf import churn_frame, two_pipelines
+
+    class Breaking:
+        """The model, until `broken`: then every predict raises."""
+
+        def __init__(self, model: Any) -> None:
+            self.model, self.broken = model, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.model, name)
+
+        def predict_proba(self, frame: Any) -> Any:
+            if self.broken:
+                raise RuntimeError("the forest is on fire")
+            return self.model.predict_proba(frame)
+
+    model = Breaking(two_pipelines()[0])
+    shelf = ModelShelf(models={1: model}, production=1)
+    predictor = Predictor(shelf, {"churn": churn_spec}, ModelCache(), compiles=lambda _: False)
+    predictor.converge()
+    model.broken = True
+    online = OnlinePredictor(client, predictor, "replica-1", 10)
+    frame = churn_frame(3, seed=2)[[c.name for c in churn_spec.feature_columns]]
+    request = PredictionRequested(
+        model_name="churn", reply_to="replies", deadline=time.time() + 30,
+        columns={name: frame[name].tolist() for name in frame.columns},
+    )  # fmt: skip
+    await ensure_group(client, PredictionRequested.stream, "predictor")
+    await client.xadd(request.stream, entry_fields(request))  # type: ignore[arg-type]
+    assert await online.once(block_ms=100) == 1
+    entries: Any = await client.xrange(PredictionsFailed.stream)
+    (failed,) = [PredictionsFailed.model_validate_json(entry_body(f)) for _, f in entries]
+    assert (failed.model_version, failed.rows, failed.replica) == (1, 3, "replica-1")
+    assert "the forest is on fire" in failed.error
