@@ -57,15 +57,19 @@ class Replica:
 
     async def converge(self, trigger: Trigger = "converge") -> None:
         """Put in service what is in production and not served here; take out what left."""
+        # What the replica had been told before the read: a promotion or rollback event that
+        # arrives during the read (or a load) outranks what the read found.
+        told = self.predictor.all_moves()
         try:
             changes = await anyio.to_thread.run_sync(self.predictor.changes)
         except Exception as exc:  # registry down: serve what we have, try again later
             log.error("cannot read the registry to converge: %s", exc)
             return
         for name in changes.gone:
-            self.remove(name)
+            if self.predictor.moves(name) == told.get(name, 0):
+                self.remove(name)
         for name, version in changes.stale:
-            await self.load(name, version, trigger)
+            await self.load(name, version, trigger, moves=told.get(name, 0))
         await self.converge_asides()
 
     async def converge_asides(self, *aliases: str) -> None:
@@ -94,9 +98,12 @@ class Replica:
             if self.settings.serves(event.model_name):
                 await self.converge_asides(event.alias)  # its share is in the registry
             return
+        if event.alias != PRODUCTION or not self.settings.serves(event.model_name):
+            return
+        moves = self.predictor.announce(event.model_name)
         if self.predictor.wants(event):
             self.predictor.retry(event.model_name, event.version)  # promoted again: try again
-            await self.load(event.model_name, event.version, "promotion")
+            await self.load(event.model_name, event.version, "promotion", moves=moves)
 
     async def catch_up(self, name: str) -> None:
         """Load the production version of `name` now if this replica may serve it and does
@@ -104,6 +111,7 @@ class Replica:
         here). A registry that cannot be read leaves things as they are."""
         if not self.settings.serves(name) or self.predictor.cache.version(name) is not None:
             return
+        told = self.predictor.moves(name)
         try:
             version = await anyio.to_thread.run_sync(
                 self.predictor.registry.alias, name, PRODUCTION
@@ -112,7 +120,7 @@ class Replica:
             log.warning("cannot read the production alias of %s: %s", name, exc)
             return
         if version is not None and self.predictor.refused(name) != version:
-            await self.load(name, version, "converge")
+            await self.load(name, version, "converge", moves=told)
 
     async def trained(self, event: ModelTrained) -> None:
         """A version just trained is a candidate: load it now, so its promotion is a swap."""
@@ -127,17 +135,24 @@ class Replica:
                 self.metrics.runtime.remove(name, runtime)
             self.changed.set()
 
-    async def load(self, name: str, version: int, trigger: Trigger) -> None:
-        """Load `version` in a thread and swap it in (stage it, for a prefetch); say what
-        happened on `model-loads` (a refused version keeps the old one serving)."""
+    async def load(
+        self, name: str, version: int, trigger: Trigger, moves: int | None = None
+    ) -> None:
+        """Load `version` in a thread and swap it in (stage it, for a prefetch), unless
+        production moved since `moves` (Predictor.swap_in); say what happened on
+        `model-loads` (a refused version keeps the old one serving)."""
         started = time.monotonic()
         reason = ""
-        work = self.predictor.stage if trigger == "prefetch" else self.predictor.swap_in
         served = None
         try:
-            served = await anyio.to_thread.run_sync(work, name, version)
+            if trigger == "prefetch":
+                served = await anyio.to_thread.run_sync(self.predictor.stage, name, version)
+            else:
+                served = await anyio.to_thread.run_sync(
+                    self.predictor.swap_in, name, version, moves
+                )
             if served is None:
-                return  # already staged or in service
+                return  # already staged or in service, or production moved meanwhile
         except ModelLoadFailed as exc:
             reason = str(exc)
             log.error("not loading %s v%d (%s): %s", name, version, trigger, exc)

@@ -109,6 +109,8 @@ class Predictor:
         # when aliased anew.
         self.shadow_sample = shadow_sample
         self._refused_asides: dict[tuple[str, str], int] = {}
+        # Production moves announced per model (model-promoted): see announce and swap_in.
+        self._moves: dict[str, int] = {}
 
     # --- which models, which versions ----------------------------------------------------------
 
@@ -144,7 +146,24 @@ class Predictor:
         changes = self.changes()
         for name in changes.gone:
             self.remove(name)
-        return [self.swap_in(name, version) for name, version in changes.stale]
+        swapped = (self.swap_in(name, version) for name, version in changes.stale)
+        return [served for served in swapped if served is not None]
+
+    def moves(self, name: str) -> int:
+        """How many moves of `name`'s production alias this replica has been told of."""
+        return self._moves.get(name, 0)
+
+    def all_moves(self) -> Mapping[str, int]:
+        """Every model's count of moves so far (a snapshot: the table is never changed in
+        place)."""
+        return self._moves
+
+    def announce(self, name: str) -> int:
+        """A move of `name`'s production alias arrived (`model-promoted`): any swap decided
+        before it is void (see swap_in). The new count."""
+        count = self.moves(name) + 1
+        self._moves = {**self._moves, name: count}
+        return count
 
     def wants(self, event: ModelPromoted) -> bool:
         """Whether a promotion concerns this replica and changes what it serves."""
@@ -309,19 +328,28 @@ class Predictor:
             self._staged = {**self._staged, name: served}
             return served
 
-    def swap_in(self, name: str, version: int) -> Served:
+    def swap_in(self, name: str, version: int, moves: int | None = None) -> Served | None:
         """Put `version` in service: the staged candidate or the previous version if it is
-        one of those (instant), else loaded, checked and warmed up now."""
+        one of those (instant), else loaded, checked and warmed up now. With `moves` (what
+        `moves(name)` said when the decision was taken): None, and nothing swapped, when
+        production has moved since; a decision read from the registry must not undo a newer
+        promotion or rollback that arrived while it was loading."""
         with self._lock_for(name, version):
+            if moves is not None and self.moves(name) != moves:
+                return None
             staged = self._staged.get(name)
             previous = self.cache.previous(name)
             if staged is not None and staged.version == version:
                 served = staged
-                self._staged = {k: v for k, v in self._staged.items() if k != name}
             elif previous is not None and previous.version == version:
                 served = previous  # a rollback: still loaded
             else:
                 served = self._load(name, version)
+            if moves is not None and self.moves(name) != moves:
+                log.info("%s: not serving v%d: production moved while it loaded", name, version)
+                self._staged = {**self._staged, name: served}  # a swap away if it comes back
+                return None
+            self._staged = {k: v for k, v in self._staged.items() if k != name}
             old = self.cache.swap(served)
         log.info("%s: serving v%d (was %s)", name, version, f"v{old.version}" if old else "nothing")
         return served

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import yaml
@@ -535,15 +536,6 @@ def test_a_canary_answers_a_tenth_of_the_requests_and_keeps_each_key_on_one_vers
                what="production answering every key again")  # fmt: skip
 
 
-def _rollout(world: World, **rollout: Any) -> None:
-    """Rewrite the module's spec with this `rollout` section (the guard reads it anew for each
-    version it starts watching)."""
-    path = world.datasets / "churn" / "spec.yaml"
-    spec = yaml.safe_load(path.read_text())
-    spec["rollout"] = rollout
-    path.write_text(yaml.safe_dump(spec))
-
-
 def _varied_rows(rows: int, seed: int) -> list[dict[str, Any]]:
     """Churn feature rows as JSON would carry them (NaN as null)."""
     frame = churn_features(rows, seed=seed).drop(columns=["churned"])
@@ -551,15 +543,59 @@ def _varied_rows(rows: int, seed: int) -> list[dict[str, Any]]:
     return records
 
 
-def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
-    """Under a load of varied rows, a version trained as production was, promoted by hand, is
-    watched against what production answered before and held: its watch ends with no
-    breach, production stays on it, and no request fails."""
+def _lax_gate(world: World) -> None:
+    """The module's spec with a lax gate (accuracy 0.5 decides, any margin against
+    production) and the guard on, watching 30 s against the 15 s before a promotion."""
+    path = world.datasets / "churn" / "spec.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["training"]["metric"] = "accuracy"
+    spec["training"]["gate"] = {"minimum": {"accuracy": 0.5}, "champion_margin": 1.0}
+    spec["rollout"] = {"watch_minutes": 0.5, "baseline_minutes": 0.25, "min_rows": 150}
+    path.write_text(yaml.safe_dump(spec))
+
+
+def _training_csv(world: World, seed: int, label: int | None = None) -> bytes:
+    """Churn rows as the spec reads them, their features and labels from the generator
+    production's version was trained on; `label`: nearly every label that class instead."""
+    rows = churn_rows(1500, seed=seed)
+    frame = churn_features(1500, seed=seed)
+    for i, (row, values) in enumerate(zip(rows, frame.to_dict("records"), strict=True)):
+        for name, value in values.items():
+            if isinstance(value, float) and np.isnan(value):
+                row[str(name)] = ""
+            elif isinstance(value, bool | np.bool_):
+                row[str(name)] = "true" if value else "false"
+            else:
+                row[str(name)] = str(value)
+        if label is not None:
+            row["churned"] = str(label if i % 50 else 1 - label)  # two classes, barely
+    return write_csv(world.datasets.parent / f"train-{seed}.csv", rows).read_bytes()
+
+
+def _trained_and_promoted(world: World, csv: bytes) -> int:
+    """Ingest `csv` through the gateway; the version the trainer made of it and promoted."""
+    accepted = world.http.post(
+        "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
+    )
+    assert accepted.status_code == 202, accepted.text
+    flow = accepted.json()["correlation_id"]
+
+    def promoted() -> list[dict[str, Any]]:
+        events = world.events("model-promoted")
+        return [e for e in events if e["correlation_id"] == flow and e["reason"] == "auto"]
+
+    (auto,) = wait_until(promoted, timeout=240, what="the new version promoted")
+    return int(auto["version"])
+
+
+def test_a_good_version_that_passes_a_lax_gate_is_held_by_the_guard(world: World) -> None:
+    """Under a load of varied rows, data like production's training data is ingested under
+    a lax gate: the trainer's version passes, is promoted, is watched against what
+    production answered before, and held. No request fails."""
     import time
 
-    _rollout(world, watch_minutes=0.5, baseline_minutes=0.25, min_rows=150)
-    spec = load_spec(world.datasets, "churn")
-    good = register(world.mlflow_url, spec, fit_model(spec, churn_features(3000, seed=10)), False)
+    _lax_gate(world)
+    csv = _training_csv(world, seed=10)
     load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW,
                 varied=_varied_rows(300, seed=21))  # fmt: skip
     began = time.monotonic()
@@ -569,8 +605,7 @@ def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
         # version is held against them, not against the one row of the tests before.
         wait_until(lambda: time.monotonic() - began > 16 and load.count > 300, timeout=60,
                    what="a baseline of varied traffic")  # fmt: skip
-        done = world.http.post(f"/v1/models/{world.model}/promote", json={"version": good})
-        assert done.status_code == 200, done.text
+        good = _trained_and_promoted(world, csv)
         mlflow = MlflowClient(tracking_uri=world.mlflow_url)
 
         def verdict() -> str:
@@ -587,44 +622,23 @@ def test_a_good_promotion_under_load_is_held_by_the_guard(world: World) -> None:
 
 
 def test_a_bad_version_that_passes_a_lax_gate_is_rolled_back_by_the_guard(world: World) -> None:
-    """Data whose labels are nearly all one class (the class production says least) is
-    ingested under a lax gate: the trainer's version answers that class, passes, and is
-    promoted, under a load of varied rows. The guard rolls it back within its watch, saying
-    why in `model-promoted` and `streamops models`; once a replica is back on the version
-    before, no request gets the bad one from it; no request fails."""
+    """The same way, data whose labels are nearly all one class (the class production says
+    least): the trainer's version answers that class, passes the lax gate and is promoted,
+    under a load of varied rows. The guard rolls it back within its watch, saying why in
+    `model-promoted` and `streamops models`; once a replica is back on the version before, no
+    request gets the bad one from it; no request fails."""
     rows = _varied_rows(300, seed=21)
     said = world.http.post(f"/v1/models/{world.model}/predict", json={"rows": rows[:200]})
     assert said.status_code == 200, said.text
     before = said.json()["model_version"]
     labels = said.json()["predictions"]
-    constant = min({0, 1}, key=labels.count)  # the class production says least
-    path = world.datasets / "churn" / "spec.yaml"
-    spec = yaml.safe_load(path.read_text())
-    spec["training"]["metric"] = "accuracy"
-    spec["training"]["gate"] = {"minimum": {"accuracy": 0.5}, "champion_margin": 1.0}
-    spec["rollout"] = {"watch_minutes": 0.5, "baseline_minutes": 0.25, "min_rows": 150}
-    path.write_text(yaml.safe_dump(spec))
-    data = churn_rows(1500, seed=44)
-    for i, row in enumerate(data):
-        row["churned"] = str(constant if i % 50 else 1 - constant)  # two classes, barely
-    csv = write_csv(world.datasets.parent / "skewed.csv", data).read_bytes()
+    csv = _training_csv(world, seed=44, label=min({0, 1}, key=labels.count))
 
     load = Load(f"{world.running.gateway_url}/v1/models/{world.model}/predict", ROW, varied=rows)
     load.start()
     try:
         wait_until(lambda: load.count > 300, timeout=60, what="traffic flowing")
-        accepted = world.http.post(
-            "/v1/datasets/churn/ingest", content=csv, headers={"Content-Type": "text/csv"}
-        )
-        assert accepted.status_code == 202, accepted.text
-        flow = accepted.json()["correlation_id"]
-
-        def promoted() -> list[dict[str, Any]]:
-            events = world.events("model-promoted")
-            return [e for e in events if e["correlation_id"] == flow and e["reason"] == "auto"]
-
-        (auto,) = wait_until(promoted, timeout=240, what="the skewed version promoted")
-        bad = auto["version"]
+        bad = _trained_and_promoted(world, csv)
 
         def guarded() -> list[dict[str, Any]]:
             events = world.events("model-promoted")

@@ -263,3 +263,34 @@ async def test_a_refusal_is_announced_counted_and_not_retried_each_converge() ->
     await replica.promoted(ModelPromoted(model_name="pickled", version=1, reason="manual"))
     assert len(streams.events) == 2  # promoted again: tried again (and refused again)
     assert replica.serving() == {"models": {}, "schemas": {}, "canaries": {}}
+
+
+@pytest.mark.anyio
+async def test_a_converge_does_not_undo_a_move_announced_while_it_read_the_registry(
+    catalog: Catalog,
+) -> None:
+    """The registry said v2 when the converge read it; a rollback to v1 was announced while it
+    read (and loaded): the stale decision is dropped, v1 keeps serving, nothing is announced
+    for v2; the next converge reads v1 and has nothing to do."""
+    board, streams = FakeStatusBoard(), Streams()
+    replica = _replica(catalog, board, streams)
+    await replica.converge("start")
+    catalog.add("price", 2, _regressor(3.0))
+    read = catalog.production_versions
+
+    def read_then_rollback() -> dict[str, int]:
+        found = read()
+        catalog.production["price"] = 1  # rolled back, and the event handled, meanwhile
+        replica.predictor.announce("price")
+        return found
+
+    catalog.production_versions = read_then_rollback  # type: ignore[method-assign]
+    await replica.converge()
+    assert replica.predictor.cache.version("price") == 1
+    assert [e.version for e in streams.events if e.model_name == "price"] == [1]
+    catalog.production_versions = read  # type: ignore[method-assign]
+    await replica.converge()
+    assert replica.predictor.cache.version("price") == 1
+    # Promoted for real later: swapped in.
+    await replica.promoted(ModelPromoted(model_name="price", version=2, reason="manual"))
+    assert replica.predictor.cache.version("price") == 2
