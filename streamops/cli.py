@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -378,13 +378,7 @@ def _registry() -> Any:
 
 def _announce(event: Any) -> None:
     """Publish a promotion for serving, and say what happened."""
-    import redis
-
-    from shared.broker import redis_url
-    from shared.settings import CommonSettings
-    from streamops.client import publish
-
-    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
+    _publish(event)
     before = f"v{event.previous_version}" if event.previous_version else "nothing"
     console.print(
         f"{event.model_name}: production is v{event.version} (was {before}); "
@@ -404,96 +398,110 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _add_shadow(commands: Any) -> None:
-    shadow = commands.add_parser(
+    _add_aside(
+        commands,
         "shadow",
-        help="let a version shadow production: it predicts a sample of the online requests "
-        "too, after they are answered, and never answers a client",
+        summary="let a version shadow production: it predicts a sample of the online "
+        "requests too, after they are answered, and never answers a client",
+        share=("--sample", 0.1, "share of the requests (default 0.1)"),
+        off="no challenger any more",
+        run=_shadow,
     )
-    shadow.add_argument("model")
-    shadow.add_argument("version", type=int, nargs="?")
-    shadow.add_argument(
-        "--sample", type=float, default=0.1, help="share of the requests (default 0.1)"
+
+
+def _add_canary(commands: Any) -> None:
+    _add_aside(
+        commands,
+        "canary",
+        summary="route a percent of the online requests to a version (a client's "
+        "X-Routing-Key keeps it on one version)",
+        share=("--percent", 10.0, "percent of the requests (default 10)"),
+        off="no canary any more",
+        run=_canary,
     )
-    shadow.add_argument("--off", action="store_true", help="no challenger any more")
-    shadow.set_defaults(run=_shadow)
+
+
+def _add_aside(
+    commands: Any,
+    name: str,
+    *,
+    summary: str,
+    share: tuple[str, float, str],
+    off: str,
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """`streamops shadow` and `streamops canary`: a model, a version and its share, or --off."""
+    parser = commands.add_parser(name, help=summary)
+    parser.add_argument("model")
+    parser.add_argument("version", type=int, nargs="?")
+    flag, default, said = share
+    parser.add_argument(flag, type=float, default=default, help=said)
+    parser.add_argument("--off", action="store_true", help=off)
+    parser.set_defaults(run=run)
 
 
 def _shadow(args: argparse.Namespace) -> int:
-    import redis
-
-    from shared.broker import redis_url
-    from shared.errors import InvalidShadow
     from shared.promotion import shadow
-    from shared.settings import CommonSettings
-    from streamops.client import publish
 
     registry = _registry()
     if args.off:
         registry.end_shadow(args.model)
         console.print(f"{args.model}: no challenger; the replicas drop it at their next converge")
         return 0
-    if args.version not in [v.version for v in registry.versions(args.model)]:
-        err.print(f"model {args.model!r} has no version {args.version}")
-        return 1
-    try:
-        event = shadow(registry, args.model, args.version, args.sample)
-    except InvalidShadow as exc:
-        err.print(str(exc))
-        return 1
-    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
-    console.print(
+    return _aside(
+        args,
+        registry,
+        lambda: shadow(registry, args.model, args.version, args.sample),
         f"{args.model}: v{args.version} shadows {args.sample:.0%} of the online requests; "
-        "model-promoted published (alias challenger)"
+        "model-promoted published (alias challenger)",
     )
-    return 0
-
-
-def _add_canary(commands: Any) -> None:
-    canary = commands.add_parser(
-        "canary",
-        help="route a percent of the online requests to a version (a client's X-Routing-Key "
-        "keeps it on one version)",
-    )
-    canary.add_argument("model")
-    canary.add_argument("version", type=int, nargs="?")
-    canary.add_argument(
-        "--percent", type=float, default=10.0, help="percent of the requests (default 10)"
-    )
-    canary.add_argument("--off", action="store_true", help="no canary any more")
-    canary.set_defaults(run=_canary)
 
 
 def _canary(args: argparse.Namespace) -> int:
-    import redis
-
-    from shared.broker import redis_url
-    from shared.errors import InvalidCanary
     from shared.promotion import canary, end_canary
-    from shared.settings import CommonSettings
-    from streamops.client import publish
 
     registry = _registry()
-    bus = redis.Redis.from_url(redis_url(CommonSettings()))
     if args.off:
         ended = end_canary(registry, args.model)
         if ended is not None:
-            publish(bus, ended)
+            _publish(ended)
         console.print(f"{args.model}: no canary; production answers every request")
         return 0
+    return _aside(
+        args,
+        registry,
+        lambda: canary(registry, args.model, args.version, args.percent),
+        f"{args.model}: v{args.version} answers {args.percent:g}% of the online requests once "
+        "every replica holds it; model-promoted published (alias canary)",
+    )
+
+
+def _aside(args: argparse.Namespace, registry: Any, move: Callable[[], Any], said: str) -> int:
+    """Set a challenger or a canary: the version must exist, and the move be valid (1
+    otherwise, and why); then it is announced."""
+    from shared.errors import InvalidCanary, InvalidShadow
+
     if args.version not in [v.version for v in registry.versions(args.model)]:
         err.print(f"model {args.model!r} has no version {args.version}")
         return 1
     try:
-        event = canary(registry, args.model, args.version, args.percent)
-    except InvalidCanary as exc:
+        event = move()
+    except (InvalidShadow, InvalidCanary) as exc:
         err.print(str(exc))
         return 1
-    publish(bus, event)
-    console.print(
-        f"{args.model}: v{args.version} answers {args.percent:g}% of the online requests once "
-        "every replica holds it; model-promoted published (alias canary)"
-    )
+    _publish(event)
+    console.print(said)
     return 0
+
+
+def _publish(event: Any) -> None:
+    import redis
+
+    from shared.broker import redis_url
+    from shared.settings import CommonSettings
+    from streamops.client import publish
+
+    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
 
 
 def _rollback(args: argparse.Namespace) -> int:

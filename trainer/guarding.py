@@ -51,6 +51,7 @@ from trainer.evidence import Pairing, decide
 from trainer.guard import Tally, judge, summary
 from trainer.metrics import TrainerMetrics
 from trainer.watches import (
+    Kind,
     Watch,
     Watching,
     both_live,
@@ -253,18 +254,9 @@ class Guard:
         spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, model)
         if not rule.guard:
             return
-        production = await anyio.to_thread.run_sync(self.registry.alias, model, PRODUCTION)
-        now = self.clock()
-        watch = Watch(
-            model=model,
-            version=event.version,
-            against=production,
-            kind="canary",
-            started=now,
-            until=None if rule.steps else now + rule.watch_minutes * 60,
-            percent=percent,
-            stepped=now,
-        )
+        minutes = None if rule.steps else rule.watch_minutes
+        watch = await self._against_production(event, "canary", minutes)
+        watch.percent, watch.stepped = percent, watch.started
         await self._start(Watching(watch, rule, spec, old=Tally()))
 
     async def _challenger_set(self, event: ModelPromoted) -> None:
@@ -283,17 +275,20 @@ class Guard:
             or f"{model}|shadow" in self.watching
         ):
             return
+        watch = await self._against_production(event, "shadow", gate.max_minutes)
+        await self._start(Watching(watch, rule, spec, pairing=Pairing()))
+
+    async def _against_production(
+        self, event: ModelPromoted, kind: Kind, minutes: float | None
+    ) -> Watch:
+        """A watch of the event's version against production's, for `minutes` (None: until
+        the watch ends otherwise)."""
+        model = event.model_name
         production = await anyio.to_thread.run_sync(self.registry.alias, model, PRODUCTION)
         now = self.clock()
-        watch = Watch(
-            model=model,
-            version=event.version,
-            against=production,
-            kind="shadow",
-            started=now,
-            until=now + gate.max_minutes * 60,
-        )
-        await self._start(Watching(watch, rule, spec, pairing=Pairing()))
+        until = None if minutes is None else now + minutes * 60
+        return Watch(model=model, version=event.version, against=production, kind=kind,
+                     started=now, until=until)  # fmt: skip
 
     async def _start(self, watching: Watching) -> None:
         watch = watching.watch

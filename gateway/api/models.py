@@ -121,10 +121,7 @@ async def shadow_version(model_name: str, body: ShadowRequest, ctx: Ctx) -> Prom
     the online requests with it too, after they are answered (docs/rollout.md)."""
     from shared.promotion import shadow
 
-    registry = await _registry(ctx)
-    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
-    if body.version not in {v.version for v in versions}:
-        raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
+    registry = await _version_of(ctx, model_name, body.version)
     event = await anyio.to_thread.run_sync(shadow, registry, model_name, body.version, body.sample)
     return await _announce(ctx, event)
 
@@ -164,10 +161,7 @@ async def canary_version(model_name: str, body: CanaryRequest, ctx: Ctx) -> Prom
     request id) falls in its share; `X-Model-Version` says who answered (docs/rollout.md)."""
     from shared.promotion import canary
 
-    registry = await _registry(ctx)
-    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
-    if body.version not in {v.version for v in versions}:
-        raise ModelNotFound(f"model {model_name!r} has no version {body.version}")
+    registry = await _version_of(ctx, model_name, body.version)
     event = await anyio.to_thread.run_sync(canary, registry, model_name, body.version, body.percent)
     return await _announce(ctx, event)
 
@@ -188,6 +182,15 @@ async def end_canary(model_name: str, ctx: Ctx) -> None:
     event = await anyio.to_thread.run_sync(end_canary, registry, model_name)
     if event is not None:
         await ctx.bus.publish(event)
+
+
+async def _version_of(ctx: Context, model_name: str, version: int) -> GatewayRegistry:
+    """The registry, once it says `model_name` has `version` (ModelNotFound otherwise)."""
+    registry = await _registry(ctx)
+    versions = await anyio.to_thread.run_sync(registry.versions, model_name)
+    if version not in {v.version for v in versions}:
+        raise ModelNotFound(f"model {model_name!r} has no version {version}")
+    return registry
 
 
 async def _registry(ctx: Context) -> GatewayRegistry:

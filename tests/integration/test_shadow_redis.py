@@ -6,6 +6,9 @@ challenger when the alias moves and drops it with the alias."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +29,7 @@ from shared import labels, predlog
 from shared.broker import ensure_group
 from shared.datasets import DatasetSpec, feature_frame, load_spec
 from shared.events import BatchPredicted, PredictionRequested, PredictionsLogged
-from shared.registry import CHALLENGER, Challenger
+from shared.registry import CANARY, CHALLENGER, Canary, Challenger
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
 from shared.wire import entry_body, entry_fields
 from tests.support.shelf import ModelShelf, churn_frame, two_pipelines
@@ -201,5 +204,32 @@ async def test_the_challenger_alias_is_loaded_when_it_moves_and_dropped_with_it(
             return cache.aside(CHALLENGER, name) is None
 
         await eventually(dropped, timeout=30, what="the challenger dropped at a converge")
+
+        # The same version as a canary, set and ended with the command line.
+        env = {**os.environ, "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
+               "STREAMOPS_REDIS_URL": redis_db}  # fmt: skip
+        cli = [sys.executable, "-m", "streamops.cli", "canary", name]
+        done = subprocess.run([*cli, "2", "--percent", "20"], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert registry.canaries()[name] == Canary(2, 20.0)
+
+        async def routed() -> bool:
+            held = cache.aside(CANARY, name)
+            return held is not None and (held.served.version, held.share) == (2, 0.2)
+
+        await eventually(routed, timeout=30, what="v2 the canary for a fifth")
+        itself = subprocess.run([*cli, "1"], env=env, capture_output=True, text=True,
+                                timeout=120, check=False)  # fmt: skip
+        assert (itself.returncode, "in production" in itself.stderr) == (1, True)
+        ended = subprocess.run([*cli, "--off"], env=env, capture_output=True, text=True,
+                               timeout=120, check=False)  # fmt: skip
+        assert ended.returncode == 0, ended.stderr
+
+        async def withdrawn() -> bool:
+            return cache.aside(CANARY, name) is None
+
+        await eventually(withdrawn, timeout=5, what="the canary dropped on its withdrawal")
     await client.aclose()
     assert name not in registry.challengers()
+    assert name not in registry.canaries()
