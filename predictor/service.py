@@ -349,7 +349,8 @@ class Predictor:
                 log.info("%s: not serving v%d: production moved while it loaded", name, version)
                 self._staged = {**self._staged, name: served}  # a swap away if it comes back
                 return None
-            self._staged = {k: v for k, v in self._staged.items() if k != name}
+            if staged is served:  # the candidate goes into service: no longer staged
+                self._staged = {k: v for k, v in self._staged.items() if k != name}
             old = self.cache.swap(served)
         log.info("%s: serving v%d (was %s)", name, version, f"v{old.version}" if old else "nothing")
         return served
