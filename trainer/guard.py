@@ -18,6 +18,7 @@ not failed, it is not judged yet.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +46,16 @@ class Tally:
     classifier: bool | None = None  # None until the first entry says
 
     def add(self, entry: PredictionsLogged, at: float = 0.0) -> None:
-        self.rows += len(entry.predictions)
-        self.classifier = entry.classes is not None
-        said = map(str, entry.predictions) if self.classifier else map(_number, entry.predictions)
-        self.batches.append((at, entry.latency_ms, tuple(said)))
+        self.add_batch(at, entry.latency_ms, entry.predictions, entry.classes is not None)
+
+    def add_batch(
+        self, at: float, latency_ms: float, said: Sequence[Any], classifier: bool
+    ) -> None:
+        """One batch's answers, as the prediction log keeps them (labels, or values)."""
+        self.rows += len(said)
+        self.classifier = classifier
+        values = map(str, said) if classifier else map(_number, said)
+        self.batches.append((at, latency_ms, tuple(values)))
 
     def add_failed(self, rows: int, at: float = 0.0) -> None:
         self.failed += rows

@@ -24,7 +24,8 @@ a challenger with the reason in its tag.
 Several trainers run a guard each: a Redis key claims each verdict (SET NX), and the guard
 that acts first checks that the alias still points where it watched, so nothing is undone
 twice or after someone moved it. Watches are kept in a Redis hash, so a restarted trainer
-goes on watching until their windows end (with the figures it gathers from then on).
+goes on watching until their windows end; what it missed meanwhile it reads from the
+prediction log (trainer/watches.py: logged_tally).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from trainer.watches import (
     Watching,
     both_live,
     live_of,
+    logged_tally,
     promote_canary,
     rule_of,
     shadow_verdict,
@@ -208,7 +210,12 @@ class Guard:
         if not rule.guard:
             return
         now = self.clock()
-        against, old = self._answered_before(model, event, now - rule.baseline_minutes * 60)
+        since = now - rule.baseline_minutes * 60
+        against, old = self._answered_before(model, event, since)
+        if old is None or old.rows < rule.min_rows:  # not running then: what the log holds
+            old = await anyio.to_thread.run_sync(
+                logged_tally, self.store_root, model, against, since, now
+            )
         watch = Watch(
             model=model,
             version=event.version,
@@ -319,8 +326,21 @@ class Guard:
             if watch.key in self.watching:
                 continue
             spec, rule = await anyio.to_thread.run_sync(rule_of, self.datasets_dir, watch.model)
-            old = Tally() if watch.kind == "canary" else None
-            self.watching[watch.key] = Watching(watch, rule, spec, old=old)
+            # What was answered before the restart, from the log: the new version since the
+            # watch began; the old one before it (a promotion's) or beside it (a canary's).
+            before = watch.started - rule.baseline_minutes * 60
+            since, until = (
+                (watch.started, None) if watch.kind == "canary" else (before, watch.started)
+            )
+            new, old = await anyio.to_thread.run_sync(self._logged, watch, since, until)
+            pairing = Pairing() if watch.kind == "shadow" else None
+            self.watching[watch.key] = Watching(
+                watch, rule, spec, new=new, old=old, pairing=pairing
+            )
+
+    def _logged(self, watch: Watch, since: float, until: float | None) -> tuple[Tally, Tally]:
+        new = logged_tally(self.store_root, watch.model, watch.version, watch.started)
+        return new, logged_tally(self.store_root, watch.model, watch.against, since, until)
 
     # --- judging -------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ a person, may have moved it meanwhile, and nothing is undone twice or after such
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Literal
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from shared import labels
+from shared import labels, predlog
 from shared.datasets import DatasetSpec, RolloutSpec, load_spec
 from shared.events import GuardBreach, ModelPromoted
 from shared.promotion import end_canary, promote, restore
@@ -71,6 +73,37 @@ def rule_of(datasets_dir: Path, model: str) -> tuple[DatasetSpec | None, Rollout
         if spec.training is not None and spec.model_name == model:
             return spec, spec.rollout or RolloutSpec()
     return None, RolloutSpec()
+
+
+def logged_tally(
+    store_root: Path, model: str, version: int | None, since: float, until: float | None = None
+) -> Tally:
+    """What `version` answered online in [since, until), as the prediction log holds it: the
+    figures a guard that was not running then (a restart) could not gather from the stream.
+    The log lags the stream by the loggers' flush (2 s by default)."""
+    tally = Tally()
+    if version is None:
+        return tally
+    table = predlog.read_log(
+        store_root,
+        model,
+        since=datetime.fromtimestamp(since, UTC),
+        until=None if until is None else datetime.fromtimestamp(until, UTC),
+        columns=["version", "source", "log_id", "latency_ms", "prediction", "classes"],
+    )
+    if table.num_rows == 0 or "version" not in table.column_names:
+        return tally
+    mine = table.filter(
+        pc.and_(pc.equal(table["version"], version), pc.equal(table["source"], "online"))
+    )
+    classifier = mine["classes"].null_count < mine.num_rows
+    columns = ("log_id", "latency_ms", "prediction")
+    rows = zip(*(mine[name].to_pylist() for name in columns), strict=True)
+    # A log entry is one answered batch; its rows are together (the log is read sorted).
+    for _, batch in itertools.groupby(rows, key=operator.itemgetter(0)):
+        answered = list(batch)
+        tally.add_batch(since, answered[0][1], [said for *_, said in answered], classifier)
+    return tally
 
 
 def live_of(store_root: Path, watch: Watch) -> dict[str, float] | None:

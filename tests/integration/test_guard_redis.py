@@ -339,3 +339,48 @@ async def test_a_replica_says_which_version_failed_which_rows(
     (failed,) = [PredictionsFailed.model_validate_json(entry_body(f)) for _, f in entries]
     assert (failed.model_version, failed.rows, failed.replica) == (1, 3, "replica-1")
     assert "the forest is on fire" in failed.error
+
+
+async def test_a_restarted_guard_takes_what_it_missed_from_the_prediction_log(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The trainer restarts during a watch: the new guard rebuilds both sides from the log
+    (the old version's answers before the promotion, the new one's since), and judges at
+    once, with no traffic after the restart."""
+    from datetime import UTC, datetime
+
+    from shared import predlog
+
+    shelf = ModelShelf(models={1: object(), 2: object()}, production=1, production_history=[1])
+    guard, _, clock = _guard(client, shelf, tmp_path, {"min_rows": 100})
+    await guard.read(block_ms=None)
+    moved = promote(shelf, "churn", 2, "manual")
+    await client.xadd(moved.stream, entry_fields(moved))  # type: ignore[arg-type]
+    await _drain(guard)
+    assert guard.watching["churn|promotion"].old is not None
+
+    def logged(version: int, seconds: float, label: Callable[[int], int]) -> tuple[Any, str]:
+        at = datetime.fromtimestamp(clock.now + seconds, UTC)
+        entry = PredictionsLogged(
+            model_name="churn", model_version=version, latency_ms=2.0, occurred_at=at,
+            requests=[(f"v{version}-{seconds}-{i}", 1) for i in range(10)], features=None,
+            predictions=[label(i) for i in range(10)], classes=[0, 1],
+        )  # fmt: skip
+        return entry, f"{version}-{seconds}"
+
+    store = tmp_path / "again" / "store"
+    events = [logged(1, -60 + s, lambda i: MIXED[i % 5]) for s in range(30)]
+    events += [logged(2, 5 + s, lambda i: 1) for s in range(30)]
+    day = datetime.fromtimestamp(clock.now, UTC).date()
+    predlog.write_part(predlog.online_part(store, "churn", day, "1-0", "9-0"),
+                       predlog.online_table(events))  # fmt: skip
+
+    again, published, later = _guard(client, shelf, tmp_path / "again", {"min_rows": 100})
+    later.now = clock.now + 40
+    await again.restore()
+    watching = again.watching["churn|promotion"]
+    assert (watching.new.rows, watching.old.rows if watching.old else 0) == (300, 300)
+    await again.judge_all()
+    (rolled,) = published
+    assert (rolled.version, rolled.reason) == (1, "guard")
+    assert rolled.breaches[0].check == "prediction_shift"
