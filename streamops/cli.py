@@ -664,8 +664,11 @@ def _explain_request(args: argparse.Namespace) -> int:
         rows = [
             r for r in records if (r["model"], r["version"]) == (first["model"], first["version"])
         ]
+        # A challenger's records are what it said of the rows after production answered
+        # them: never sent to the client (docs/rollout.md).
+        said = "shadowed (not sent)" if first["source"] == "shadow" else "answered"
         console.print(
-            f"request {args.request_id}: {len(rows)} row(s), {first['source']}, answered "
+            f"request {args.request_id}: {len(rows)} row(s), {first['source']}, {said} "
             f"{first['time'].isoformat(timespec='milliseconds')} by replica {first['replica']}"
         )
         for row in rows[:20]:

@@ -152,10 +152,17 @@ def _notebook(mlflow_url: str) -> list[dict[str, Any]]:
 def _answer(
     http: httpx.Client, model: str, rows: list[dict[str, Any]], timeout: float
 ) -> dict[str, Any] | None:
-    """The model's answer, once the gateway has its route and a replica serves it."""
+    """The model's answer, once a replica serves it (the gateway's readiness says so: asking
+    the predict route before would only collect 404s) and the gateway has its route."""
     found: dict[str, Any] = {}
 
+    def served() -> bool:
+        ready = http.get("/readyz").json()
+        return any(model in models for models in ready.get("predictors", {}).values())
+
     def answered() -> bool:
+        if not served():
+            return False
         response = http.post(f"/v1/models/{model}/predict", json={"rows": rows})
         if response.status_code == 200:
             found.update(response.json())
