@@ -184,6 +184,12 @@ class RolloutSpec(BaseModel):
         description="Rows the new version (and the one it is compared with) must have answered "
         "before the guard judges errors, latency or the prediction shift.",
     )
+    breach_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How long a check must keep failing before the guard acts (0: at once).",
+    )
     max_error_rate: float = Field(
         default=0.01,
         ge=0,

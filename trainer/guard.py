@@ -30,6 +30,8 @@ from shared.events import GuardBreach, PredictionsLogged
 
 # What a tally keeps of a version's recent answers: enough for a p99 and a distribution.
 KEPT_BATCHES = 5_000
+# Batches on each side before their p99s are compared.
+MIN_BATCHES = 100
 
 
 @dataclass
@@ -123,7 +125,9 @@ def judge(
             )
         )
     compared = old is not None and old.rows >= rule.min_rows
-    if compared and old is not None and new.rows >= rule.min_rows:
+    # A p99 of fewer batches is their maximum: one slow batch, not a slow version.
+    timed = compared and old is not None and min(len(old.batches), len(new.batches)) >= MIN_BATCHES
+    if timed and old is not None and new.rows >= rule.min_rows:
         before = old.p99()
         limit = max(rule.max_p99_ratio * before, rule.p99_floor_ms)
         p99 = new.p99()

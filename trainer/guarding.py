@@ -361,8 +361,14 @@ class Guard:
         breaches = judge(watching.new, watching.old, rule, quality=watching.quality, gate=gate)
         self._export(watching, breaches)
         if breaches:
-            await self._breached(watching, breaches)
-        elif watch.kind == "canary" and rule.steps:
+            # A breach must last: one slow moment (a cold first batch, a training next door)
+            # is no verdict. The figures said are the latest.
+            watching.breached_since = watching.breached_since or now
+            if now - watching.breached_since >= rule.breach_seconds:
+                await self._breached(watching, breaches)
+            return
+        watching.breached_since = None
+        if watch.kind == "canary" and rule.steps:
             if now - watch.stepped >= rule.step_minutes * 60 and watching.new.rows >= rule.min_rows:
                 await self._step(watching)
         elif watch.until is not None and now >= watch.until:

@@ -60,6 +60,8 @@ class Watching:
     # A challenger's (kind shadow): its answers paired with production's, and both live
     # figures on their labelled rows.
     pairing: Pairing | None = None
+    # When the checks began to fail without a pause (None: they pass).
+    breached_since: float | None = None
     live: tuple[dict[str, float], dict[str, float]] | None = None
 
 

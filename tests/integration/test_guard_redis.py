@@ -52,6 +52,7 @@ def _guard(
         published.append(event)
         await client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
 
+    rollout = {"breach_seconds": 0, **rollout}  # at once, unless a test says otherwise
     guard = Guard(client, shelf, _datasets(tmp_path, rollout), tmp_path / "store", publish,
                   TrainerMetrics(), clock=clock)  # fmt: skip
     return guard, published, clock
@@ -384,3 +385,43 @@ async def test_a_restarted_guard_takes_what_it_missed_from_the_prediction_log(
     (rolled,) = published
     assert (rolled.version, rolled.reason) == (1, "guard")
     assert rolled.breaches[0].check == "prediction_shift"
+
+
+async def test_a_breach_must_last_before_the_guard_acts(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A check that fails and then passes again undoes nothing; one that keeps failing for
+    `breach_seconds` does."""
+    shelf = ModelShelf(models={1: object(), 2: object()}, production=1, production_history=[1])
+    guard, published, clock = _guard(client, shelf, tmp_path, {"min_rows": 100,
+                                                               "breach_seconds": 10})  # fmt: skip
+    await guard.read(block_ms=None)
+    await _answer(client, 1, lambda i: MIXED[i % 5], 300)
+    moved = promote(shelf, "churn", 2, "manual")
+    await client.xadd(moved.stream, entry_fields(moved))  # type: ignore[arg-type]
+    await _drain(guard)
+    for _ in range(15):  # 150 failed rows of 150: every row
+        failed = PredictionsFailed(model_name="churn", model_version=2, rows=10)
+        await client.xadd(failed.stream, entry_fields(failed))  # type: ignore[arg-type]
+    await _drain(guard)
+    await guard.judge_all()
+    clock.now += 5
+    await guard.judge_all()
+    assert published == []  # failing for 5 s of 10
+    await _answer(client, 2, lambda i: MIXED[i % 5], 20_000)  # it recovers: 150 of 20,150 failed
+    await _drain(guard)
+    clock.now += 1
+    await guard.judge_all()
+    assert guard.watching["churn|promotion"].breached_since is None
+    for _ in range(3000):  # failing again, for good: 30,150 failed rows of 50,150
+        failed = PredictionsFailed(model_name="churn", model_version=2, rows=10)
+        await client.xadd(failed.stream, entry_fields(failed))  # type: ignore[arg-type]
+    await _drain(guard)
+    await guard.judge_all()
+    clock.now += 9
+    await guard.judge_all()
+    assert published == []
+    clock.now += 1
+    await guard.judge_all()
+    (rolled,) = published
+    assert [b.check for b in rolled.breaches] == ["errors"]

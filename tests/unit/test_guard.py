@@ -67,16 +67,26 @@ def test_failed_rows_over_the_rate_breach_even_with_nothing_answered() -> None:
 
 
 def test_a_slow_version_breaches_latency_over_the_ratio_and_the_floor() -> None:
-    slow = _tally(BALANCED, latency_ms=80.0)
+    slow = _tally(BALANCED, latency_ms=80.0, batch=2)  # 150 batches
     assert judge(slow, None, RULE) == []  # a first version: no latency to compare with
-    (breach,) = judge(slow, _tally(BALANCED, latency_ms=2.0), RULE)
+    # Fewer than 100 batches on a side: their p99 is their slowest; no verdict.
+    assert judge(_tally(BALANCED, latency_ms=80.0), _tally(BALANCED, latency_ms=2.0), RULE) == []
+    (breach,) = judge(slow, _tally(BALANCED, latency_ms=2.0, batch=2), RULE)
     assert breach.check == "latency"
     assert breach.value == pytest.approx(80.0)
     assert breach.threshold == 50.0  # 3 x 2 ms is under the floor
     # Three times slower but under the floor: no breach.
-    assert judge(_tally(BALANCED, latency_ms=20.0), _tally(BALANCED, latency_ms=2.0), RULE) == []
+    fast = _tally(BALANCED, latency_ms=2.0, batch=2)
+    assert judge(_tally(BALANCED, latency_ms=20.0, batch=2), fast, RULE) == []
     # Over the floor, but not three times the old p99: no breach either.
-    assert judge(_tally(BALANCED, latency_ms=90.0), _tally(BALANCED, latency_ms=40.0), RULE) == []
+    assert (
+        judge(
+            _tally(BALANCED, latency_ms=90.0, batch=2),
+            _tally(BALANCED, latency_ms=40.0, batch=2),
+            RULE,
+        )
+        == []
+    )
 
 
 def test_regressors_are_compared_in_the_old_versions_deciles() -> None:
