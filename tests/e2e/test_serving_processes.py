@@ -499,9 +499,21 @@ def test_a_canary_answers_a_tenth_of_the_requests_and_keeps_each_key_on_one_vers
         assert answer.status_code == 200, answer.text
         return int(answer.headers["X-Model-Version"])
 
-    # Routed once both replicas hold it and every gateway worker has read their heartbeats.
-    wait_until(lambda: all(version_for(inside) == 2 for _ in range(6)), timeout=60,
-               what="requests routed to the canary")  # fmt: skip
+    # Routed once both replicas hold it and every gateway worker has read their heartbeats
+    # (each worker reads them every second, on its own): v2 for an inside key, without a
+    # break, for longer than that second.
+    import time
+
+    since: list[float] = []
+
+    def routed_everywhere() -> bool:
+        if version_for(inside) != 2:
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] > 1.5
+
+    wait_until(routed_everywhere, timeout=60, what="every gateway worker routing to v2")
     keys = [f"client-{i}" for i in range(1000)] * 2
     random.Random(5).shuffle(keys)
 
