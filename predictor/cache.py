@@ -75,11 +75,7 @@ class ModelCache:
     def runtime(self, name: str, version: int | None = None) -> str:
         """What runs the version of `name` in service (onnx, native), or none; with `version`,
         what runs the version that answers a batch meant for it (see serving)."""
-        if version is not None:
-            canary = self.aside(CANARY, name)
-            if canary is not None and canary.served.version == version:
-                return canary.served.runtime
-        served = self._live.get(name)
+        served = self._canary(name, version) or self._live.get(name)
         return "none" if served is None else served.runtime
 
     def names(self) -> tuple[str, ...]:
@@ -103,18 +99,19 @@ class ModelCache:
     def serving(self, name: str, version: int | None) -> Served:
         """What answers a batch of `name` meant for `version`: the canary when it is that
         version, production otherwise (a canary ended since the gateway chose it, say)."""
-        if version is not None:
-            canary = self.aside(CANARY, name)
-            if canary is not None and canary.served.version == version:
-                return canary.served
-        return self.get(name)
+        return self._canary(name, version) or self.get(name)
+
+    def _canary(self, name: str, version: int | None) -> Served | None:
+        """`name`'s canary if it is `version`."""
+        if version is None:  # production's batch: the usual case, no lookup
+            return None
+        canary = self.aside(CANARY, name)
+        return canary.served if canary is not None and canary.served.version == version else None
 
     def lineage(self, name: str, version: int | None) -> Lineage:
         """The lineage of `version` of `name` if it is served here (or was, just before the
         last swap, or is its canary); an empty one otherwise."""
-        canary = self.aside(CANARY, name)
-        held = None if canary is None else canary.served
-        for served in (self._live.get(name), self._previous.get(name), held):
+        for served in (self._live.get(name), self._previous.get(name), self._canary(name, version)):
             if served is not None and served.version == version:
                 return served.lineage
         return Lineage()

@@ -179,6 +179,8 @@ class Replica:
         except ModelLoadFailed as exc:
             reason = str(exc)
             log.error("not loading %s %s v%d: %s", alias, name, version, exc)
+        if served is None and not reason:
+            return  # held already: another converge loaded it meanwhile
         self.metrics.loads.labels(name, trigger, "refused" if reason else "loaded").inc()
         seconds = time.monotonic() - started
         event = self._loaded(name, version, trigger, reason=reason, seconds=seconds, served=served)

@@ -227,12 +227,17 @@ class Predictor:
         gone = [name for name in self.cache.asides(alias) if name not in wanted]
         return AsideChanges(stale, resampled, gone)
 
-    def load_aside(self, alias: str, name: str, version: int, share: float) -> Served:
+    def load_aside(self, alias: str, name: str, version: int, share: float) -> Served | None:
         """Load `version` as `name`'s challenger or canary (blocking: from a thread);
-        ModelLoadFailed leaves the one before (if any) in place."""
+        ModelLoadFailed leaves the one before (if any) in place. None when it is held under
+        that alias already (an event and a converge both asked for it): not loaded twice."""
         key = (alias, name)
         self._refused_asides = {k: v for k, v in self._refused_asides.items() if k != key}
         with self._lock_for(name, version):
+            held = self.cache.aside(alias, name)
+            if held is not None and held.served.version == version:
+                self.reshare(alias, name, share)
+                return None
             staged = self._staged.get(name)
             if staged is not None and staged.version == version:
                 served = staged  # a candidate prefetched when it was trained

@@ -134,9 +134,7 @@ async def shadow_version(model_name: str, body: ShadowRequest, ctx: Ctx) -> Prom
 )
 async def end_shadow(model_name: str, ctx: Ctx) -> None:
     """No challenger any more: the replicas drop it at their next converge."""
-    registry = await _registry(ctx)
-    if not await anyio.to_thread.run_sync(registry.versions, model_name):
-        raise ModelNotFound(f"no registered model {model_name!r}")
+    registry = await _registered(ctx, model_name)
     await anyio.to_thread.run_sync(registry.end_shadow, model_name)
 
 
@@ -176,9 +174,7 @@ async def end_canary(model_name: str, ctx: Ctx) -> None:
     """No canary any more: production answers every request again within a second."""
     from shared.promotion import end_canary
 
-    registry = await _registry(ctx)
-    if not await anyio.to_thread.run_sync(registry.versions, model_name):
-        raise ModelNotFound(f"no registered model {model_name!r}")
+    registry = await _registered(ctx, model_name)
     event = await anyio.to_thread.run_sync(end_canary, registry, model_name)
     if event is not None:
         await ctx.bus.publish(event)
@@ -190,6 +186,14 @@ async def _version_of(ctx: Context, model_name: str, version: int) -> GatewayReg
     versions = await anyio.to_thread.run_sync(registry.versions, model_name)
     if version not in {v.version for v in versions}:
         raise ModelNotFound(f"model {model_name!r} has no version {version}")
+    return registry
+
+
+async def _registered(ctx: Context, model_name: str) -> GatewayRegistry:
+    """The registry, once it says `model_name` is registered (ModelNotFound otherwise)."""
+    registry = await _registry(ctx)
+    if not await anyio.to_thread.run_sync(registry.versions, model_name):
+        raise ModelNotFound(f"no registered model {model_name!r}")
     return registry
 
 

@@ -45,6 +45,10 @@ def test_a_replica_answers_a_canarys_batches_with_it_and_the_rest_with_productio
     shelf.canary = Canary(2, 25)
     assert predictor.aside_changes(CANARY).stale == [("churn", 2, 0.25)]
     predictor.load_aside(CANARY, "churn", 2, 0.25)
+    loads = len(shelf.loads)
+    # Asked again (an event and a converge at once): held already, not loaded twice.
+    assert predictor.load_aside(CANARY, "churn", 2, 0.25) is None
+    assert len(shelf.loads) == loads
     assert predictor.aside_changes(CANARY).stale == []
     (to_canary,) = answer(predictor, [_batch(rows, 2)])
     (to_production,) = answer(predictor, [_batch(rows, None)])
