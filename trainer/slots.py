@@ -1,9 +1,15 @@
 """One fit per dataset state across every trainer: a lock per training key, a lease on it.
 
-The lock is `streamops:training:<key>`, taken with SET NX PX and renewed every third of the lease
+The lock is `streamops:training:<key>`, taken with SET NX PX and renewed every third of its TTL
 while the fit runs. A second trainer handling an event for the same state acks it as covered
 ("coalesced"): the first trainer's message stays pending until it is done, and is reclaimed
 if it dies.
+
+The lock's TTL is half the message lease. A dead trainer's message can be reclaimed a lease
+after its last renewal, which is at most a third of a lease before it died; its lock is gone
+half a lease after the death. So the reclaiming trainer always finds the lock free. With equal
+clocks, a reclaim could beat the lock's expiry by milliseconds and coalesce the message into a
+fit that no live trainer was running: acked, and never trained.
 """
 
 from __future__ import annotations
@@ -80,14 +86,15 @@ class TrainingSlots:
         message stays pending and is retried once its lease runs out.
         """
         lock = f"streamops:training:{plan.key}"
-        if not await self.locks.acquire(lock, self.owner, self.lease_ms):
+        ttl_ms = self.lease_ms // 2
+        if not await self.locks.acquire(lock, self.owner, ttl_ms):
             log.info("%s is being trained elsewhere: coalesced", plan.key)
             return Training(COALESCED)
         started = time.monotonic()
         try:
             async with every(
-                self.lease_ms / 3000,
-                lambda: self.locks.renew(lock, self.lease_ms),
+                ttl_ms / 3000,
+                lambda: self.locks.renew(lock, ttl_ms),
                 f"renewing {lock}",
             ):
                 outcome = await self.fits.fit(event, plan)

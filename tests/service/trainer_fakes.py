@@ -21,14 +21,17 @@ class FakeLocks:
     owners: dict[str, str] = field(default_factory=dict)
     renewals: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    ttls: list[int] = field(default_factory=list)
 
     async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
+        self.ttls.append(ttl_ms)
         if key in self.owners:
             return False
         self.owners[key] = owner
         return True
 
     async def renew(self, key: str, ttl_ms: int) -> None:
+        self.ttls.append(ttl_ms)
         self.renewals.append(key)
 
     async def release(self, key: str) -> None:
