@@ -1,6 +1,6 @@
 """What the gateway knows about the predictor replicas: their heartbeats.
 
-Each replica's heartbeat (`streamops:heartbeat:predictor:<consumer>`) carries the version of
+Each replica's heartbeat (`streamops:heartbeat:{predictor}:<consumer>`) carries the version of
 each model it serves, from replicas that know it the model's input schema, and the canary it
 holds beside production: `{"models": {name: version}, "schemas": {name: ModelSchema as JSON},
 "canaries": {name: [version, share]}}`. The gateway reads them every second, so a predict
@@ -26,8 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from shared.keys import heartbeat_key
 from shared.schema import ModelSchema
-from shared.telemetry import heartbeat_key
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from shared.events import DataArrived, DataIngested, DataRejected, LabelsArrived
 from shared.feature_store import FeatureStore
 from shared.labels import label_events
 from shared.metrics import MetricsEndpoint, broker_middleware
+from shared.replication import Replication
 from shared.settings import IngestorSettings
 from shared.telemetry import (
     ProgressRelay,
@@ -53,7 +54,10 @@ def build_app(
         client, DataArrived.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
     board = board or RedisStatusBoard(client)
-    delivery = Delivery(ledger, DataArrived.stream, GROUP, common.consumer_name, common)
+    replication = Replication(client, common.redis_wait_replicas, common.redis_wait_ms)
+    delivery = Delivery(
+        ledger, DataArrived.stream, GROUP, common.consumer_name, common, replication
+    )
     ingested = broker.publisher(
         stream=DataIngested.stream, schema=DataIngested, description=DataIngested.__doc__
     )

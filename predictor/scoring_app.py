@@ -37,6 +37,7 @@ from shared.events import (
     derived_event_id,
 )
 from shared.feature_store import FeatureStore
+from shared.replication import Replication
 from shared.settings import PredictorSettings
 
 GROUP = "predictor"
@@ -304,13 +305,16 @@ def wire_scoring(
         (ScoreRequested, scorer.on_requested),
         (ScoreChunkRequested, scorer.on_chunk),
     ]
+    replication = Replication(client, common.redis_wait_replicas, common.redis_wait_ms)
     for event_type, work in handlers:
         args = (client, event_type.stream, GROUP, common.consumer_name, common.done_ttl_s)
         # A chunk given up on fails its job; a request given up on has no job yet.
         ledger = (
             ChunkLedger(*args, jobs) if event_type is ScoreChunkRequested else RedisLedger(*args)
         )
-        delivery = Delivery(ledger, event_type.stream, GROUP, common.consumer_name, common)
+        delivery = Delivery(
+            ledger, event_type.stream, GROUP, common.consumer_name, common, replication
+        )
         subscribe(broker, delivery, event_type, work)
 
     async def create_groups() -> None:

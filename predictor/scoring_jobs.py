@@ -78,8 +78,10 @@ class JobBook:
         return int(count), None if status is None else text(status)
 
     async def fail(self, chunk: ScoreChunkRequested, reason: str) -> None:
-        """Mark the job rejected and publish `score-rejected` (same id as a refusal would have:
-        one job, one rejection), in one MULTI."""
+        """Publish `score-rejected` (same id as a refusal would have: one job, one rejection),
+        then mark the job rejected. Two commands, as the event's stream and the job live on
+        different cluster slots: a crash between them leaves the chunk pending, and its retry
+        does both again under the same event id, which consumers take once."""
         event = ScoreRejected(
             event_id=derived_event_id("score-rejected", chunk.job_id),
             correlation_id=chunk.correlation_id,
@@ -88,10 +90,8 @@ class JobBook:
             reason=reason,
         )
         fields: Any = {"status": "rejected", "error": reason, "updated_at": _now()}
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
-            pipe.hset(job_key(chunk.job_id), mapping=fields)
-            await pipe.execute()
+        await self.client.xadd(event.stream, entry_fields(event))  # type: ignore[arg-type]
+        await self.client.hset(job_key(chunk.job_id), mapping=fields)
 
     async def finish(self, job_id: str, output_uri: str) -> None:
         await self.client.hset(

@@ -2,13 +2,14 @@
 
 Every consumer runs each message through `Delivery.process`:
 
-1. a message delivered more than `max_deliveries` times goes to `<stream>.dlq` with the last
+1. a message delivered more than `max_deliveries` times goes to `{<stream>}.dlq` with the last
    error, and is acked (in one MULTI, so it is never both lost and acked, nor dead-lettered twice);
 2. a message that is not a valid event goes to the DLQ at once: retrying cannot fix it;
 3. an event already handled (its id is in the done-log) is acked without doing anything;
 4. otherwise the work runs while a lease keeper renews the message's idle time, so a long job is
    not mistaken for an abandoned one; the message is acked only after the work returns, which
-   is after its effect is durable and its result published;
+   is after its effect is durable and its result published (and, with `redis_wait_replicas`,
+   held by that many replicas: shared/replication.py);
 5. a failure leaves the message pending: once its lease runs out, a consumer's reclaim
    subscriber (XAUTOCLAIM) delivers it again, and the delivery count grows.
 """
@@ -33,6 +34,8 @@ from pydantic import ValidationError
 from shared.aio import every
 from shared.errors import InvalidEvent, PermanentError
 from shared.events import Event, dead_letter_stream, derived_event_id
+from shared.keys import done_key, errors_key
+from shared.replication import Replication
 from shared.settings import CommonSettings
 from shared.wire import DATA_FIELD, entry_body, text
 
@@ -108,10 +111,10 @@ class RedisLedger:
 
     @property
     def _errors_key(self) -> str:
-        return f"streamops:errors:{self.stream}:{self.group}"
+        return errors_key(self.stream, self.group)
 
     def _done_key(self, event_id: uuid.UUID) -> str:
-        return f"streamops:done:{self.group}:{event_id}"
+        return done_key(self.stream, self.group, event_id)
 
     async def delivery_count(self, message_id: str) -> int:
         pending = await self.client.xpending_range(
@@ -160,6 +163,8 @@ class Delivery:
     group: str
     consumer: str
     settings: CommonSettings
+    # With redis_wait_replicas set: replicas hold the work's writes before the ack.
+    replication: Replication | None = None
 
     async def process(
         self,
@@ -186,6 +191,8 @@ class Delivery:
         try:
             async with self._lease(message_id):
                 await work(event)
+                if self.replication is not None:
+                    await self.replication.settle()
         except PermanentError as exc:
             await self._dead_letter(message_id, fields, f"{type(exc).__name__}: {exc}", count)
             return Outcome.DEAD_LETTERED

@@ -135,3 +135,7 @@ class JobNotFound(StreamopsError):
 
 class ChunkRefused(PermanentError):
     """A score-chunks entry names files outside the predictor's roots: dead-lettered at once."""
+
+
+class ReplicationLagging(StreamopsError):
+    """Fewer replicas than `redis_wait_replicas` confirmed a write in time: not acked, retried."""

@@ -1,7 +1,9 @@
 """Scoring jobs as Redis keeps them: what the predictor writes, what the gateway and CLI read.
 
-A job is a hash `streamops:score:<job_id>` (status, model, version, rows, chunks, output, error)
-and a set `streamops:score:<job_id>:done` of the chunk indexes whose part file is written. The
+A job is a hash `streamops:score:{score-chunks}:<job_id>` (status, model, version, rows, chunks,
+output, error) and a set `streamops:score:{score-chunks}:<job_id>:done` of the chunk indexes
+whose part file is written. The hash tag keeps them on the slot of `score-chunks`, so a job and
+its chunks' entries are planned in one MULTI on Redis Cluster too (shared/keys.py). The
 hash is created once, when the job is planned or rejected; the number of done chunks is the
 set's size, so progress needs no read-modify-write of the hash.
 """
@@ -15,17 +17,22 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared.events import ScoreChunkRequested
+from shared.keys import hash_tag
 from shared.wire import text
 
 JobState = Literal["planned", "running", "done", "rejected"]
 
 
+_TAG = hash_tag(ScoreChunkRequested.stream)
+
+
 def job_key(job_id: str) -> str:
-    return f"streamops:score:{job_id}"
+    return f"streamops:score:{_TAG}:{job_id}"
 
 
 def done_key(job_id: str) -> str:
-    return f"streamops:score:{job_id}:done"
+    return f"{job_key(job_id)}:done"
 
 
 class JobStatus(BaseModel):

@@ -84,6 +84,14 @@ class CommonSettings(BaseSettings):
         pattern=r"^(redis|rediss|unix)://",
     )
     redis_password: SecretStr | None = None
+    # Redis Cluster seed nodes, "host:port" each (comma-separated or JSON); empty: the one Redis
+    # at redis_url. In cluster mode the URL's scheme and credentials still apply (docs/scaling.md).
+    redis_cluster_nodes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Before a consumer acks an event, wait until this many replicas of every master hold what
+    # its handling wrote (Redis WAIT, at most redis_wait_ms); 0: ack at once. A failover then
+    # cannot lose an acked event's effect (figures in docs/scaling.md).
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_ms: int = Field(default=1_000, ge=1, le=60_000)
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5000",
         validation_alias=AliasChoices("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
@@ -108,6 +116,20 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("redis_cluster_nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _host_ports(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a cluster node is host:port, not {node!r}")
+        return nodes
 
 
 class IngestorSettings(BaseSettings):

@@ -18,19 +18,11 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from shared.aio import every
+from shared.keys import heartbeat_key, progress_key
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
 PROGRESS_TTL_S = 3600
-
-
-def progress_key(flow: str) -> str:
-    """Where the progress of flow `flow` (a correlation id) is kept."""
-    return f"streamops:progress:{flow}"
-
-
-def heartbeat_key(service: str, consumer: str) -> str:
-    return f"streamops:heartbeat:{service}:{consumer}"
 
 
 def configure_logging(level: str = "INFO") -> None:

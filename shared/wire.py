@@ -106,7 +106,7 @@ class JsonMessageFormat(MessageFormat):
 
 class Refused:
     """A stream entry that is not the event its stream carries, on its way to the stream's
-    dead-letter stream (`S.dlq`), with the reason and the entry's fields as text."""
+    dead-letter stream (`{S}.dlq`), with the reason and the entry's fields as text."""
 
     __slots__ = ("message_id", "payload", "reason")
 

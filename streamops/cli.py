@@ -305,13 +305,12 @@ def _ingest_here(event: DataArrived) -> int:
 
 
 def _publish_and_wait(event: DataArrived, wait: bool, timeout: float) -> int:
-    import redis
 
-    from shared.broker import redis_url
+    from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
     from streamops.client import progress, publish, stream_ends, wait_for_outcome
 
-    client = redis.Redis.from_url(redis_url(CommonSettings()))
+    client = sync_redis_client(CommonSettings())
     # Outcomes from this moment on only: anything older answers somebody else.
     after = stream_ends(client, (DataIngested.stream, DataRejected.stream))
     entry_id = publish(client, event)
@@ -495,13 +494,12 @@ def _aside(args: argparse.Namespace, registry: Any, move: Callable[[], Any], sai
 
 
 def _publish(event: Any) -> None:
-    import redis
 
-    from shared.broker import redis_url
+    from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
     from streamops.client import publish
 
-    publish(redis.Redis.from_url(redis_url(CommonSettings())), event)
+    publish(sync_redis_client(CommonSettings()), event)
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -560,10 +558,9 @@ def _score(args: argparse.Namespace) -> int:
     """Submit a scoring job, show its chunks as a progress bar, then a summary (1: refused)."""
     import uuid
 
-    import redis
     from rich.progress import MofNCompleteColumn
 
-    from shared.broker import redis_url
+    from shared.broker import sync_redis_client
     from shared.events import ParquetInput, ScoreRequested
     from shared.jobs import JobStatus
     from shared.settings import CommonSettings
@@ -573,7 +570,7 @@ def _score(args: argparse.Namespace) -> int:
     uri = str(local.resolve()) if local.exists() else args.input
     job_id = args.job_id or f"score-{uuid.uuid4().hex[:12]}"
     event = ScoreRequested(job_id=job_id, model_name=args.model, input=ParquetInput(uri=uri))
-    client = redis.Redis.from_url(redis_url(CommonSettings()))
+    client = sync_redis_client(CommonSettings())
     publish(client, event)
     console.print(f"job {job_id}: score-requested published")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -9,9 +9,10 @@ from typing import Any
 
 import redis
 
+from shared.broker import is_cluster
 from shared.events import DataArrived, DataIngested, DataRejected, Event
 from shared.jobs import JobStatus, done_key, job_key, parse_status
-from shared.telemetry import progress_key
+from shared.keys import progress_key
 from shared.wire import DATA_FIELD, entry_fields, text
 
 Outcome = DataIngested | DataRejected
@@ -50,8 +51,7 @@ def wait_for_outcome(
     while time.monotonic() < deadline:
         if on_tick is not None:
             on_tick()
-        replies: Any = client.xread(cursors, block=500)
-        for stream, items in replies or []:
+        for stream, items in _xread(client, cursors, block_ms=500):
             for item_id, fields in items:
                 cursors[stream] = item_id
                 body = json.loads(fields[DATA_FIELD.encode()])
@@ -106,3 +106,16 @@ def wait_for_job(
                 return status
         time.sleep(interval)
     return None
+
+
+def _xread(client: redis.Redis, cursors: dict[str, str], block_ms: int) -> list[Any]:
+    """XREAD of several streams; on a cluster (different slots) one stream at a time."""
+    if not is_cluster(client):
+        reply: Any = client.xread(cursors, block=block_ms)  # type: ignore[arg-type]
+        return list(reply or ())
+    each = max(1, block_ms // len(cursors))
+    found: list[Any] = []
+    for stream, cursor in cursors.items():
+        reply = client.xread({stream: cursor}, block=each)
+        found.extend(reply or ())
+    return found

@@ -156,7 +156,8 @@ def _story(client: redis.Redis, http: httpx.Client, workdir: Path, timeout: floa
     _, fields = newest[0]
     letter = json.loads(fields[b"__data__"])
     console.print(
-        f"-> [red]data-arrived.dlq[/red]: {letter['reason']} (payload kept: {letter['payload']})"
+        f"-> [red]{{data-arrived}}.dlq[/red]: {letter['reason']} "
+        f"(payload kept: {letter['payload']})"
     )
     return True
 

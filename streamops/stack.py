@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.keys import heartbeat_key
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -326,7 +328,7 @@ def bring_up(
         while name in stack.processes:
             count += 1
             name = f"{service}-{count}"
-        before = set(client.keys(f"streamops:heartbeat:{service}:*"))
+        before = set(client.keys(heartbeat_key(service, "*")))
         own = dict(env)
         if service != "gateway":
             port_of_metrics = free_port()
@@ -341,7 +343,7 @@ def bring_up(
             continue
 
         def beating(kind: str = service, known: set[Any] = before) -> bool:
-            return bool(set(client.keys(f"streamops:heartbeat:{kind}:*")) - known)
+            return bool(set(client.keys(heartbeat_key(kind, "*"))) - known)
 
         wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()

@@ -26,6 +26,7 @@ from shared.events import (
 )
 from shared.feature_store import FeatureStore
 from shared.metrics import MetricsEndpoint, broker_middleware
+from shared.replication import Replication
 from shared.settings import TrainerSettings
 from shared.telemetry import RedisStatusBoard, StatusBoard, beat, configure_logging
 from trainer.metrics import TrainerMetrics
@@ -219,12 +220,17 @@ def build_app(
     ledger = ledger or RedisLedger(
         client, DataIngested.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
-    delivery = Delivery(ledger, DataIngested.stream, GROUP, common.consumer_name, common)
+    replication = Replication(client, common.redis_wait_replicas, common.redis_wait_ms)
+    delivery = Delivery(
+        ledger, DataIngested.stream, GROUP, common.consumer_name, common, replication
+    )
     subscribe(broker, delivery, DataIngested, trainer.on_data_ingested)
     retrains = RedisLedger(
         client, RetrainRequested.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
-    delivery = Delivery(retrains, RetrainRequested.stream, GROUP, common.consumer_name, common)
+    delivery = Delivery(
+        retrains, RetrainRequested.stream, GROUP, common.consumer_name, common, replication
+    )
     subscribe(broker, delivery, RetrainRequested, trainer.on_retrain_requested)
     requests = broker.publisher(
         stream=RetrainRequested.stream,

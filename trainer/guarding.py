@@ -43,6 +43,7 @@ import anyio.to_thread
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from shared.broker import xread_all
 from shared.datasets import METRICS
 from shared.events import GuardBreach, ModelPromoted, PredictionsFailed, PredictionsLogged
 from shared.promotion import canary
@@ -113,9 +114,9 @@ class Guard:
         """One read of the three streams; the entries taken in."""
         if not self._ids:
             self._ids = {stream: await self._last_id(stream) for stream in STREAMS}
-        reply: Any = await self.client.xread(self._ids, count=1000, block=block_ms)  # type: ignore[arg-type]
+        reply = await xread_all(self.client, self._ids, count=1000, block_ms=block_ms)
         taken = 0
-        for raw_stream, entries in reply or ():
+        for raw_stream, entries in reply:
             stream = raw_stream.decode()
             for entry_id, fields in entries:
                 self._ids[stream] = entry_id.decode()

@@ -111,11 +111,9 @@ class Context:
 
     def streams_collector(self) -> StreamsCollector:
         if self._streams is None:
-            import redis
+            from shared.broker import sync_redis_client
 
-            from shared.broker import redis_url
-
-            client = redis.Redis.from_url(redis_url(self.settings.common))
+            client = sync_redis_client(self.settings.common)
             self._streams = StreamsCollector(client)
         return self._streams
 

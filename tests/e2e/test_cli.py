@@ -45,7 +45,7 @@ def ingestor(tmp_path: Path, env: dict[str, str]) -> Iterator[Stack]:
         stack.start_service("ingestor", "ingestor", env)
         client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
         wait_until(
-            lambda: client.keys("streamops:heartbeat:ingestor:*"),
+            lambda: client.keys("streamops:heartbeat:{ingestor}:*"),
             timeout=60,
             what=f"the ingestor alive (log: {stack.log('ingestor')})",
         )

@@ -46,7 +46,7 @@ class Cli:
         return found
 
     def heartbeats(self) -> int:
-        return len(self("KEYS", "streamops:heartbeat:ingestor:*").split())
+        return len(self("KEYS", "streamops:heartbeat:{ingestor}:*").split())
 
     def pending(self, stream: str, group: str) -> int:
         return int(self("XPENDING", stream, group).split()[0])
@@ -118,8 +118,8 @@ def test_redis_cli_alone_drives_a_whole_ingest(
     cli("XADD", "data-arrived", "*", "__data__", "this is not json")
     cli("XADD", "data-arrived", "*", "dataset", "ghost", "source", "x.csv")
     cli("XADD", "data-arrived", "*", "dataset", "churn", "source", "churn/churn.csv")
-    wait_until(lambda: len(cli.events("data-arrived.dlq")) == 2, timeout=60, what="dead letters")
-    letters = cli.events("data-arrived.dlq")
+    wait_until(lambda: len(cli.events("{data-arrived}.dlq")) == 2, timeout=60, what="dead letters")
+    letters = cli.events("{data-arrived}.dlq")
     assert "not JSON" in str(letters[0]["reason"])
     assert "no dataset spec for 'ghost'" in str(letters[1]["reason"])
     wait_until(

@@ -62,7 +62,7 @@ def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stac
 
 
 def _heartbeats(client: redis.Redis) -> int:
-    return len(client.keys("streamops:heartbeat:predictor:*"))
+    return len(client.keys("streamops:heartbeat:{predictor}:*"))
 
 
 def _score(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -102,7 +102,7 @@ def test_a_replica_killed_mid_job_loses_and_repeats_no_row(
     # Kill the victim while it holds a chunk, a few chunks into the job.
     wait_until(
         lambda: (
-            int(client.scard(f"streamops:score:{job}:done")) >= 3
+            int(client.scard(f"streamops:score:{{score-chunks}}:{job}:done")) >= 3
             and _pending_of(client, f"-{victim}") > 0
         ),
         timeout=60,
@@ -128,7 +128,7 @@ def test_a_replica_killed_mid_job_loses_and_repeats_no_row(
     status = score_status(client, job)
     assert status is not None
     assert (status.status, status.chunks, status.chunks_done) == ("done", 20, 20)
-    assert client.xlen("score-chunks.dlq") == 0
+    assert client.xlen("{score-chunks}.dlq") == 0
     # The prediction log holds every row once, though the victim died mid-chunk.
     logged = predlog.read_log(tmp_path / "store", spec.model_name, columns=["row", "source"])
     assert sorted(logged.column("row").to_pylist()) == list(range(ROWS))

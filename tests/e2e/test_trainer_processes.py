@@ -64,10 +64,10 @@ def world(tmp_path: Path, redis_db: str, mlflow_url: str) -> Iterator[tuple[Stac
 
 def _start(stack: Stack, name: str, command: str, env: dict[str, str]) -> None:
     client = redis.Redis.from_url(env["STREAMOPS_REDIS_URL"])
-    before = len(client.keys(f"streamops:heartbeat:{command}:*"))
+    before = len(client.keys(f"streamops:heartbeat:{{{command}}}:*"))
     stack.start_service(name, command, env)
     wait_until(
-        lambda: len(client.keys(f"streamops:heartbeat:{command}:*")) > before,
+        lambda: len(client.keys(f"streamops:heartbeat:{{{command}}}:*")) > before,
         timeout=90,
         what=f"{name} alive (log: {stack.log(name)})",
     )

@@ -102,7 +102,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert url is not None, text
         client = redis.Redis.from_url(url.group(1))
         for service in ("ingestor", "trainer", "predictor"):
-            assert client.keys(f"streamops:heartbeat:{service}:*"), service
+            assert client.keys(f"streamops:heartbeat:{{{service}}}:*"), service
         assert re.search(r"MLflow UI:\s+http://127\.0\.0\.1:\d+", text)
         gateway = re.search(r"gateway:\s+(http://127\.0\.0\.1:\d+)", text)
         assert gateway is not None, text

@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from gateway.app import build_app as build_gateway
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
+from shared.keys import heartbeat_key
 from shared.schema import Column, ModelSchema
 from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
-from shared.telemetry import heartbeat_key
 from tests.support.data import CHURN_ROW
 from tests.support.shelf import ModelShelf
 from tests.support.streams import running

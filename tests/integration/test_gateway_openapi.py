@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 from gateway.app import build_app
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
+from shared.keys import heartbeat_key
 from shared.model_loading import LoadedModel, LoadPolicy
 from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
-from shared.telemetry import heartbeat_key
 from tests.support.shelf import ModelShelf
 from tests.support.streams import running
 from tests.support.waiting import wait_until

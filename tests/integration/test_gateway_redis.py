@@ -138,7 +138,7 @@ async def test_no_predictor_is_503_and_a_silent_one_is_504(
 
         # A replica that beats but never answers (wedged): the request times out.
         client = aioredis.Redis.from_url(common.redis_url)
-        await client.set("streamops:heartbeat:predictor:wedged", json.dumps({"models": {}}))
+        await client.set("streamops:heartbeat:{predictor}:wedged", json.dumps({"models": {}}))
         await client.aclose()
         app_fleet_refresh = await http.get("/readyz")  # refreshes the gateway's view
         assert app_fleet_refresh.json()["predictors"] == {}
@@ -375,7 +375,7 @@ async def test_the_streams_health_is_scraped_from_redis(
         await client.xadd("data-arrived", {"__data__": f'{{"n": {n}}}'})
     await client.xgroup_create("data-arrived", "ingestor", id="0")
     await client.xreadgroup("ingestor", "c1", {"data-arrived": ">"}, count=1)
-    await client.xadd("data-arrived.dlq", {"__data__": "{}"})
+    await client.xadd("{data-arrived}.dlq", {"__data__": "{}"})
     await client.aclose()
     async with gateway() as http:
         text = (await http.get("/metrics")).text

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from ingestor.app import build_app
 from shared.feature_store import FeatureStore
+from shared.keys import progress_key
 from shared.settings import BUNDLED_DATASETS, IngestorSettings
-from shared.telemetry import progress_key
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import entries, pending, running, wait_for_entries
 from tests.support.waiting import eventually
@@ -105,7 +105,7 @@ async def test_poison_messages_go_to_the_dead_letter_stream_and_work_goes_on(
             fields: Any = {"__data__": body}
             await client.xadd("data-arrived", fields)
         await client.xadd("data-arrived", _arrived("churn/churn.csv"))
-        letters = await wait_for_entries(client, "data-arrived.dlq", 3)
+        letters = await wait_for_entries(client, "{data-arrived}.dlq", 3)
         await wait_for_entries(client, "data-ingested")
     reasons = [letter["reason"] for letter in letters]
     assert "body is not JSON" in reasons[0]
@@ -126,7 +126,7 @@ async def test_a_source_that_keeps_failing_is_retried_then_dead_lettered(
     async with running(build_app(settings)):
         poison: Any = {"__data__": json.dumps(body).encode()}
         await client.xadd("data-arrived", poison)
-        (letter,) = await wait_for_entries(client, "data-arrived.dlq", timeout=30)
+        (letter,) = await wait_for_entries(client, "{data-arrived}.dlq", timeout=30)
     assert letter["reason"].startswith("gave up after 3 deliveries; last error: SourceUnavailable")
     assert letter["deliveries"] == 4
     assert await pending(client, "data-arrived", "ingestor") == 0

@@ -90,7 +90,7 @@ async def test_labels_are_joined_unknown_ones_kept_and_live_quality_is_exact(
     assert 'streamops_labels_total{model="churn",outcome="unmatched"} 2.0' in text
     (unmatched_file,) = (labels.model_dir(root, "churn") / "unmatched").glob("*.parquet")
     assert unmatched_file.stat().st_size > 0
-    assert await client.xlen("labels-arrived.dlq") == 1
+    assert await client.xlen("{labels-arrived}.dlq") == 1
 
     collector = QualityCollector()
     registry.register(collector)

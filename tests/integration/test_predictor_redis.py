@@ -24,11 +24,11 @@ from predictor.service import Predictor
 from shared.datasets import load_spec
 from shared.events import DataArrived, DataIngested, ModelPromoted
 from shared.feature_store import FeatureStore
+from shared.keys import heartbeat_key
 from shared.promotion import promote
 from shared.registry import MlflowRegistry
 from shared.schema import ModelSchema
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings, PredictorSettings
-from shared.telemetry import heartbeat_key
 from tests.support.data import churn_rows, write_csv
 from tests.support.streams import running
 from tests.support.waiting import eventually

@@ -26,7 +26,7 @@ from shared.events import (
     ScoreRequested,
 )
 from shared.feature_store import FeatureStore
-from shared.jobs import JobStatus, job_status
+from shared.jobs import JobStatus, job_key, job_status
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings, PredictorSettings
 from tests.support.models import (
     churn_features,
@@ -235,7 +235,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_job(
         input_path=str(source),
         output_path=str(tmp_path / "in" / "few.scored.parquet"),
     )
-    await client.hset("streamops:score:doomed", mapping={"status": "planned", "chunks": 1})
+    await client.hset(job_key("doomed"), mapping={"status": "planned", "chunks": 1})
     fields: Any = {"__data__": chunk.model_dump_json()}
     await client.xadd(chunk.stream, fields)
     async with running(build_app(settings)):
@@ -243,7 +243,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_job(
     assert status.status == "rejected"
     assert status.error is not None
     assert status.error.startswith("chunk 0 failed: gave up after 1 deliveries")
-    (letter,) = await entries(client, "score-chunks.dlq")
+    (letter,) = await entries(client, "{score-chunks}.dlq")
     (refusal,) = await entries(client, "score-rejected")
     assert (letter["stream"], refusal["job_id"]) == ("score-chunks", "doomed")
     assert refusal["reason"] == status.error

@@ -82,7 +82,7 @@ def test_every_event_has_its_own_stream_and_a_dead_letter_stream() -> None:
         "score-chunks",
         "score-rejected",
     }
-    assert dead_letter_stream("data-arrived") == "data-arrived.dlq"
+    assert dead_letter_stream("data-arrived") == "{data-arrived}.dlq"
 
 
 def test_a_batch_s_request_spans_must_cover_its_rows() -> None:
