@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from shared.delivery import RedisLedger
 from shared.events import ScoreChunkRequested, ScoreRejected, derived_event_id
@@ -24,6 +23,18 @@ from shared.wire import DATA_FIELD, entry_fields, text
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+# KEYS: the job hash, the chunks stream. ARGV: ttl, the entry field, n, n job fields and values,
+# then one payload per chunk. Nothing is written when the job exists already.
+_PLAN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 4 + n, #ARGV do redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[i]) end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -40,22 +51,15 @@ class JobBook:
 
     async def plan(self, fields: dict[str, Any], chunks: list[ScoreChunkRequested]) -> bool:
         """Create the job and queue its chunks, atomically; False when the job already exists."""
-        key = job_key(chunks[0].job_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                if await pipe.exists(key):
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                job: Any = {**fields, "status": "planned", "updated_at": _now()}
-                pipe.hset(key, mapping=job)
-                pipe.expire(key, self.ttl_s)
-                for chunk in chunks:
-                    pipe.xadd(chunk.stream, entry_fields(chunk))  # type: ignore[arg-type]
-                await pipe.execute()
-            except WatchError:  # another replica planned it between WATCH and EXEC
-                return False
-        return True
+        # One script, not WATCH + MULTI: a cluster pipeline sends nothing between WATCH and
+        # MULTI, so the EXISTS could not be read there. The job and `score-chunks` share a slot.
+        job = {**fields, "status": "planned", "updated_at": _now()}
+        pairs = [str(part) for item in job.items() for part in item]
+        payloads = [entry_fields(chunk)[DATA_FIELD] for chunk in chunks]
+        keys = [job_key(chunks[0].job_id), ScoreChunkRequested.stream]
+        args: list[Any] = [self.ttl_s, DATA_FIELD, len(pairs), *pairs, *payloads]
+        created: Any = await self.client.eval(_PLAN, len(keys), *keys, *args)
+        return bool(created)
 
     async def record(self, fields: dict[str, Any]) -> None:
         """Write a finished or rejected job (one without chunks) in one go."""

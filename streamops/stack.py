@@ -30,6 +30,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port for a cluster node whose bus port (10,000 higher) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -45,6 +60,28 @@ def redis_answers(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def cluster_ok(node: str) -> bool:
+    """Whether the cluster node `node` ("host:port") says the cluster serves every slot."""
+    host, _, port = node.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5) as sock:
+            sock.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in sock.recv(4096)
+    except OSError:
+        return False
+
+
+def replicas_online(node: str) -> int:
+    """How many replicas of the master `node` are connected and in sync (0 for a replica)."""
+    import redis
+
+    host, _, port = node.rpartition(":")
+    with redis.Redis(host=host, port=int(port), socket_timeout=1) as client:
+        info: Any = client.info("replication")
+    slaves = (info.get(f"slave{n}", {}) for n in range(int(info.get("connected_slaves", 0))))
+    return sum(1 for slave in slaves if slave.get("state") == "online")
 
 
 def http_ok(url: str) -> bool:
@@ -64,6 +101,7 @@ class Stack:
 
     workdir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _node_argv: dict[str, list[str]] = field(default_factory=dict)
 
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
@@ -96,6 +134,49 @@ class Stack:
         self.spawn("redis", argv)
         wait_for(lambda: redis_answers(port), 15, f"redis-server on port {port}")
         return f"redis://127.0.0.1:{port}/0"
+
+    def start_redis_cluster(
+        self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+    ) -> list[str]:
+        """A Redis Cluster of `masters` masters with `replicas` replicas each, on free ports,
+        from the local redis-server and redis-cli: its nodes as "host:port", masters first.
+
+        Each node is the process `redis-node-<port>`; `restart_redis_node` brings a killed one
+        back, and it rejoins (as a replica of whoever took its slots over). Append-only files
+        on, as a production cluster would run."""
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError(
+                "redis-server and redis-cli are needed for a local cluster "
+                "(Debian: apt-get install redis-server redis-tools)"
+            )
+        nodes = [f"127.0.0.1:{cluster_port()}" for _ in range(masters * (1 + replicas))]
+        for node in nodes:
+            port = int(node.rpartition(":")[2])
+            data = self.workdir / "redis-cluster" / str(port)
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            argv += ["--cluster-node-timeout", str(node_timeout_ms)]
+            argv += ["--appendonly", "yes", "--save", ""]
+            self._node_argv[node] = argv
+            self.spawn(f"redis-node-{port}", argv)
+        for node in nodes:
+            port = int(node.rpartition(":")[2])
+            wait_for(lambda port=port: redis_answers(port), 15, f"redis-server on {port}")  # type: ignore[misc]
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas)]
+        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        wait_for(lambda: all(cluster_ok(n) for n in nodes), 30, "the cluster's state ok")
+        # "ok" comes before the replicas' first sync: a WAIT for a replica would fail till then.
+        masters_synced = lambda: all(replicas_online(n) >= replicas for n in nodes[:masters])  # noqa: E731
+        wait_for(masters_synced, 60, "every master's replicas in sync")
+        return nodes
+
+    def restart_redis_node(self, node: str) -> None:
+        """Start a node of `start_redis_cluster` again, after it was killed."""
+        port = int(node.rpartition(":")[2])
+        self.spawn(f"redis-node-{port}", self._node_argv[node])
+        wait_for(lambda: redis_answers(port), 15, f"redis-server on {port}")
 
     def start_mlflow(self, backend_uri: str | None = None) -> str:
         """`mlflow server` on a free port, artifacts in `workdir/mlflow`; the backend store is

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import yaml
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
+from streamops.stack import Stack, local_stack
 from tests.support.servers import INSTALL_HINT, mlflow_server, postgres_dsn, redis_server
 
 
@@ -83,6 +86,39 @@ def mlflow_url() -> Iterator[str]:
     with mlflow_server() as url:
         mlflow.set_tracking_uri(url)
         yield url
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A Redis Cluster of 3 masters and 3 replicas, as local processes of `stack`."""
+
+    nodes: list[str]
+    stack: Stack
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What points a service at it."""
+        first = self.nodes[0]
+        return {
+            "STREAMOPS_REDIS_URL": f"redis://{first}/0",
+            "STREAMOPS_REDIS_CLUSTER_NODES": ",".join(self.nodes),
+        }
+
+    def common(self, **overrides: Any) -> CommonSettings:
+        return CommonSettings(
+            redis_url=f"redis://{self.nodes[0]}/0", redis_cluster_nodes=self.nodes, **overrides
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for every `cluster` test of the session: it takes a few seconds to form."""
+    with local_stack(tmp_path_factory.mktemp("cluster")) as stack:
+        try:
+            nodes = stack.start_redis_cluster(masters=3, replicas=1)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"no local Redis Cluster: {exc}\n{INSTALL_HINT}", pytrace=False)
+        yield LocalCluster(nodes, stack)
 
 
 @pytest.fixture

@@ -1,0 +1,153 @@
+"""The Redis parts on a real Redis Cluster (3 masters, 3 replicas, started by the fixtures):
+the delivery bookkeeping and dead-letter move stay on one slot, the replication fence waits
+for a replica of every master, a scoring job is planned in one MULTI with its chunks, and an
+online prediction goes gateway → replica → gateway through the cluster (stream, heartbeats in
+one MGET, the reply on Pub/Sub)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.app import build_app as build_gateway
+from predictor.app import build_app as build_predictor
+from predictor.cache import ModelCache
+from predictor.scoring_jobs import JobBook
+from shared.broker import is_cluster, redis_client, xread_all
+from shared.delivery import RedisLedger
+from shared.errors import ReplicationLagging
+from shared.events import ScoreChunkRequested
+from shared.jobs import job_status
+from shared.keys import dead_letter_stream
+from shared.replication import Replication
+from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
+from shared.wire import text
+from tests.conftest import LocalCluster
+from tests.support.data import CHURN_ROW
+from tests.support.shelf import ModelShelf
+from tests.support.streams import entries, running
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.anyio]
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[aioredis.Redis]:
+    client = redis_client(redis_cluster.common())
+    assert is_cluster(client)
+    yield client
+    await client.aclose()
+
+
+async def test_acks_done_marks_and_dead_letters_stay_on_the_stream_slot(
+    cluster_client: aioredis.Redis,
+) -> None:
+    stream = f"orders-{uuid.uuid4().hex[:8]}"
+    await cluster_client.xgroup_create(stream, "g", id="0", mkstream=True)
+    first = text(await cluster_client.xadd(stream, {"__data__": "{}"}))
+    second = text(await cluster_client.xadd(stream, {"__data__": "not json"}))
+    await cluster_client.xreadgroup("g", "c", {stream: ">"})
+    ledger = RedisLedger(cluster_client, stream, "g", "c", done_ttl_s=60)
+    event_id = uuid.uuid4()
+
+    await ledger.record_error(first, "boom")
+    assert await ledger.last_error(first) == "boom"
+    await ledger.ack(first, done=event_id)  # SET done + XACK + HDEL in one MULTI
+    await ledger.dead_letter(second, {"reason": "not JSON"})  # XADD dlq + XACK + HDEL
+
+    assert await ledger.is_done(event_id)
+    assert await ledger.last_error(first) is None
+    assert await cluster_client.xpending(stream, "g") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    (letter,) = await entries(cluster_client, dead_letter_stream(stream))
+    assert letter == {"reason": "not JSON"}
+
+
+async def test_the_fence_waits_for_a_replica_of_every_master(
+    cluster_client: aioredis.Redis,
+) -> None:
+    for n in range(10):  # writes on every master, then the fence over all of them
+        await cluster_client.set(f"fenced-{n}", n)
+    await Replication(cluster_client, replicas=1, timeout_ms=2000).settle()
+    # Each master has one replica: two cannot confirm, and the ack must not happen.
+    with pytest.raises(ReplicationLagging, match="1 of 2 replicas"):
+        await Replication(cluster_client, replicas=2, timeout_ms=100).settle()
+
+
+async def test_several_streams_on_different_slots_are_read_together(
+    cluster_client: aioredis.Redis,
+) -> None:
+    streams = ["model-promoted", "predictions", "predict-failures"]
+    ids = {s: text(await cluster_client.xadd(s, {"n": s})) for s in streams}
+    before = {s: f"{int(i.split('-')[0]) - 1}-0" for s, i in ids.items()}
+    reply = await xread_all(cluster_client, before, count=10, block_ms=100)
+    assert {r[0].decode() for r in reply} == set(streams)
+
+
+async def test_a_scoring_job_is_planned_with_its_chunks_in_one_multi(
+    cluster_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    chunks = [
+        ScoreChunkRequested(
+            job_id=job,
+            model_name="churn",
+            model_version=1,
+            chunk=i,
+            chunks=2,
+            start=i * 10,
+            stop=i * 10 + 10,
+            input_path=str(tmp_path / "in.parquet"),
+            output_path=str(tmp_path / "out.parquet"),
+        )
+        for i in range(2)
+    ]
+    book = JobBook(cluster_client, ttl_s=60)
+    before = await cluster_client.xlen(ScoreChunkRequested.stream)
+    assert await book.plan({"job_id": job, "model_name": "churn", "chunks": 2}, chunks)
+    assert not await book.plan({"job_id": job}, chunks)  # planned once
+    assert await cluster_client.xlen(ScoreChunkRequested.stream) == before + 2
+    assert await book.chunk_done(job, 0) == (1, "planned")
+    status = await job_status(cluster_client, job)
+    assert status is not None
+    assert status.chunks_done == 1
+
+
+@contextlib.asynccontextmanager
+async def replica(common: CommonSettings, shelf: ModelShelf) -> AsyncIterator[ModelCache]:
+    cache = ModelCache()
+    settings = PredictorSettings(common=common, converge_s=3600)
+    async with running(build_predictor(settings, cache=cache, registry=shelf)):
+        yield cache
+
+
+async def test_an_online_prediction_goes_through_the_cluster(
+    redis_cluster: LocalCluster, shelf: ModelShelf, tmp_path: Path
+) -> None:
+    common = redis_cluster.common(
+        feature_store_root=tmp_path / "store", consumer_name=f"replica-{uuid.uuid4().hex[:6]}"
+    )
+    settings = GatewaySettings(common=common, inbox=tmp_path / "inbox")
+    app = build_gateway(settings, registry=shelf)
+    async with replica(common, shelf), app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await eventually(ready, timeout=30, what="the gateway seeing the replica")
+            answer = await http.post("/v1/models/churn/predict", json={"rows": [CHURN_ROW]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == 1
+    assert len(answer.json()["probabilities"][0]) == 2
