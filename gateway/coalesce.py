@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from shared.broker import is_cluster, node_client
 from shared.errors import (
     InvalidRows,
     NoModelInService,
@@ -105,10 +106,11 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None
+        self._node: aioredis.Redis | None = None  # on a cluster: the node subscribed to
+        self._subscriptions = 0
 
     async def start(self) -> None:
-        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self.channel)
+        await self._subscribe()
         self._listener = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
@@ -116,8 +118,7 @@ class Coalescer:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+        await self._unsubscribe()
 
     async def predict(
         self,
@@ -229,8 +230,39 @@ class Coalescer:
             except Exception:
                 log.exception("reply channel %s failed; resubscribing", self.channel)
                 await asyncio.sleep(0.2)
+                await self._unsubscribe()
                 with contextlib.suppress(Exception):
-                    await self._pubsub.subscribe(self.channel)
+                    await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        """Subscribe to the reply channel.
+
+        On a cluster the replies are sharded Pub/Sub (SPUBLISH, Redis 7): they go to the
+        master of the channel's slot only, where a plain PUBLISH would be copied to every node
+        of the cluster. The subscription is a plain connection to that master; after a failure
+        (a failover) the cluster's map is read again and the slot's new master subscribed to.
+        """
+        self._subscriptions += 1
+        if not is_cluster(self.client):
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(self.channel)
+            return
+        cluster: Any = self.client
+        await cluster.initialize()  # a new client knows no node before its first command
+        if self._subscriptions > 1:
+            with contextlib.suppress(Exception):
+                await cluster.nodes_manager.initialize()
+        self._node = node_client(cluster.get_node_from_key(self.channel))
+        self._pubsub = self._node.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.ssubscribe(self.channel)
+
+    async def _unsubscribe(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
+            if self._node is not None:
+                await self._node.aclose()
+        self._node = None
 
     def _on_reply(self, data: bytes) -> None:
         try:

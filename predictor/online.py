@@ -32,7 +32,7 @@ from predictor.metrics import PredictorMetrics
 from predictor.predlog import LogPolicy, online_entry
 from predictor.runtimes import ONNX
 from predictor.service import Prediction, Predictor
-from shared.broker import ensure_group
+from shared.broker import ensure_group, is_cluster
 from shared.errors import NoModelInService
 from shared.events import (
     BatchPredicted,
@@ -141,6 +141,7 @@ class OnlinePredictor:
         log: LogPolicy | None = None,
     ) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
         self.predictor = predictor
         self.consumer = consumer
         self.read_batches = read_batches
@@ -354,9 +355,17 @@ class OnlinePredictor:
             (request.reply_to, batch.model_copy(update={"replica": self.consumer}))
             for request, batch in zip(requests, answers, strict=True)
         ]
-        if len(replies) == 1:  # a pipeline costs more than it saves
+        # One answer: a pipeline costs more than it saves. On a cluster the answers are
+        # sharded Pub/Sub, to the master of each channel's slot (see gateway.coalesce), sent
+        # together, each on its own.
+        if self.cluster:
+            await asyncio.gather(
+                *(self.client.spublish(channel, s.model_dump_json()) for channel, s in replies)
+            )
+        elif len(replies) == 1:
             channel, stamped = replies[0]
             await self.client.publish(channel, stamped.model_dump_json())
+        if self.cluster or len(replies) == 1:
             logged = entry()
             if logged is not None:
                 args, options = self._log_command(logged)

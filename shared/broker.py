@@ -82,6 +82,20 @@ def sync_redis_client(settings: CommonSettings) -> redis.Redis:
     return client
 
 
+def node_client(node: AsyncNode, **options: Any) -> aioredis.Redis:
+    """A plain client of one cluster node, with the cluster's credentials (for what must stay
+    on one node's connection: WAIT, a Pub/Sub subscription)."""
+    kwargs: dict[str, Any] = dict(node.connection_kwargs)
+    return aioredis.Redis(
+        host=node.host,
+        port=int(node.port),
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+        ssl=bool(kwargs.get("ssl")),
+        **options,
+    )
+
+
 def is_cluster(client: object) -> bool:
     return isinstance(client, AsyncCluster | SyncCluster)
 

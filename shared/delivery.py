@@ -16,6 +16,7 @@ Every consumer runs each message through `Delivery.process`:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,10 +33,9 @@ from faststream.redis import RedisBroker, RedisStreamMessage, StreamSub
 from pydantic import ValidationError
 
 from shared.aio import every
-from shared.errors import InvalidEvent, PermanentError
+from shared.errors import InvalidEvent, PermanentError, ReplicationLagging
 from shared.events import Event, dead_letter_stream, derived_event_id
 from shared.keys import done_key, errors_key
-from shared.replication import Replication
 from shared.settings import CommonSettings
 from shared.wire import DATA_FIELD, entry_body, text
 
@@ -97,6 +97,13 @@ class Ledger(Protocol):
 
     async def renew(self, message_id: str) -> None:
         """Reset the message's idle time, so nobody reclaims it while it is being worked on."""
+
+
+class Fence(Protocol):
+    """Waits until replicas hold this process's writes (shared.replication; a fake in tests)."""
+
+    async def settle(self) -> None:
+        """Return once they do; raise ReplicationLagging when they do not in time."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ class Delivery:
     consumer: str
     settings: CommonSettings
     # With redis_wait_replicas set: replicas hold the work's writes before the ack.
-    replication: Replication | None = None
+    replication: Fence | None = None
 
     async def process(
         self,
@@ -190,9 +197,7 @@ class Delivery:
             return Outcome.DUPLICATE
         try:
             async with self._lease(message_id):
-                await work(event)
-                if self.replication is not None:
-                    await self.replication.settle()
+                await self._work_until_replicated(event, work)
         except PermanentError as exc:
             await self._dead_letter(message_id, fields, f"{type(exc).__name__}: {exc}", count)
             return Outcome.DEAD_LETTERED
@@ -202,6 +207,27 @@ class Delivery:
             return Outcome.RETRY
         await self.ledger.ack(message_id, done=event.event_id)
         return Outcome.DONE
+
+    async def _work_until_replicated(self, event: E, work: Callable[[E], Awaitable[None]]) -> None:
+        """The work, then (with a replication setting) the fence before the ack.
+
+        When replicas do not confirm, the work runs again: its writes may have gone to a master
+        that died before passing them on. It runs again here, under the lease, rather than by a
+        redelivery, so that a failover does not use up the message's deliveries and send a
+        good event to the dead letters. The work is idempotent, as for any redelivery.
+        """
+        pause = 0.2
+        while True:
+            await work(event)
+            if self.replication is None:
+                return
+            try:
+                await self.replication.settle()
+                return
+            except ReplicationLagging as exc:
+                log.warning("%s %s: %s; doing it again", self.stream, event.event_id, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _dead_letter(
         self, message_id: str, fields: dict[bytes, bytes], reason: str, count: int

@@ -7,19 +7,30 @@ event after publishing its effect would then have lost the effect for good. With
 every master have caught up.
 
 WAIT counts the writes of the connection it is sent on. So the fence writes one small key on
-each master and sends WAIT on the same connection, in one pipeline: that write comes after
-everything this process wrote to that master before, and a replica that has it has those too.
+each master and sends WAIT on the same connection: that write comes after everything this
+process wrote to that master before, and a replica that has it has those too.
+
+A master is waited for by as many replicas as it has, if fewer than asked. On a cluster that
+is the replicas the cluster's map gives it, connected or not: a replica cut off from its master
+but alive could still take over, so acks stall (and are retried) rather than be lost. A replica
+the cluster marked failed is not in the map: a shard whose master has just failed over (its new
+master has no replica until the old one comes back) goes on acking. A single Redis counts the
+replicas in sync (`INFO replication`), so the default (1) costs a Redis without replicas two
+round trips per ack and never blocks it. The loss that remains: a replica marked failed, then
+back, then promoted after its master dies, before it caught up (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from shared.broker import node_client
 from shared.errors import ReplicationLagging
 
 FENCE_KEY = "streamops:fence:{%d}"
@@ -35,12 +46,13 @@ class Replication:
     _fences: dict[str, tuple[str, aioredis.Redis]] = field(default_factory=dict)
 
     async def settle(self) -> None:
-        """Return once `replicas` replicas of every master hold this process's writes; raise
-        ReplicationLagging when they do not within `timeout_ms`."""
+        """Return once `replicas` replicas of every master (as many as it has in sync, if
+        fewer) hold this process's writes; raise ReplicationLagging when they do not within
+        `timeout_ms`."""
         if self.replicas == 0:
             return
         if not isinstance(self.client, RedisCluster):
-            await self._wait(self.client, "streamops:fence", "redis")
+            await self._wait(self._single(), "streamops:fence", "redis")
             return
         cluster: Any = self.client
         await asyncio.gather(*(self._wait_on(node) for node in cluster.get_primaries()))
@@ -50,30 +62,42 @@ class Replication:
             await client.aclose()
         self._fences.clear()
 
+    def _single(self) -> aioredis.Redis:
+        fence = self._fences.get("redis")
+        if fence is None:
+            pool = self.client.connection_pool
+            own = aioredis.ConnectionPool(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
+            direct = aioredis.Redis(connection_pool=own, single_connection_client=True)
+            fence = self._fences["redis"] = ("streamops:fence", direct)
+        return fence[1]
+
     async def _wait_on(self, node: ClusterNode) -> None:
         fence = self._fences.get(node.name)
         if fence is None:
-            key = self._key_on(node)
-            connection: dict[str, Any] = dict(node.connection_kwargs)
-            direct = aioredis.Redis(
-                host=node.host,
-                port=int(node.port),
-                username=connection.get("username"),
-                password=connection.get("password"),
-                ssl=bool(connection.get("ssl")),
+            direct = node_client(
+                node,
                 single_connection_client=True,
+                socket_connect_timeout=self.timeout_ms / 1000,
+                socket_timeout=self.timeout_ms / 1000 + 1,
             )
-            fence = self._fences[node.name] = (key, direct)
+            fence = self._fences[node.name] = (self._key_on(node), direct)
         key, direct = fence
+        cluster: Any = self.client
+        shard = cluster.nodes_manager.slots_cache.get(cluster.keyslot(key), [node])
         try:
-            await self._wait(direct, key, node.name)
+            await self._wait(direct, key, node.name, mapped=len(shard) - 1)
         except ReplicationLagging:
             raise
-        except Exception:
-            # A failover moved the slot, or the master is gone: find the masters again next time.
+        except Exception as exc:
+            # The master is gone, or a failover moved its slots: ask the cluster who the
+            # masters are now, as the client's own commands may not have run into it yet.
             self._fences.pop(node.name, None)
             await direct.aclose()
-            raise
+            with contextlib.suppress(Exception):
+                await self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+            raise ReplicationLagging(f"{node.name} did not answer the fence: {exc!r}") from exc
 
     def _key_on(self, node: ClusterNode) -> str:
         cluster: Any = self.client
@@ -83,13 +107,28 @@ class Replication:
                 return key
         raise ReplicationLagging(f"no slot of {node.name} found for a fence key")
 
-    async def _wait(self, client: aioredis.Redis, key: str, where: str) -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.set(key, "1", ex=FENCE_TTL_S)
-            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-            _, acked = await pipe.execute()
-        if int(acked) < self.replicas:
+    async def _wait(
+        self, direct: aioredis.Redis, key: str, where: str, mapped: int | None = None
+    ) -> None:
+        """On `direct`'s one connection: the fence write, then WAIT for the replicas in sync.
+
+        Command by command: a pipeline would take a connection of its own from the pool, and a
+        WAIT on a connection that wrote nothing returns at once."""
+        await direct.set(key, "1", ex=FENCE_TTL_S)
+        if mapped is None:
+            info: Any = await direct.info("replication")
+            mapped = in_sync(info)
+        wanted = min(self.replicas, mapped)
+        if wanted == 0:
+            return
+        acked = await direct.wait(wanted, self.timeout_ms)
+        if int(acked) < wanted:
             raise ReplicationLagging(
-                f"{acked} of {self.replicas} replicas of {where} confirmed within "
-                f"{self.timeout_ms} ms"
+                f"{acked} of {wanted} replicas of {where} confirmed within {self.timeout_ms} ms"
             )
+
+
+def in_sync(info: dict[str, Any]) -> int:
+    """The replicas of a master in sync, from its `INFO replication`."""
+    count = int(info.get("connected_slaves", 0))
+    return sum(1 for n in range(count) if info.get(f"slave{n}", {}).get("state") == "online")

@@ -87,10 +87,11 @@ class CommonSettings(BaseSettings):
     # Redis Cluster seed nodes, "host:port" each (comma-separated or JSON); empty: the one Redis
     # at redis_url. In cluster mode the URL's scheme and credentials still apply (docs/scaling.md).
     redis_cluster_nodes: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Before a consumer acks an event, wait until this many replicas of every master hold what
-    # its handling wrote (Redis WAIT, at most redis_wait_ms); 0: ack at once. A failover then
-    # cannot lose an acked event's effect (figures in docs/scaling.md).
-    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    # Before a consumer acks an event, wait until this many replicas of every master (at most
+    # as many as it has in sync) hold what its handling wrote: Redis WAIT, at most
+    # redis_wait_ms, else the work is done again. 0: ack at once. A failover then cannot lose an
+    # acked event's effect (shared/replication.py; figures in docs/scaling.md).
+    redis_wait_replicas: int = Field(default=1, ge=0, le=16)
     redis_wait_ms: int = Field(default=1_000, ge=1, le=60_000)
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5000",

@@ -379,8 +379,7 @@ def bring_up(
     waited for until it is up: a heartbeat for the stream services, `/healthz` for the
     gateway. A service named twice runs twice (`predictor-2` is the second replica's log).
     Settings exported before (`environ`, default the process's) win over up's (up_settings)."""
-    import redis
-
+    from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
 
     environ = os.environ if environ is None else environ
@@ -400,7 +399,9 @@ def bring_up(
     port = chosen.port
     env = {"STREAMOPS_REDIS_URL": url, "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url, **chosen.env}
     origin.update(chosen.origin)
-    client = redis.Redis.from_url(url)
+    # The cluster, when the environment names one (its nodes come from there too).
+    nodes = environ.get("STREAMOPS_REDIS_CLUSTER_NODES", "")
+    client = sync_redis_client(CommonSettings(redis_url=url, redis_cluster_nodes=nodes))
     gateway_url = None
     metrics: dict[str, str] = {}
     for service in services:
@@ -409,7 +410,7 @@ def bring_up(
         while name in stack.processes:
             count += 1
             name = f"{service}-{count}"
-        before = set(client.keys(heartbeat_key(service, "*")))
+        before = set(client.scan_iter(match=heartbeat_key(service, "*")))
         own = dict(env)
         if service != "gateway":
             port_of_metrics = free_port()
@@ -424,7 +425,7 @@ def bring_up(
             continue
 
         def beating(kind: str = service, known: set[Any] = before) -> bool:
-            return bool(set(client.keys(heartbeat_key(kind, "*"))) - known)
+            return bool(set(client.scan_iter(match=heartbeat_key(kind, "*"))) - known)
 
         wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()

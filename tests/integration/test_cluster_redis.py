@@ -7,12 +7,15 @@ one MGET, the reply on Pub/Sub)."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from gateway.app import build_app as build_gateway
@@ -74,14 +77,59 @@ async def test_acks_done_marks_and_dead_letters_stay_on_the_stream_slot(
 
 
 async def test_the_fence_waits_for_a_replica_of_every_master(
-    cluster_client: aioredis.Redis,
+    redis_cluster: LocalCluster, cluster_client: aioredis.Redis
 ) -> None:
+    fence = Replication(cluster_client, replicas=1, timeout_ms=200)
     for n in range(10):  # writes on every master, then the fence over all of them
         await cluster_client.set(f"fenced-{n}", n)
-    await Replication(cluster_client, replicas=1, timeout_ms=2000).settle()
-    # Each master has one replica: two cannot confirm, and the ack must not happen.
-    with pytest.raises(ReplicationLagging, match="1 of 2 replicas"):
-        await Replication(cluster_client, replicas=2, timeout_ms=100).settle()
+    await fence.settle()
+    # A replica stopped (as a stalled or partitioned one would be): its master's writes are
+    # not confirmed, and the ack must not happen. Resumed: confirmed again.
+    cluster: Any = cluster_client
+    master = str(cluster.get_node_from_key("fenced-0").name)
+    replica = redis_cluster.stack.processes[f"redis-node-{_replica_port(redis_cluster, master)}"]
+    replica.send_signal(signal.SIGSTOP)
+    try:
+        await cluster_client.set("fenced-0", "again")
+        with pytest.raises(ReplicationLagging, match=f"0 of 1 replicas of {master}"):
+            await fence.settle()
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    await eventually(_settles(fence), timeout=10, what="the fence after the replica resumed")
+    await fence.aclose()
+
+
+def _settles(fence: Replication) -> Callable[[], Awaitable[bool]]:
+    async def settles() -> bool:
+        try:
+            await fence.settle()
+        except ReplicationLagging:
+            return False
+        return True
+
+    return settles
+
+
+def _replica_port(cluster: LocalCluster, master: str) -> int:
+    port = int(master.rpartition(":")[2])
+    for node in cluster.nodes:
+        host, _, own = node.rpartition(":")
+        with redis.Redis(host=host, port=int(own)) as client:
+            info: Any = client.info("replication")
+        if info["role"] == "slave" and int(info["master_port"]) == port:
+            return int(own)
+    raise AssertionError(f"{master} has no replica")
+
+
+async def test_a_redis_without_replicas_is_not_waited_for(redis_db: str) -> None:
+    client = aioredis.Redis.from_url(redis_db)
+    fence = Replication(client, replicas=1, timeout_ms=100)
+    await client.set("k", "v")
+    # Nothing could take over without the write, so no WAIT at all: one would have found no
+    # replica and raised "0 of 1".
+    await fence.settle()
+    await fence.aclose()
+    await client.aclose()
 
 
 async def test_several_streams_on_different_slots_are_read_together(
