@@ -11,13 +11,14 @@ each master and sends WAIT on the same connection: that write comes after everyt
 process wrote to that master before, and a replica that has it has those too.
 
 A master is waited for by as many replicas as it has, if fewer than asked. On a cluster that
-is the replicas the cluster's map gives it, connected or not: a replica cut off from its master
-but alive could still take over, so acks stall (and are retried) rather than be lost. A replica
-the cluster marked failed is not in the map: a shard whose master has just failed over (its new
-master has no replica until the old one comes back) goes on acking. A single Redis counts the
-replicas in sync (`INFO replication`), so the default (1) costs a Redis without replicas two
-round trips per ack and never blocks it. The loss that remains: a replica marked failed, then
-back, then promoted after its master dies, before it caught up (docs/scaling.md).
+is the replicas the cluster's map gives it, connected or not (or the replicas in sync, if more):
+a replica cut off from its master but alive could still take over, so acks stall (and are
+retried) rather than be lost. A replica the cluster marked failed is not in the map: a shard
+whose master has just failed over (its new master has no replica until the old one comes back)
+goes on acking. A single Redis counts the replicas in sync (`INFO replication`), so the default
+(1) costs a Redis without replicas two round trips per ack and never blocks it. The loss that
+remains: a replica marked failed, then back, then promoted after its master dies, before it
+caught up (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -115,10 +116,9 @@ class Replication:
         Command by command: a pipeline would take a connection of its own from the pool, and a
         WAIT on a connection that wrote nothing returns at once."""
         await direct.set(key, "1", ex=FENCE_TTL_S)
-        if mapped is None:
-            info: Any = await direct.info("replication")
-            mapped = in_sync(info)
-        wanted = min(self.replicas, mapped)
+        info: Any = await direct.info("replication")
+        # The larger of the two: a map read before a replica joined would say none.
+        wanted = min(self.replicas, max(mapped or 0, in_sync(info)))
         if wanted == 0:
             return
         acked = await direct.wait(wanted, self.timeout_ms)

@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import redis
 import schemathesis
+import schemathesis.specs.openapi.schemas  # see below
 from anyio.from_thread import start_blocking_portal
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -34,6 +35,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+# schemathesis imports its OpenAPI modules on first use. Imported there, deep in a test's
+# stack, pytest's assertion rewriting of them failed once with CPython 3.11.7's "AST
+# constructor recursion depth mismatch"; imported here, at collection, they are rewritten at
+# the top of the stack.
 from gateway.app import build_app
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
