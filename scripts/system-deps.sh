@@ -9,6 +9,8 @@
 #          libgomp1                   OpenMP, which LightGBM's wheel links to (not bundled)
 #   test   prometheus (promtool too)  the Prometheus config checks and the Prometheus e2e test
 #          chromium                   the gateway's /docs page rendered in a headless browser
+#          kubernetes-client          its kubectl renders deploy/k8s (kustomize); unpacked into
+#                                     .tools/, not installed, so a kubectl the machine has stays
 #   bench  wrk                        bench/serve.py's HTTP load
 # A running PostgreSQL server (the SQL source tests) is started when it is installed but stopped.
 set -euo pipefail
@@ -78,4 +80,26 @@ if [[ " ${groups[*]} " == *" test "* ]] && command -v pg_isready >/dev/null 2>&1
     else
         echo "PostgreSQL is installed but not answering on 127.0.0.1:5432: start it (pg_ctlcluster VERSION main start)" >&2
     fi
+fi
+
+# deploy/k8s is rendered by `kubectl kustomize` in the tests. Debian's kubernetes-client, unpacked
+# into .tools/ (no install: it would conflict with another kubectl package), pins the version
+# every machine renders with. Its kustomize (2.0) is the oldest the manifests must work with.
+# SYSTEM_DEPS_TOOLS overrides the directory, for the tests.
+tools="${SYSTEM_DEPS_TOOLS:-${BASH_SOURCE[0]%/*}/../.tools}"
+if [[ " ${groups[*]} " == *" test "* ]] && [ ! -x "$tools/kubectl" ]; then
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; then
+        echo "no $tools/kubectl: put a kubectl there (not a Debian system)" >&2
+        exit 1
+    fi
+    echo "unpacking Debian's kubernetes-client into $tools"
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    if ! (cd "$work" && apt-get download -qq kubernetes-client >/dev/null 2>&1); then
+        [ "$(id -u)" -eq 0 ] && apt-get update -qq
+        (cd "$work" && apt-get download -qq kubernetes-client >/dev/null 2>&1)
+    fi
+    dpkg -x "$work"/kubernetes-client_*.deb "$work/unpacked"
+    mkdir -p "$tools"
+    cp "$work/unpacked/usr/bin/kubectl" "$tools/kubectl"
 fi

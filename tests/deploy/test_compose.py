@@ -50,6 +50,9 @@ THIRD_PARTY_VARIABLES = {
     "PROMETHEUS_MULTIPROC_DIR",
     # gunicorn: extra flags (the image puts the worker heartbeat file on a tmpfs).
     "GUNICORN_CMD_ARGS",
+    # Python and the libraries' caches: the Kubernetes pods point it at /tmp, as their root
+    # filesystem is read-only (deploy/k8s).
+    "HOME",
     # Python, in the image.
     "PATH",
     "PYTHONUNBUFFERED",

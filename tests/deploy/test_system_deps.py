@@ -26,6 +26,9 @@ def run(
     *groups: str,
     uid: int = 1000,
     libraries: tuple[str, ...] = ("libgomp.so.1",),
+    missing_tools: tuple[str, ...] = (),
+    apt_get: str = "",
+    dpkg: str = "exit 0",
 ) -> tuple[int, str, str]:
     directory = tmp_path / "bin"
     directory.mkdir()
@@ -38,14 +41,25 @@ def run(
     assert bash, "bash is needed to run the script"
     for command in present:
         stub(directory / command, "exit 0")
+    # kubectl (the test group's, in the tools directory): there unless the test says not.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    if "kubectl" not in missing_tools:
+        stub(tools / "kubectl", "exit 0")
+    stub(directory / "dpkg", dpkg)
+    for command in ("mktemp", "mkdir", "cp", "rm", "touch"):  # unpacking uses them; stubs too
+        real = shutil.which(command)
+        assert real is not None
+        (directory / command).symlink_to(real)
     stub(directory / "id", f"echo {uid}")
-    stub(directory / "apt-get", f'echo "$@" >> {tmp_path / "apt-calls"}')
+    stub(directory / "apt-get", f'echo "$@" >> {tmp_path / "apt-calls"}\n{apt_get}')
     done = subprocess.run(
         [bash, str(SCRIPT), *groups],
         env={
             "PATH": str(directory),
             "HOME": str(tmp_path),
             "SYSTEM_DEPS_LIBDIRS": str(tmp_path / "lib"),
+            "SYSTEM_DEPS_TOOLS": str(tools),
         },
         capture_output=True,
         text=True,
@@ -106,3 +120,23 @@ def test_a_missing_library_is_named_by_its_package(tmp_path: Path) -> None:
     assert err.strip() == (
         "missing: libgomp1; run: sudo apt-get install -y --no-install-recommends libgomp1"
     )
+
+
+def test_kubectl_is_unpacked_from_debians_package_not_installed(tmp_path: Path) -> None:
+    # apt-get download leaves the package in the working directory; dpkg -x unpacks it.
+    download = 'case "$1" in download) touch kubernetes-client_1.20_amd64.deb ;; esac'
+    unpack = 'mkdir -p "$3/usr/bin" && echo kubectl > "$3/usr/bin/kubectl"'
+    present = ["redis-server", "promtool", "prometheus", "chromium"]
+    status, out, err = run(
+        tmp_path,
+        present,
+        "test",
+        uid=0,
+        missing_tools=("kubectl",),
+        apt_get=download,
+        dpkg=unpack,
+    )
+    assert status == 0, err
+    assert "unpacking Debian's kubernetes-client" in out
+    assert apt_calls(tmp_path) == ["download -qq kubernetes-client"]
+    assert (tmp_path / "tools" / "kubectl").read_text() == "kubectl\n"
