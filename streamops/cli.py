@@ -75,9 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("gateway", help="run the HTTP gateway (gunicorn, uvicorn workers)")
     run.set_defaults(run=_run_gateway)
 
-    up = commands.add_parser("up", help="run the whole stack as local processes until Ctrl-C")
-    up.add_argument("--workdir", type=Path, default=Path("var/up"))
-    up.set_defaults(run=_up)
+    _add_up(commands)
 
     spec = commands.add_parser("asyncapi", help="print a service's AsyncAPI document")
     spec.add_argument("service", choices=SERVICES[:3])
@@ -160,6 +158,17 @@ def _asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_up(commands: Any) -> None:
+    up = commands.add_parser("up", help="run the whole stack as local processes until Ctrl-C")
+    up.add_argument("--workdir", type=Path, default=Path("var/up"))
+    up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster (3 masters, 3 replicas) instead of one Redis",
+    )
+    up.set_defaults(run=_up)
+
+
 def _up(args: argparse.Namespace) -> int:
     """Redis (unless one is configured), MLflow and the services, until Ctrl-C or SIGTERM."""
     import shlex
@@ -175,12 +184,12 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     workdir = args.workdir.resolve()
     with local_stack(workdir) as stack:
-        running = bring_up(stack, SERVICES)
+        running = bring_up(stack, SERVICES, redis_cluster=args.redis_cluster)
         # For deploy/prometheus/local.yml, which reads var/up/prometheus/ (the default workdir).
         write_prometheus_targets(running, workdir / "prometheus")
         exports = escape(" ".join(f"{k}={shlex.quote(v)}" for k, v in running.env.items()))
         console.print(
-            f"[bold]ready[/bold]\n  Redis:     {running.redis_url}\n"
+            f"[bold]ready[/bold]\n  Redis:     {running.redis_url}{_cluster(running)}\n"
             f"  MLflow UI: {running.mlflow_url}\n"
             f"  gateway:   {running.gateway_url} (API docs: {running.gateway_url}/docs)\n"
             f"  metrics:   {', '.join(f'{n} {u}' for n, u in running.metrics.items())}\n"
@@ -197,6 +206,11 @@ def _up(args: argparse.Namespace) -> int:
         stop.wait()
         console.print("stopping ...")
     return 0
+
+
+def _cluster(running: Running) -> str:
+    nodes = running.env.get("STREAMOPS_REDIS_CLUSTER_NODES")
+    return f" (a cluster: {nodes}; redis-cli -c)" if nodes else ""
 
 
 def _used(running: Running) -> str:

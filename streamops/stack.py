@@ -374,11 +374,14 @@ def bring_up(
     services: tuple[str, ...],
     timeout: float = 120.0,
     environ: Mapping[str, str] | None = None,
+    redis_cluster: bool = False,
 ) -> Running:
     """Redis and MLflow (unless the environment names them) and `services` as processes, each
     waited for until it is up: a heartbeat for the stream services, `/healthz` for the
     gateway. A service named twice runs twice (`predictor-2` is the second replica's log).
-    Settings exported before (`environ`, default the process's) win over up's (up_settings)."""
+    Settings exported before (`environ`, default the process's) win over up's (up_settings).
+    `redis_cluster`: a local Redis Cluster (3 masters, 3 replicas) rather than one Redis, unless
+    the environment names a Redis."""
     from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
 
@@ -389,6 +392,11 @@ def bring_up(
     origin: dict[str, str] = {}
     url = _server_url(environ, ("STREAMOPS_REDIS_URL", "REDIS_URL"))
     origin["STREAMOPS_REDIS_URL"] = FROM_ENVIRONMENT if url else FROM_UP
+    nodes = environ.get("STREAMOPS_REDIS_CLUSTER_NODES", "")
+    if url is None and redis_cluster:
+        nodes = ",".join(stack.start_redis_cluster())
+        url = f"redis://{nodes.split(',')[0]}/0"
+        origin["STREAMOPS_REDIS_CLUSTER_NODES"] = FROM_UP
     url = url or stack.start_redis()
     names = ("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
     mlflow_url = _server_url(environ, names)
@@ -398,9 +406,9 @@ def bring_up(
         inbox.mkdir(parents=True, exist_ok=True)
     port = chosen.port
     env = {"STREAMOPS_REDIS_URL": url, "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url, **chosen.env}
+    if nodes:
+        env["STREAMOPS_REDIS_CLUSTER_NODES"] = nodes
     origin.update(chosen.origin)
-    # The cluster, when the environment names one (its nodes come from there too).
-    nodes = environ.get("STREAMOPS_REDIS_CLUSTER_NODES", "")
     client = sync_redis_client(CommonSettings(redis_url=url, redis_cluster_nodes=nodes))
     gateway_url = None
     metrics: dict[str, str] = {}

@@ -2,7 +2,7 @@
 the delivery bookkeeping and dead-letter move stay on one slot, the replication fence waits
 for a replica of every master, a scoring job is planned in one MULTI with its chunks, and an
 online prediction goes gateway → replica → gateway through the cluster (stream, heartbeats in
-one MGET, the reply on Pub/Sub)."""
+one MGET, the reply on Pub/Sub); `streamops up --redis-cluster` starts one of its own."""
 
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ from gateway.app import build_app as build_gateway
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
 from predictor.scoring_jobs import JobBook
-from shared.broker import is_cluster, redis_client, xread_all
+from shared.broker import is_cluster, redis_client, sync_redis_client, xread_all
 from shared.delivery import RedisLedger
 from shared.errors import ReplicationLagging
-from shared.events import ScoreChunkRequested
+from shared.events import ALL_EVENTS, ScoreChunkRequested
 from shared.jobs import job_status
 from shared.keys import dead_letter_stream
 from shared.replication import Replication
 from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
 from shared.wire import text
+from streamops.stack import bring_up, local_stack
 from tests.conftest import LocalCluster
 from tests.support.data import CHURN_ROW
 from tests.support.shelf import ModelShelf
@@ -199,3 +200,27 @@ async def test_an_online_prediction_goes_through_the_cluster(
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == 1
     assert len(answer.json()["probabilities"][0]) == 2
+
+
+def test_up_can_start_a_local_cluster_for_the_services(tmp_path: Path, mlflow_url: str) -> None:
+    # `streamops up --redis-cluster`, without the services: the cluster and what they are given.
+    environ = {"STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url}
+    with local_stack(tmp_path) as stack:
+        running = bring_up(stack, (), environ=environ, redis_cluster=True)
+        nodes = running.env["STREAMOPS_REDIS_CLUSTER_NODES"].split(",")
+        assert len(nodes) == 6
+        assert running.redis_url == f"redis://{nodes[0]}/0"
+        common = CommonSettings(
+            redis_url=running.redis_url,
+            redis_cluster_nodes=running.env["STREAMOPS_REDIS_CLUSTER_NODES"],
+        )
+        client = sync_redis_client(common)
+        try:
+            streams = [e.stream for e in ALL_EVENTS]
+            for stream in streams:  # every stream, wherever its slot lives
+                client.xadd(stream, {"n": "1"})
+            assert all(client.xlen(stream) == 1 for stream in streams)
+            masters = {client.get_node_from_key(s).name for s in streams}  # type: ignore[attr-defined]
+            assert len(masters) == 3
+        finally:
+            client.close()
