@@ -557,12 +557,23 @@ def _varied_rows(rows: int, seed: int) -> list[dict[str, Any]]:
 
 def _lax_gate(world: World) -> None:
     """The module's spec with a lax gate (accuracy 0.5 decides, any margin against
-    production) and the guard on, watching 30 s against the 15 s before a promotion."""
+    production) and the guard on, watching 30 s against the 15 s before a promotion.
+
+    Latency is judged only above a p99 of 2 s: these tests are about what a version predicts.
+    On two cores shared with the trainer and eight load clients, a good version's p99 once
+    swung to 493 ms against a limit of 257 ms (3 times production's), run natively, and the
+    guard rolled it back. The latency check has its own test (tests/unit/test_guard.py).
+    """
     path = world.datasets / "churn" / "spec.yaml"
     spec = yaml.safe_load(path.read_text())
     spec["training"]["metric"] = "accuracy"
     spec["training"]["gate"] = {"minimum": {"accuracy": 0.5}, "champion_margin": 1.0}
-    spec["rollout"] = {"watch_minutes": 0.5, "baseline_minutes": 0.25, "min_rows": 150}
+    spec["rollout"] = {
+        "watch_minutes": 0.5,
+        "baseline_minutes": 0.25,
+        "min_rows": 150,
+        "p99_floor_ms": 2000,
+    }
     path.write_text(yaml.safe_dump(spec))
 
 
