@@ -225,6 +225,9 @@ class Coalescer:
             try:
                 async for message in self._pubsub.listen():
                     self._on_reply(message["data"])
+                # listen() ends at once when nothing is subscribed (a resubscription that
+                # failed): going round again without a pause would hold the event loop.
+                raise ConnectionError(f"not subscribed to {self.channel}")
             except asyncio.CancelledError:
                 raise
             except Exception:

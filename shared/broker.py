@@ -82,18 +82,21 @@ def sync_redis_client(settings: CommonSettings) -> redis.Redis:
     return client
 
 
-def node_client(node: AsyncNode, **options: Any) -> aioredis.Redis:
-    """A plain client of one cluster node, with the cluster's credentials (for what must stay
-    on one node's connection: WAIT, a Pub/Sub subscription)."""
-    kwargs: dict[str, Any] = dict(node.connection_kwargs)
-    return aioredis.Redis(
-        host=node.host,
-        port=int(node.port),
-        username=kwargs.get("username"),
-        password=kwargs.get("password"),
-        ssl=bool(kwargs.get("ssl")),
-        **options,
+def one_connection(
+    connection_class: type[Any], connection_kwargs: dict[str, Any], **overrides: Any
+) -> aioredis.Redis:
+    """A client on one connection of its own, made as a pool's or a cluster node's are (host,
+    credentials, TLS by the connection class), for what must stay on one connection: WAIT
+    after a write, a Pub/Sub subscription. `overrides`: connection options (timeouts)."""
+    pool = aioredis.ConnectionPool(
+        connection_class=connection_class, **{**connection_kwargs, **overrides}
     )
+    return aioredis.Redis(connection_pool=pool, single_connection_client=True)
+
+
+def node_client(node: AsyncNode, **overrides: Any) -> aioredis.Redis:
+    """`one_connection` to a node of a cluster."""
+    return one_connection(node.connection_class, node.connection_kwargs, **overrides)
 
 
 def is_cluster(client: object) -> bool:

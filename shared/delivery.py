@@ -34,8 +34,8 @@ from pydantic import ValidationError
 
 from shared.aio import every
 from shared.errors import InvalidEvent, PermanentError, ReplicationLagging
-from shared.events import Event, dead_letter_stream, derived_event_id
-from shared.keys import done_key, errors_key
+from shared.events import Event, derived_event_id
+from shared.keys import dead_letter_stream, done_key, errors_key
 from shared.settings import CommonSettings
 from shared.wire import DATA_FIELD, entry_body, text
 

@@ -22,8 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-from shared import keys
-
 # Derived events get ids computed from what they describe (uuid5 in this namespace), so the same
 # fact published twice (after a crash and a redelivery) carries the same id and consumers can
 # drop the copy.
@@ -644,9 +642,3 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ScoreRejected,
 )
 STREAMS: dict[str, type[Event]] = {e.stream: e for e in ALL_EVENTS}
-
-
-def dead_letter_stream(stream: str) -> str:
-    """Where poison messages of `stream` end up: `{stream}.dlq`, on the stream's cluster slot
-    (shared/keys.py)."""
-    return keys.dead_letter_stream(stream)

@@ -31,7 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from shared.broker import node_client
+from shared.broker import node_client, one_connection
 from shared.errors import ReplicationLagging
 
 FENCE_KEY = "streamops:fence:{%d}"
@@ -67,10 +67,7 @@ class Replication:
         fence = self._fences.get("redis")
         if fence is None:
             pool = self.client.connection_pool
-            own = aioredis.ConnectionPool(
-                connection_class=pool.connection_class, **pool.connection_kwargs
-            )
-            direct = aioredis.Redis(connection_pool=own, single_connection_client=True)
+            direct = one_connection(pool.connection_class, pool.connection_kwargs)
             fence = self._fences["redis"] = ("streamops:fence", direct)
         return fence[1]
 
@@ -79,7 +76,6 @@ class Replication:
         if fence is None:
             direct = node_client(
                 node,
-                single_connection_client=True,
                 socket_connect_timeout=self.timeout_ms / 1000,
                 socket_timeout=self.timeout_ms / 1000 + 1,
             )

@@ -11,7 +11,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.events import ALL_EVENTS, dead_letter_stream
+from shared.events import ALL_EVENTS
+from shared.keys import dead_letter_stream
 from shared.wire import text
 
 

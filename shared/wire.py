@@ -127,7 +127,7 @@ class Refused:
 
 def dead_letter(pipe: Any, stream: str, group: str, refused: Refused) -> None:
     """Queue on `pipe` (a redis-py pipeline) the XADD that dead-letters `refused`."""
-    from shared.events import dead_letter_stream
+    from shared.keys import dead_letter_stream
 
     letter = {
         "stream": stream,

@@ -319,7 +319,6 @@ def _ingest_here(event: DataArrived) -> int:
 
 
 def _publish_and_wait(event: DataArrived, wait: bool, timeout: float) -> int:
-
     from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
     from streamops.client import progress, publish, stream_ends, wait_for_outcome
@@ -508,7 +507,6 @@ def _aside(args: argparse.Namespace, registry: Any, move: Callable[[], Any], sai
 
 
 def _publish(event: Any) -> None:
-
     from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
     from streamops.client import publish

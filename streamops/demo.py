@@ -42,7 +42,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from shared.events import DataArrived, DataIngested, DataRejected, dead_letter_stream
+from shared.events import DataArrived, DataIngested, DataRejected
+from shared.keys import dead_letter_stream
 from shared.settings import BUNDLED_DATASETS, REPO_ROOT, CommonSettings
 from streamops.client import ingest_and_wait
 from streamops.demo_byom import bring_your_own

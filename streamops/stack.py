@@ -77,11 +77,12 @@ def replicas_online(node: str) -> int:
     """How many replicas of the master `node` are connected and in sync (0 for a replica)."""
     import redis
 
+    from shared.replication import in_sync
+
     host, _, port = node.rpartition(":")
     with redis.Redis(host=host, port=int(port), socket_timeout=1) as client:
         info: Any = client.info("replication")
-    slaves = (info.get(f"slave{n}", {}) for n in range(int(info.get("connected_slaves", 0))))
-    return sum(1 for slave in slaves if slave.get("state") == "online")
+    return in_sync(info)
 
 
 def http_ok(url: str) -> bool:

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-import yaml
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
 from streamops.stack import Stack, local_stack
+from tests.support.data import write_churn_spec
 from tests.support.servers import INSTALL_HINT, mlflow_server, postgres_dsn, redis_server
 
 
@@ -112,6 +112,17 @@ class LocalCluster:
             redis_url=f"redis://{self.nodes[0]}/0", redis_cluster_nodes=self.nodes, **overrides
         )
 
+    def replica_process(self, master: str) -> subprocess.Popen[bytes]:
+        """The process of the node replicating `master` now (failovers change it)."""
+        port = int(master.rpartition(":")[2])
+        for node in self.nodes:
+            host, _, own = node.rpartition(":")
+            with redis.Redis(host=host, port=int(own)) as client:
+                info: Any = client.info("replication")
+            if info["role"] == "slave" and int(info["master_port"]) == port:
+                return self.stack.processes[f"redis-node-{own}"]
+        raise AssertionError(f"{master} has no replica")
+
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -147,9 +158,4 @@ def postgres_db() -> Iterator[str]:
 @pytest.fixture
 def datasets(tmp_path: Path) -> tuple[Path, str]:
     """The churn spec under a model name of this test's own (the MLflow server is shared)."""
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    name = f"churn-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = name
-    (tmp_path / "datasets" / "churn").mkdir(parents=True)
-    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
-    return tmp_path / "datasets", name
+    return tmp_path / "datasets", write_churn_spec(tmp_path / "datasets", "churn")

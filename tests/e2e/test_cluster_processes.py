@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import yaml
 
 from shared.broker import redis_client, sync_redis_client
 from shared.keys import heartbeat_key
@@ -37,7 +36,7 @@ from shared.settings import BUNDLED_DATASETS
 from shared.wire import text
 from streamops.stack import Running, bring_up, cluster_ok, replicas_online
 from tests.conftest import LocalCluster
-from tests.support.data import CHURN_ROW
+from tests.support.data import CHURN_ROW, write_churn_spec
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -74,12 +73,7 @@ def world(
     tmp_path_factory: pytest.TempPathFactory, redis_cluster: LocalCluster, mlflow_url: str
 ) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("cluster-e2e")
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    model = f"churn-cluster-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = model
-    spec["rollout"] = {"guard": False}
-    (workdir / "datasets" / "churn").mkdir(parents=True)
-    (workdir / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    model = write_churn_spec(workdir / "datasets", "churn-cluster", rollout={"guard": False})
     with pytest.MonkeyPatch.context() as env:
         for name, value in redis_cluster.env.items():
             env.setenv(name, value)
@@ -156,7 +150,7 @@ def test_a_master_killed_under_load_loses_no_acknowledged_arrival(
         stack.kill("trainer", 15)  # its fits would only compete for the two cores
     _restart_ingestor(world, wait_replicas)
     victim = world.master_of("data-arrived")
-    replica = stack.processes[f"redis-node-{_replica_of(world, victim).rpartition(':')[2]}"]
+    replica = world.cluster.replica_process(victim)
     sources = _slices(world.inbox, f"{scenario}-w{wait_replicas}", count=40)
     before = {e["correlation_id"] for e in world.events("data-ingested")}
 
@@ -264,17 +258,6 @@ def _prediction_figures(traffic: Traffic) -> dict[str, Any]:
         "longest_ack_gap_after_kill_s": round(max(gaps, default=0.0), 2),
         "node_restarted_after_s": round(traffic.marks["restart"] - killed, 2),
     }
-
-
-def _replica_of(world: World, master: str) -> str:
-    port = int(master.rpartition(":")[2])
-    for node in world.cluster.nodes:
-        host, _, own = node.rpartition(":")
-        with redis.Redis(host=host, port=int(own)) as client:
-            info: Any = client.info("replication")
-        if info["role"] == "slave" and int(info["master_port"]) == port:
-            return node
-    raise AssertionError(f"{master} has no replica")
 
 
 def _restart_ingestor(world: World, wait_replicas: int) -> None:

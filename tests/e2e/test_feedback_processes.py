@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Running, Stack, bring_up
+from tests.support.data import write_churn_spec
 from tests.support.models import churn_features
 from tests.support.waiting import wait_until
 
@@ -45,12 +44,7 @@ def _checks(running: Running) -> float:
 def world(
     tmp_path: Path, redis_url: str, mlflow_url: str
 ) -> Iterator[tuple[Running, redis.Redis, str]]:
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    model = f"churn-drift-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = model
-    spec["training"]["retrain"] = RULE
-    (tmp_path / "datasets" / "churn").mkdir(parents=True)
-    (tmp_path / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    model = write_churn_spec(tmp_path / "datasets", "churn-drift", training={"retrain": RULE})
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     env = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +28,7 @@ from mlflow import MlflowClient
 from shared.datasets import load_spec
 from shared.settings import BUNDLED_DATASETS
 from streamops.stack import Running, Stack, bring_up, free_port
-from tests.support.data import CHURN_ROW, churn_rows, write_csv
+from tests.support.data import CHURN_ROW, churn_rows, write_churn_spec, write_csv
 from tests.support.load import Load
 from tests.support.models import churn_features, fit_model, register
 from tests.support.waiting import wait_until
@@ -61,14 +60,9 @@ def world(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, mlflow_url: str
 ) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("serving")
-    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
-    model = f"churn-serve-{uuid.uuid4().hex[:8]}"
-    spec["training"]["model_name"] = model
     # The guard is off until its own tests: the swaps before them serve one row under load,
     # and the versions differ on it on purpose.
-    spec["rollout"] = {"guard": False}
-    (workdir / "datasets" / "churn").mkdir(parents=True)
-    (workdir / "datasets" / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    model = write_churn_spec(workdir / "datasets", "churn-serve", rollout={"guard": False})
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     with pytest.MonkeyPatch.context() as env:

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from gateway.app import build_app as build_gateway
@@ -88,7 +87,7 @@ async def test_the_fence_waits_for_a_replica_of_every_master(
     # not confirmed, and the ack must not happen. Resumed: confirmed again.
     cluster: Any = cluster_client
     master = str(cluster.get_node_from_key("fenced-0").name)
-    replica = redis_cluster.stack.processes[f"redis-node-{_replica_port(redis_cluster, master)}"]
+    replica = redis_cluster.replica_process(master)
     replica.send_signal(signal.SIGSTOP)
     try:
         await cluster_client.set("fenced-0", "again")
@@ -109,17 +108,6 @@ def _settles(fence: Replication) -> Callable[[], Awaitable[bool]]:
         return True
 
     return settles
-
-
-def _replica_port(cluster: LocalCluster, master: str) -> int:
-    port = int(master.rpartition(":")[2])
-    for node in cluster.nodes:
-        host, _, own = node.rpartition(":")
-        with redis.Redis(host=host, port=int(own)) as client:
-            info: Any = client.info("replication")
-        if info["role"] == "slave" and int(info["master_port"]) == port:
-            return int(own)
-    raise AssertionError(f"{master} has no replica")
 
 
 async def test_a_redis_without_replicas_is_not_waited_for(redis_db: str) -> None:

@@ -21,7 +21,8 @@ from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache
 from shared import predlog
 from shared.broker import ensure_group
-from shared.events import Lineage, PredictionsLogged, dead_letter_stream
+from shared.events import Lineage, PredictionsLogged
+from shared.keys import dead_letter_stream
 from shared.settings import CommonSettings, GatewaySettings, PredictorSettings
 from shared.wire import entry_fields
 from tests.support.data import CHURN_ROW

@@ -1,12 +1,31 @@
-"""Test data: rows of the bundled churn dataset, made with its own generator."""
+"""Test data: rows of the bundled churn dataset, made with its own generator, and its spec
+under a model name of a test's own."""
 
 from __future__ import annotations
 
 import importlib.util
+import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import yaml
 
 from shared.settings import BUNDLED_DATASETS
+
+
+def write_churn_spec(datasets: Path, prefix: str, **sections: dict[str, Any]) -> str:
+    """The bundled churn spec in `datasets/churn/spec.yaml`, its model named `prefix-<8 hex>`
+    (the session's MLflow server is shared), each of `sections` merged into the section of
+    that name; the model name."""
+    spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
+    model = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    spec["training"]["model_name"] = model
+    for name, values in sections.items():
+        spec[name] = {**spec.get(name, {}), **values}
+    (datasets / "churn").mkdir(parents=True)
+    (datasets / "churn" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return model
 
 
 def _generator() -> ModuleType:

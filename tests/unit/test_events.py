@@ -16,9 +16,9 @@ from shared.events import (
     PredictionRequested,
     PredictionsLogged,
     ScoreRequested,
-    dead_letter_stream,
     derived_event_id,
 )
+from shared.keys import dead_letter_stream
 
 
 def test_the_envelope_fills_itself_in() -> None:
