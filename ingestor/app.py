@@ -49,7 +49,7 @@ def build_app(
     metrics = metrics or IngestorMetrics()
     broker = build_broker(common, [broker_middleware(metrics.registry, GROUP)])
     client = redis_client(common)
-    store = FeatureStore(common.feature_store_root)
+    store = FeatureStore(common.feature_store_location)
     ledger = ledger or RedisLedger(
         client, DataArrived.stream, GROUP, common.consumer_name, common.done_ttl_s
     )
@@ -154,6 +154,7 @@ def build_app(
     @app.on_startup
     async def create_groups() -> None:
         await endpoint.start()
+        await anyio.to_thread.run_sync(store.check)  # an object store must honour If-None-Match
         await ensure_group(client, DataArrived.stream, GROUP)
 
     @app.after_startup

@@ -32,15 +32,18 @@ class PredictionLogReader:
 
     kind = "prediction_log"
 
-    def __init__(self, source: PredictionLogSource, spec: DatasetSpec, store: FeatureStore) -> None:
+    def __init__(
+        self, source: PredictionLogSource, spec: DatasetSpec, store: FeatureStore, log_root: Path
+    ) -> None:
         self.source = source
         self.spec = spec
         self.store = store
+        self.log_root = log_root  # the prediction log's root (feature_store_root)
         self._hash = content_hasher()
 
     def chunks(self) -> Iterator[pa.Table]:
         base = self._base()
-        logged = labelled_rows(self.store.root, self.spec, self.source)
+        logged = labelled_rows(self.log_root, self.spec, self.source)
         if logged.num_rows == 0:
             raise SourceRejected(
                 f"the prediction log of {self.source.model} has no labelled row with its "

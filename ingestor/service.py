@@ -75,7 +75,7 @@ def _reader(
             f"the prediction log of {source.model!r} is not {event.dataset}'s: its model is "
             f"{spec.model_name!r}"
         )
-    return PredictionLogReader(source, spec, store)
+    return PredictionLogReader(source, spec, store, settings.common.feature_store_root)
 
 
 def _ingest(

@@ -1,16 +1,18 @@
 """Batch scoring without a broker: resolve the input, plan chunks, score one chunk to a part
 file, assemble the parts into the output.
 
-Every write is a temporary file renamed into place, so a chunk scored twice (a redelivery after
-a crash) rewrites the same content, and a reader never sees half a file. Scoring is vectorised:
-one model call per chunk, no per-row Python.
+Files are named by locations (shared/storage.py): local paths, or `s3://` URIs when the input
+is on an object store. Every local write is a temporary file renamed into place, and an object
+appears whole when its upload completes, so a chunk scored twice (a redelivery after a crash)
+rewrites the same content, and a reader never sees half a file. Scoring is vectorised: one
+model call per chunk, no per-row Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 
 from predictor.cache import Served
 from predictor.outputs import output, output_columns, predict_with, probabilities
+from shared import storage
 from shared.errors import ChunkRefused, ScoreInputRejected, VersionNotFound
 from shared.events import FeatureStoreInput, ParquetInput, derived_event_id
 from shared.feature_store import FeatureStore
@@ -36,32 +39,56 @@ _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 class Source:
     """A resolved file input: where it is, where its results go, how many rows it has."""
 
-    path: Path
-    output: Path
+    path: str
+    output: str
     rows: int
 
 
 # --- resolving the input -----------------------------------------------------------------------
 
 
-def confine_parquet(uri: str, roots: Sequence[Path]) -> Path:
-    """The real path of a Parquet input, if it is a regular file inside one of `roots`."""
-    return confine_file(uri, roots, "a Parquet input", "score roots", ScoreInputRejected)
+def confine_parquet(uri: str, roots: Sequence[Path], prefixes: Sequence[str] = ()) -> str:
+    """The location of a Parquet input: a regular file inside one of `roots` (its real path),
+    or an object under one of the object-store `prefixes`."""
+    if storage.is_object_store(uri):
+        if not _under_prefix(uri, prefixes):
+            shown = ", ".join(prefixes) or "none configured"
+            raise ScoreInputRejected(
+                f"{uri} is outside the allowed object-store prefixes ({shown})"
+            )
+        if not storage.exists(uri):
+            raise ScoreInputRejected(f"{uri}: no such object")
+        return uri
+    return str(confine_file(uri, roots, "a Parquet input", "score roots", ScoreInputRejected))
 
 
-def check_chunk_paths(input_path: Path, output: Path, roots: Sequence[Path]) -> None:
+def check_chunk_paths(
+    input_path: str, output: str, roots: Sequence[Path], prefixes: Sequence[str] = ()
+) -> None:
     """Chunk entries travel on a stream anyone with Redis access can write: their paths are
     checked again (the input inside a root, the output beside it or under the store's root)."""
-    real_input, real_output = input_path.resolve(), output.resolve()
-    if not any(real_input.is_relative_to(root) for root in roots):
-        raise ChunkRefused(f"input {input_path} is outside the allowed roots")
-    if not any(real_output.is_relative_to(root) for root in roots):
-        raise ChunkRefused(f"output {output} is outside the allowed roots")
+    for what, location in (("input", input_path), ("output", output)):
+        if storage.is_object_store(location):
+            allowed = _under_prefix(location, prefixes)
+        else:
+            real = Path(location).resolve()
+            allowed = any(real.is_relative_to(root) for root in roots)
+        if not allowed:
+            raise ChunkRefused(f"{what} {location} is outside the allowed roots")
 
 
-def scored_path(path: Path) -> Path:
+def _under_prefix(uri: str, prefixes: Sequence[str]) -> bool:
+    """Whether `uri` names an object under one of `prefixes` (no `..` segment: object keys
+    are not paths, but a key with one would read as outside the prefix to people)."""
+    if any(part in ("..", ".") for part in uri.split("/")):
+        return False
+    return any(uri.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
+
+
+def scored_path(path: str) -> str:
     """`x.parquet` → `x.scored.parquet`, beside it."""
-    return path.with_name(f"{path.stem}.scored.parquet")
+    stem = storage.name(path).removesuffix(".parquet")
+    return storage.join(storage.parent(path), f"{stem}.scored.parquet")
 
 
 def resolve(
@@ -69,10 +96,11 @@ def resolve(
     source: ParquetInput | FeatureStoreInput,
     roots: Sequence[Path],
     store: FeatureStore,
-) -> tuple[Path, Path]:
+    prefixes: Sequence[str] = (),
+) -> tuple[str, str]:
     """(input file, output file) of a job; ScoreInputRejected when the input may not be read."""
     if isinstance(source, ParquetInput):
-        path = confine_parquet(source.uri, roots)
+        path = confine_parquet(source.uri, roots, prefixes)
         return path, scored_path(path)
     if not _SAFE_JOB_ID.match(job_id):
         raise ScoreInputRejected(f"job id {job_id!r} cannot name a file (letters, digits, ._-)")
@@ -90,10 +118,10 @@ def required(schema: ModelSchema) -> list[str]:
     return [c.name for c in schema.columns if not c.nullable]
 
 
-def inspect(path: Path, output: Path, schema: ModelSchema) -> Source:
+def inspect(path: str, output: str, schema: ModelSchema) -> Source:
     """Check the file has every feature column and at least one row (footer only)."""
     try:
-        meta = pq.ParquetFile(path)
+        meta = _parquet_file(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise ScoreInputRejected(f"{path} is not a readable Parquet file: {exc}") from exc
     missing = [name for name in required(schema) if name not in meta.schema_arrow.names]
@@ -112,9 +140,14 @@ def plan_chunks(rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_rows, rows)) for start in range(0, rows, chunk_rows)]
 
 
-def read_range(path: Path, start: int, stop: int, columns: Sequence[str]) -> pa.Table:
+def _parquet_file(location: str) -> pq.ParquetFile:
+    filesystem, path = storage.resolve(location)
+    return pq.ParquetFile(path, filesystem=filesystem)
+
+
+def read_range(path: str, start: int, stop: int, columns: Sequence[str]) -> pa.Table:
     """Rows [start, stop) of `columns`: only the row groups overlapping the range are read."""
-    parquet = pq.ParquetFile(path)
+    parquet = _parquet_file(path)
     groups: list[int] = []
     first_row: int | None = None
     offset = 0
@@ -163,10 +196,10 @@ class ScoredChunk:
     results: pa.Table
 
 
-def score_chunk(served: Served, path: Path, rows: tuple[int, int], part: Path) -> ScoredChunk:
+def score_chunk(served: Served, path: str, rows: tuple[int, int], part: str) -> ScoredChunk:
     """Score rows [start, stop) of `path` into the part file `part`."""
     start, stop = rows
-    present = set(pq.read_schema(path).names)  # an optional column may be absent
+    present = set(_parquet_file(path).schema_arrow.names)  # an optional column may be absent
     names = [name for name in served.schema.names if name in present]
     inputs = read_range(path, start, stop, names)
     table = predictions_table(served, input_frame(served.schema, inputs.to_pandas()), start)
@@ -174,11 +207,18 @@ def score_chunk(served: Served, path: Path, rows: tuple[int, int], part: Path) -
     return ScoredChunk(inputs, table)
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write `table` to `path`: all of it or nothing (shared.fsio)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, use_dictionary=dictionary_columns(table.schema))
+def write_atomic(table: pa.Table, location: str) -> None:
+    """Write `table` to `location`: all of it or nothing (shared.fsio on disk; an object
+    appears when its upload completes)."""
+    encoded = dictionary_columns(table.schema)
+    if storage.is_object_store(location):
+        filesystem, path = storage.resolve(location)
+        pq.write_table(table, path, use_dictionary=encoded, filesystem=filesystem)
+        return
+    target = Path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, use_dictionary=encoded)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -196,39 +236,51 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
 # --- parts and assembly ------------------------------------------------------------------------
 
 
-def parts_dir(output: Path, job_id: str) -> Path:
+def parts_dir(output: str, job_id: str) -> str:
     """Where a job's part files wait to be assembled: hidden, beside the output, per job (two
     jobs on the same input do not mix their parts)."""
     token = derived_event_id("score-parts", job_id).hex[:16]
-    return output.with_name(f".{output.name}.{token}.parts")
+    return storage.join(storage.parent(output), f".{storage.name(output)}.{token}.parts")
 
 
-def part_path(output: Path, job_id: str, chunk: int) -> Path:
-    return parts_dir(output, job_id) / f"chunk-{chunk:06d}.parquet"
+def part_path(output: str, job_id: str, chunk: int) -> str:
+    return storage.join(parts_dir(output, job_id), f"chunk-{chunk:06d}.parquet")
 
 
-def assemble(output: Path, job_id: str, chunks: int) -> int:
+def assemble(output: str, job_id: str, chunks: int) -> int:
     """Concatenate the job's parts in chunk order into `output` (atomically); the rows.
 
     Streams part by part, so memory holds one chunk, not the whole result.
     """
-    parts = [part_path(output, job_id, chunk) for chunk in range(chunks)]
-    schema = pq.read_schema(parts[0])
+    filesystem, _ = storage.resolve(output)
+    parts = [storage.resolve(part_path(output, job_id, chunk))[1] for chunk in range(chunks)]
+    schema = pq.read_schema(parts[0], filesystem=filesystem)
     rows = 0
-    encoded = dictionary_columns(schema)
-    with (
-        atomic_path(output) as tmp,
-        pq.ParquetWriter(tmp, schema, use_dictionary=encoded) as writer,
-    ):
-        for part in parts:
-            table = pq.read_table(part)
-            writer.write_table(table)
-            rows += table.num_rows
+    with _writing(output) as target:
+        writer = pq.ParquetWriter(
+            target, schema, use_dictionary=dictionary_columns(schema), filesystem=filesystem
+        )
+        with writer:
+            for part in parts:
+                table = pq.read_table(part, filesystem=filesystem)
+                writer.write_table(table)
+                rows += table.num_rows
     return rows
 
 
-def remove_parts(output: Path, job_id: str) -> None:
-    shutil.rmtree(parts_dir(output, job_id), ignore_errors=True)
+@contextlib.contextmanager
+def _writing(location: str) -> Iterator[str]:
+    """The path to write `location`'s content to: a temporary file renamed onto it on disk,
+    the object itself on a store (it appears when the upload completes)."""
+    if storage.is_object_store(location):
+        yield storage.resolve(location)[1]
+        return
+    with atomic_path(Path(location)) as tmp:
+        yield str(tmp)
+
+
+def remove_parts(output: str, job_id: str) -> None:
+    storage.remove_tree(parts_dir(output, job_id))
 
 
 # --- inline rows -------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import anyio.to_thread
@@ -146,7 +145,11 @@ class Scorer:
         def inspect() -> scoring.Source:
             assert event.input is not None
             path, output = scoring.resolve(
-                event.job_id, event.input, self.settings.score_roots, self.store
+                event.job_id,
+                event.input,
+                self.settings.score_roots,
+                self.store,
+                self.settings.score_prefixes,
             )
             return scoring.inspect(path, output, served.schema)
 
@@ -211,9 +214,10 @@ class Scorer:
     async def on_chunk(self, chunk: ScoreChunkRequested) -> None:
         if await self.jobs.status(chunk.job_id) in SETTLED:  # a copy, or the job failed
             return
-        output = Path(chunk.output_path)
+        output = chunk.output_path
         roots = [*self.settings.score_roots, self.settings.common.feature_store_root]
-        scoring.check_chunk_paths(Path(chunk.input_path), output, roots)
+        prefixes = self.settings.score_prefixes
+        scoring.check_chunk_paths(chunk.input_path, output, roots, prefixes)
         served = await anyio.to_thread.run_sync(
             self.predictor.model_for, chunk.model_name, chunk.model_version
         )
@@ -233,13 +237,11 @@ class Scorer:
         if done >= chunk.chunks and status not in SETTLED:
             await self._finish(chunk, output)
 
-    def _score(self, served: Served, chunk: ScoreChunkRequested, part: Path) -> int:
+    def _score(self, served: Served, chunk: ScoreChunkRequested, part: str) -> int:
         """Score the chunk into its part and, when predictions are logged, log its rows: both
         durable before the chunk is acked. The rows scored."""
         started = time.perf_counter()
-        scored = scoring.score_chunk(
-            served, Path(chunk.input_path), (chunk.start, chunk.stop), part
-        )
+        scored = scoring.score_chunk(served, chunk.input_path, (chunk.start, chunk.stop), part)
         if self.settings.log_predictions:
             keep = self.settings.log_batch_features and self.settings.logs_features(served.name)
             features = scored.inputs if keep else None
@@ -255,7 +257,7 @@ class Scorer:
             )
         return int(scored.results.num_rows)
 
-    async def _finish(self, chunk: ScoreChunkRequested, output: Path) -> None:
+    async def _finish(self, chunk: ScoreChunkRequested, output: str) -> None:
         """Assemble, publish, mark done, tidy up: in that order, so a crash anywhere is repaired
         by the chunk's redelivery (the parts stay until the job is marked done)."""
         work = functools.partial(scoring.assemble, output, chunk.job_id, chunk.chunks)
@@ -268,10 +270,10 @@ class Scorer:
                 model_name=chunk.model_name,
                 model_version=chunk.model_version,
                 rows=rows,
-                output_uri=str(output),
+                output_uri=output,
             )
         )
-        await self.jobs.finish(chunk.job_id, str(output))
+        await self.jobs.finish(chunk.job_id, output)
         await anyio.to_thread.run_sync(scoring.remove_parts, output, chunk.job_id)
         log.info("job %s done: %d rows in %s", chunk.job_id, rows, output)
 
@@ -299,7 +301,7 @@ def wire_scoring(
         description=ScoreChunkRequested.__doc__,
     )
     jobs = JobBook(client, common.done_ttl_s)
-    store = FeatureStore(common.feature_store_root)
+    store = FeatureStore(common.feature_store_location)
     scorer = Scorer(predictor, metrics, settings, store, jobs, scored, rejected, catch_up)
     handlers: list[tuple[Any, Callable[[Any], Awaitable[None]]]] = [
         (ScoreRequested, scorer.on_requested),

@@ -139,3 +139,8 @@ class ChunkRefused(PermanentError):
 
 class ReplicationLagging(StreamopsError):
     """Fewer replicas than `redis_wait_replicas` confirmed a write in time: not acked, retried."""
+
+
+class CommitContended(StreamopsError):
+    """A feature-store version could not claim a number: other writers kept taking the next one
+    first. Transient; the ingest is retried like any other failure."""

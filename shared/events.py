@@ -542,7 +542,12 @@ class ParquetInput(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["parquet"] = "parquet"
-    uri: str = Field(description="Local path or file:// URI of the Parquet file.")
+    uri: str = Field(
+        description=(
+            "Local path or file:// URI of the Parquet file, or an s3:// URI under an allowed "
+            "prefix (the feature store's, or STREAMOPS_PREDICTOR_SCORE_URIS)."
+        )
+    )
 
 
 class FeatureStoreInput(BaseModel):

@@ -98,6 +98,13 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
     )
     feature_store_root: Path = Path("var/feature-store")
+    # The feature store's dataset versions and batch scores on an S3-compatible object store
+    # (`s3://bucket/prefix`), instead of under feature_store_root; the connection comes from
+    # the standard AWS variables (docs/storage.md). Prediction logs stay under
+    # feature_store_root.
+    feature_store_uri: str | None = Field(
+        default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$"
+    )
     datasets_dir: Path = Field(default_factory=default_datasets_dir)
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
     max_deliveries: int = Field(default=5, ge=1, le=1000)
@@ -117,6 +124,11 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def feature_store_location(self) -> str:
+        """Where dataset versions live: the object-store URI if set, else the local root."""
+        return (self.feature_store_uri or str(self.feature_store_root)).rstrip("/")
 
     @field_validator("redis_cluster_nodes", mode="before")
     @classmethod
@@ -289,9 +301,18 @@ class PredictorSettings(BaseSettings):
     score_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [default_datasets_dir(), Path("var/inbox")]
     )
+    # Batch scoring on an object store: Parquet objects under these `s3://` prefixes may be
+    # read (results are written beside them); the feature store's URI, when set, is one too.
+    score_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator(
-        "models", "flavors", "native_models", "log_without_features", "score_roots", mode="before"
+        "models",
+        "flavors",
+        "native_models",
+        "log_without_features",
+        "score_roots",
+        "score_uris",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -301,6 +322,20 @@ class PredictorSettings(BaseSettings):
     @classmethod
     def _resolve_roots(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+    @field_validator("score_uris")
+    @classmethod
+    def _s3_prefixes(cls, value: list[str]) -> list[str]:
+        wrong = [uri for uri in value if not uri.startswith("s3://") or len(uri) <= len("s3://")]
+        if wrong:
+            raise ValueError(f"score_uris must be s3://bucket[/prefix] URIs, got {wrong}")
+        return [uri.rstrip("/") for uri in value]
+
+    @property
+    def score_prefixes(self) -> list[str]:
+        """The object-store prefixes batch scoring may read and write under."""
+        store = self.common.feature_store_uri
+        return [*self.score_uris, *([store.rstrip("/")] if store else [])]
 
     @field_validator("flavors")
     @classmethod

@@ -166,6 +166,11 @@ def _add_up(commands: Any) -> None:
         action="store_true",
         help="a local Redis Cluster (3 masters, 3 replicas) instead of one Redis",
     )
+    up.add_argument(
+        "--s3",
+        action="store_true",
+        help="a local S3 API (moto) holding the feature store and MLflow's artifacts",
+    )
     up.set_defaults(run=_up)
 
 
@@ -184,13 +189,13 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     workdir = args.workdir.resolve()
     with local_stack(workdir) as stack:
-        running = bring_up(stack, SERVICES, redis_cluster=args.redis_cluster)
+        running = bring_up(stack, SERVICES, redis_cluster=args.redis_cluster, object_store=args.s3)
         # For deploy/prometheus/local.yml, which reads var/up/prometheus/ (the default workdir).
         write_prometheus_targets(running, workdir / "prometheus")
         exports = escape(" ".join(f"{k}={shlex.quote(v)}" for k, v in running.env.items()))
         console.print(
             f"[bold]ready[/bold]\n  Redis:     {running.redis_url}{_cluster(running)}\n"
-            f"  MLflow UI: {running.mlflow_url}\n"
+            f"  MLflow UI: {running.mlflow_url}\n{_object_store(running)}"
             f"  gateway:   {running.gateway_url} (API docs: {running.gateway_url}/docs)\n"
             f"  metrics:   {', '.join(f'{n} {u}' for n, u in running.metrics.items())}\n"
             f"  Prometheus: targets in {workdir / 'prometheus'} "
@@ -211,6 +216,14 @@ def _up(args: argparse.Namespace) -> int:
 def _cluster(running: Running) -> str:
     nodes = running.env.get("STREAMOPS_REDIS_CLUSTER_NODES")
     return f" (a cluster: {nodes}; redis-cli -c)" if nodes else ""
+
+
+def _object_store(running: Running) -> str:
+    uri = running.env.get("STREAMOPS_FEATURE_STORE_URI")
+    if not uri:
+        return ""
+    endpoint = running.env.get("AWS_ENDPOINT_URL_S3", "AWS")
+    return f"  S3:        {uri} and MLflow's artifacts, on {endpoint}\n"
 
 
 def _used(running: Running) -> str:
@@ -301,7 +314,7 @@ def _ingest_here(event: DataArrived) -> int:
     from shared.settings import IngestorSettings
 
     settings = IngestorSettings()
-    store = FeatureStore(settings.common.feature_store_root)
+    store = FeatureStore(settings.common.feature_store_location)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -615,7 +628,7 @@ def _versions(args: argparse.Namespace) -> int:
     from shared.feature_store import FeatureStore
     from shared.settings import CommonSettings
 
-    found = FeatureStore(CommonSettings().feature_store_root).versions(args.dataset)
+    found = FeatureStore(CommonSettings().feature_store_location).versions(args.dataset)
     if not found:
         err.print(f"dataset {args.dataset!r} has no version")
         return 1
@@ -638,7 +651,7 @@ def _quarantine(args: argparse.Namespace) -> int:
     from shared.feature_store import FeatureStore
     from shared.settings import CommonSettings
 
-    store = FeatureStore(CommonSettings().feature_store_root)
+    store = FeatureStore(CommonSettings().feature_store_location)
     try:
         version = args.version or store.latest(args.dataset).version
         lines = store.quarantine(args.dataset, version).slice(0, args.limit).to_pylist()
@@ -668,7 +681,7 @@ def _explain_request(args: argparse.Namespace) -> int:
             "logged, sampled in, and compacted yet? docs/feedback.md)"
         )
         return 1
-    store = FeatureStore(root)
+    store = FeatureStore(CommonSettings().feature_store_location)
     for first in _by_version(records):
         rows = [
             r for r in records if (r["model"], r["version"]) == (first["model"], first["version"])

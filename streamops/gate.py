@@ -96,7 +96,7 @@ def check(spec: DatasetSpec, datasets_dir: Path, plugins_dir: Path | None = None
             feature_store_root=Path(workdir) / "feature-store", datasets_dir=datasets_dir
         )
         settings = IngestorSettings(common=common, data_roots=[datasets_dir])
-        store = FeatureStore(common.feature_store_root)
+        store = FeatureStore(common.feature_store_location)
         event = DataArrived(dataset=spec.name, source=CsvSource(uri=str(sample)))
         outcome = ingest(event, settings, store)
         if isinstance(outcome, DataRejected):

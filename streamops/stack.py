@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 
 from shared.keys import heartbeat_key
 
+# The bucket `up --s3` creates on its local S3 API (docs/storage.md).
+S3_BUCKET = "streamops"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -179,9 +182,44 @@ class Stack:
         self.spawn(f"redis-node-{port}", self._node_argv[node])
         wait_for(lambda: redis_answers(port), 15, f"redis-server on {port}")
 
-    def start_mlflow(self, backend_uri: str | None = None) -> str:
-        """`mlflow server` on a free port, artifacts in `workdir/mlflow`; the backend store is
-        `backend_uri`, or SQLite in `workdir/mlflow`."""
+    def start_s3(self, bucket: str = S3_BUCKET) -> dict[str, str]:
+        """A local S3 API (moto's standalone server) on a free port, with `bucket` created; the
+        AWS variables that point pyarrow, boto3 and MLflow at it (docs/storage.md)."""
+        port = free_port()
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        self.spawn("s3", argv)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_ok(f"{url}/moto-api/"), 60, f"the S3 API (log: {self.log('s3')})")
+        env = {
+            # moto takes any credentials; these are its documented placeholders.
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": url,
+            # MLflow's S3 artifact store reads its own variable before boto3's.
+            "MLFLOW_S3_ENDPOINT_URL": url,
+        }
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+        client.create_bucket(Bucket=bucket)
+        return env
+
+    def start_mlflow(
+        self,
+        backend_uri: str | None = None,
+        artifacts: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        """`mlflow server` on a free port; the backend store is `backend_uri`, or SQLite in
+        `workdir/mlflow`; artifacts go to `artifacts` (an `s3://` URI, say, reached with the
+        variables in `env`), or `workdir/mlflow/artifacts`."""
         port = free_port()
         data = self.workdir / "mlflow"
         data.mkdir(parents=True, exist_ok=True)
@@ -197,14 +235,14 @@ class Stack:
             "--backend-store-uri",
             backend_uri or f"sqlite:///{data / 'mlflow.db'}",
             "--artifacts-destination",
-            str(data / "artifacts"),
+            artifacts or str(data / "artifacts"),
             "--workers",
             "1",
         ]
         # MLflow 3's job runner (seven huey consumers) costs 0.5-0.8 cores of a 2-core machine
         # while idle; streamops uses none of its jobs.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.spawn("mlflow", argv, env=env)
+        own = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.spawn("mlflow", argv, env=own)
         url = f"http://127.0.0.1:{port}"
         wait_for(
             lambda: http_ok(f"{url}/health"),
@@ -373,16 +411,20 @@ def _server_url(environ: Mapping[str, str], names: tuple[str, str]) -> str | Non
 def bring_up(
     stack: Stack,
     services: tuple[str, ...],
+    *,
     timeout: float = 120.0,
     environ: Mapping[str, str] | None = None,
     redis_cluster: bool = False,
+    object_store: bool = False,
 ) -> Running:
     """Redis and MLflow (unless the environment names them) and `services` as processes, each
     waited for until it is up: a heartbeat for the stream services, `/healthz` for the
     gateway. A service named twice runs twice (`predictor-2` is the second replica's log).
     Settings exported before (`environ`, default the process's) win over up's (up_settings).
     `redis_cluster`: a local Redis Cluster (3 masters, 3 replicas) rather than one Redis, unless
-    the environment names a Redis."""
+    the environment names a Redis. `object_store`: a local S3 API holding the feature store's
+    versions, batch scores and MLflow's artifacts (unless the environment names a feature-store
+    URI: then that store, reached with the environment's AWS variables)."""
     from shared.broker import sync_redis_client
     from shared.settings import CommonSettings
 
@@ -391,22 +433,26 @@ def bring_up(
     # Before any server starts: a bad setting stops `up` at once.
     chosen = up_settings(workdir, environ, CommonSettings().datasets_dir)
     origin: dict[str, str] = {}
-    url = _server_url(environ, ("STREAMOPS_REDIS_URL", "REDIS_URL"))
-    origin["STREAMOPS_REDIS_URL"] = FROM_ENVIRONMENT if url else FROM_UP
-    nodes = environ.get("STREAMOPS_REDIS_CLUSTER_NODES", "")
-    if url is None and redis_cluster:
-        nodes = ",".join(stack.start_redis_cluster())
-        url = f"redis://{nodes.split(',')[0]}/0"
-        origin["STREAMOPS_REDIS_CLUSTER_NODES"] = FROM_UP
-    url = url or stack.start_redis()
+    url, nodes = _redis(stack, environ, redis_cluster, origin)
+    s3: dict[str, str] = {}
+    if object_store and not environ.get("STREAMOPS_FEATURE_STORE_URI"):
+        s3 = stack.start_s3()
+        s3["STREAMOPS_FEATURE_STORE_URI"] = f"s3://{S3_BUCKET}/feature-store"
+        origin["STREAMOPS_FEATURE_STORE_URI"] = FROM_UP
     names = ("STREAMOPS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
     mlflow_url = _server_url(environ, names)
     origin["STREAMOPS_MLFLOW_TRACKING_URI"] = FROM_ENVIRONMENT if mlflow_url else FROM_UP
-    mlflow_url = mlflow_url or stack.start_mlflow()
+    artifacts = f"s3://{S3_BUCKET}/mlflow" if s3 else None
+    mlflow_url = mlflow_url or stack.start_mlflow(artifacts=artifacts, env=s3)
     for inbox in (chosen.inbox, workdir / "inbox"):
         inbox.mkdir(parents=True, exist_ok=True)
     port = chosen.port
-    env = {"STREAMOPS_REDIS_URL": url, "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url, **chosen.env}
+    env = {
+        "STREAMOPS_REDIS_URL": url,
+        "STREAMOPS_MLFLOW_TRACKING_URI": mlflow_url,
+        **chosen.env,
+        **s3,
+    }
     if nodes:
         env["STREAMOPS_REDIS_CLUSTER_NODES"] = nodes
     origin.update(chosen.origin)
@@ -439,6 +485,21 @@ def bring_up(
         wait_for(beating, timeout, f"the {name} (log: {stack.log(name)})")
     client.close()
     return Running(url, mlflow_url, env, gateway_url, metrics, origin)
+
+
+def _redis(
+    stack: Stack, environ: Mapping[str, str], cluster: bool, origin: dict[str, str]
+) -> tuple[str, str]:
+    """The Redis URL and cluster nodes (maybe none) the services use: the environment's, or
+    servers started here."""
+    url = _server_url(environ, ("STREAMOPS_REDIS_URL", "REDIS_URL"))
+    origin["STREAMOPS_REDIS_URL"] = FROM_ENVIRONMENT if url else FROM_UP
+    nodes = environ.get("STREAMOPS_REDIS_CLUSTER_NODES", "")
+    if url is None and cluster:
+        nodes = ",".join(stack.start_redis_cluster())
+        url = f"redis://{nodes.split(',')[0]}/0"
+        origin["STREAMOPS_REDIS_CLUSTER_NODES"] = FROM_UP
+    return url or stack.start_redis(), nodes
 
 
 @contextlib.contextmanager

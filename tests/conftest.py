@@ -15,7 +15,7 @@ import redis
 
 from shared.datasets import DatasetSpec, load_spec
 from shared.settings import BUNDLED_DATASETS, CommonSettings, IngestorSettings
-from streamops.stack import Stack, local_stack
+from streamops.stack import S3_BUCKET, Stack, local_stack
 from tests.support.data import write_churn_spec
 from tests.support.servers import INSTALL_HINT, mlflow_server, postgres_dsn, redis_server
 
@@ -133,6 +133,43 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             pytest.fail(f"no local Redis Cluster: {exc}\n{INSTALL_HINT}", pytrace=False)
         yield LocalCluster(nodes, stack)
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    """A local S3 API (moto's server) with one bucket; the test process is pointed at it."""
+
+    env: dict[str, str]
+    bucket: str
+
+    def prefix(self, name: str) -> str:
+        """An `s3://` prefix of a test's own (the bucket is shared by the session)."""
+        return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """One S3 API for every `s3` test of the session, its AWS variables set in this process
+    (pyarrow and boto3 read them; services started by bring_up inherit them)."""
+    with local_stack(tmp_path_factory.mktemp("s3")) as stack, pytest.MonkeyPatch.context() as env:
+        try:
+            variables = stack.start_s3()
+        except RuntimeError as exc:
+            hint = "moto's server comes with the test extras: make deps-test"
+            pytest.fail(f"no local S3 API: {exc} ({hint})", pytrace=False)
+        for name, value in variables.items():
+            env.setenv(name, value)
+        forget_s3_clients()
+        yield LocalS3(variables, S3_BUCKET)
+    forget_s3_clients()
+
+
+def forget_s3_clients() -> None:
+    """The process's S3 clients read the variables when made: made again after they change."""
+    from shared import storage
+
+    storage.s3_filesystem.cache_clear()
+    storage.s3_client.cache_clear()
 
 
 @pytest.fixture

@@ -206,7 +206,7 @@ def build_app(
     trainer = Trainer(
         settings=settings,
         client=client,
-        store=FeatureStore(common.feature_store_root),
+        store=FeatureStore(common.feature_store_location),
         board=board or RedisStatusBoard(client),
         slots=slots,
         trained_out=broker.publisher(

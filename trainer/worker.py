@@ -36,7 +36,7 @@ class Setup:
     """What a worker process needs to know, pickled to it once when it starts."""
 
     tracking_uri: str
-    feature_store_root: str
+    feature_store_location: str
     datasets_dir: str
     log_level: str
     plugins_dir: str | None = None
@@ -47,7 +47,7 @@ class Setup:
         plugins = settings.plugins
         return cls(
             common.mlflow_tracking_uri,
-            str(common.feature_store_root),
+            common.feature_store_location,
             str(common.datasets_dir),
             common.log_level,
             str(plugins) if plugins else None,
@@ -73,7 +73,7 @@ def _init(parent: int, setup: Setup) -> None:
     configure_logging(setup.log_level)
     mlflow.set_tracking_uri(setup.tracking_uri)  # this process only exists to log to it
     _state["registry"] = MlflowRegistry(setup.tracking_uri)
-    _state["store"] = FeatureStore(Path(setup.feature_store_root))
+    _state["store"] = FeatureStore(setup.feature_store_location)
     _state["datasets_dir"] = Path(setup.datasets_dir)
     # A spawned process starts with a fresh sys.path: entry points (and the custom classes in
     # the models they return) are imported from the plugins directory here too.

@@ -53,6 +53,12 @@ THIRD_PARTY_VARIABLES = {
     # Python and the libraries' caches: the Kubernetes pods point it at /tmp, as their root
     # filesystem is read-only (deploy/k8s).
     "HOME",
+    # pyarrow, boto3 and MLflow's S3 artifact store: the object store's connection
+    # (docs/storage.md).
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
     # Python, in the image.
     "PATH",
     "PYTHONUNBUFFERED",

@@ -34,9 +34,9 @@ def _spec_dir(tmp_path: Path, slow: bool) -> tuple[Path, str]:
     spec = yaml.safe_load((BUNDLED_DATASETS / "churn" / "spec.yaml").read_text())
     name = f"churn-e2e-{uuid.uuid4().hex[:8]}"
     spec["training"]["model_name"] = name
-    if slow:  # a fit of several seconds, to be caught in the middle
+    if slow:  # a fit of about 3 s here (twice the longest lease below), caught in the middle
         spec["training"]["estimator"]["params"] = {
-            "max_iter": 1500,
+            "max_iter": 800,
             "learning_rate": 0.01,
             "max_leaf_nodes": 63,
             "early_stopping": False,

@@ -13,6 +13,7 @@ mode: hypothesis is derandomized, so a failure found here is found again on the 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +39,10 @@ from schemathesis.specs.openapi.checks import (
 # schemathesis imports its OpenAPI modules on first use. Imported there, deep in a test's
 # stack, pytest's assertion rewriting of them failed once with CPython 3.11.7's "AST
 # constructor recursion depth mismatch"; imported here, at collection, they are rewritten at
-# the top of the stack.
+# the top of the stack. The same for the auth module 4.32 imports on a case's first call
+# (absent from older releases).
+with contextlib.suppress(ModuleNotFoundError):
+    importlib.import_module("schemathesis.wfc.escalation")
 from gateway.app import build_app
 from predictor.app import build_app as build_predictor
 from predictor.cache import ModelCache

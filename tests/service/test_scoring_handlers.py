@@ -157,7 +157,7 @@ async def test_chunks_are_scored_and_assembled_into_one_output_in_row_order(
     assert result.column("prediction").to_pylist() == _expected(served, spec, frame)
     job = harness.jobs.jobs["j3"]
     assert (job["status"], job["output_uri"]) == ("done", str(output))
-    assert not parts_dir(output, "j3").exists()  # tidied up once the job is done
+    assert not Path(parts_dir(str(output), "j3")).exists()  # tidied up once the job is done
     assert harness.batch_rows() == 250
 
     await harness.scorer.on_chunk(harness.jobs.queued[0])  # a late copy of a chunk

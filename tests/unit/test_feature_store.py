@@ -82,6 +82,22 @@ def test_the_manifest_lists_every_version_with_its_facts(tmp_path: Path) -> None
     }
 
 
+def test_the_records_say_what_exists_and_the_manifest_only_saves_reading_them(
+    tmp_path: Path,
+) -> None:
+    store = FeatureStore(tmp_path)
+    _commit(store, "h1", [1, 2])
+    manifest = tmp_path / "toy" / "manifest.json"
+    entries = json.loads(manifest.read_text())
+    phantom = {**entries["versions"][0], "version": 7, "content_hash": "h7"}
+    manifest.write_text(json.dumps({**entries, "versions": [*entries["versions"], phantom]}))
+    assert [v.version for v in store.versions("toy")] == [1]  # no record, no version 7
+    manifest.write_text("{not json")
+    assert [v.content_hash for v in store.versions("toy")] == ["h1"]  # read from the record
+    assert _commit(store, "h2", [3]) == (2, True)
+    assert [v["version"] for v in json.loads(manifest.read_text())["versions"]] == [1, 2]
+
+
 def test_a_crashed_writer_leaves_nothing_that_counts(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     leftover = tmp_path / "toy" / ".staging" / "999999999-dead"

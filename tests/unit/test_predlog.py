@@ -104,10 +104,11 @@ def test_a_scored_chunk_is_logged_once_per_row_under_its_job(tmp_path: Path) -> 
         start=100,
         stop=300,
         input_path=str(source),
-        output_path=str(scored_path(source)),
+        output_path=scored_path(str(source)),
         occurred_at=datetime(2026, 12, 4, 23, 59, tzinfo=UTC),
     )
-    scored = score_chunk(served, source, (100, 300), part_path(scored_path(source), "job-1", 1))
+    part = part_path(scored_path(str(source)), "job-1", 1)
+    scored = score_chunk(served, str(source), (100, 300), part)
     store = tmp_path / "store"
     for _ in range(2):  # a redelivered chunk writes the same file again
         path = chunk_part(

@@ -44,15 +44,15 @@ def served(spec: DatasetSpec) -> Served:
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> Path:
+def source(tmp_path: Path) -> str:
     """1,000 rows in row groups of 128 rows: ranges straddle group boundaries."""
     path = tmp_path / "in" / "rows.parquet"
     path.parent.mkdir()
     pq.write_table(pa.Table.from_pandas(toy_frame(1000, seed=1)), path, row_group_size=128)
-    return path
+    return str(path)
 
 
-def _expected(served: Served, path: Path) -> list[Any]:
+def _expected(served: Served, path: str) -> list[Any]:
     frame = pq.read_table(path).to_pandas()[["a", "b", "flag"]].astype({"flag": float})
     return list(served.model.predict(frame))
 
@@ -66,7 +66,7 @@ def test_chunks_cover_every_row_once_in_order() -> None:
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
 
 
-def test_a_range_across_row_groups_reads_exactly_its_rows(source: Path) -> None:
+def test_a_range_across_row_groups_reads_exactly_its_rows(source: str) -> None:
     whole = pq.read_table(source).column("a").to_pylist()
     for start, stop in [(0, 128), (100, 300), (127, 129), (990, 1000), (0, 1000)]:
         part = read_range(source, start, stop, ["a"])
@@ -74,7 +74,7 @@ def test_a_range_across_row_groups_reads_exactly_its_rows(source: Path) -> None:
 
 
 def test_chunks_scored_and_assembled_give_one_prediction_per_row_in_order(
-    served: Served, spec: DatasetSpec, source: Path
+    served: Served, spec: DatasetSpec, source: str
 ) -> None:
     output = scored_path(source)
     ranges = plan_chunks(1000, 300)
@@ -88,27 +88,30 @@ def test_chunks_scored_and_assembled_give_one_prediction_per_row_in_order(
     assert result.column("row").to_pylist() == list(range(1000))
     assert result.column("prediction").to_pylist() == _expected(served, source)
     assert set(result.column("model_version").to_pylist()) == {3}
-    assert output.name == "rows.scored.parquet"
+    assert Path(output).name == "rows.scored.parquet"
     remove_parts(output, "j1")
-    assert not parts_dir(output, "j1").exists()
+    assert not Path(parts_dir(output, "j1")).exists()
 
 
 def test_a_chunk_scored_twice_rewrites_the_same_content(
-    served: Served, spec: DatasetSpec, source: Path
+    served: Served, spec: DatasetSpec, source: str
 ) -> None:
     part = part_path(scored_path(source), "j2", 0)
     score_chunk(served, source, (200, 450), part)
     first = pq.read_table(part)
     score_chunk(served, source, (200, 450), part)
     assert pq.read_table(part).equals(first)
-    assert [p.name for p in part.parent.iterdir()] == [part.name]  # no temporary file left
+    assert [p.name for p in Path(part).parent.iterdir()] == [
+        Path(part).name
+    ]  # no temporary file left
 
 
-def test_inputs_are_confined_to_the_roots(tmp_path: Path, source: Path) -> None:
-    root = source.parent.resolve()
-    assert confine_parquet(str(source), [root]) == source.resolve()
-    assert confine_parquet("rows.parquet", [root]) == source.resolve()
-    assert confine_parquet(f"file://{source}", [root]) == source.resolve()
+def test_inputs_are_confined_to_the_roots(tmp_path: Path, source: str) -> None:
+    root = Path(source).parent.resolve()
+    real = str(Path(source).resolve())
+    assert confine_parquet(source, [root]) == real
+    assert confine_parquet("rows.parquet", [root]) == real
+    assert confine_parquet(f"file://{source}", [root]) == real
     (tmp_path / "secret.parquet").write_bytes(b"x")
     for uri in [str(tmp_path / "secret.parquet"), "../secret.parquet", "s3://b/x.parquet"]:
         with pytest.raises(ScoreInputRejected):
@@ -123,23 +126,23 @@ def test_a_file_without_the_feature_columns_or_rows_is_refused(
     partial = tmp_path / "partial.parquet"
     pq.write_table(pa.table({"a": [1.0]}), partial)
     with pytest.raises(ScoreInputRejected, match=r"lacks feature columns \['b', 'flag'\]"):
-        inspect(partial, scored_path(partial), spec_schema(spec))
+        inspect(str(partial), scored_path(str(partial)), spec_schema(spec))
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.Table.from_pandas(toy_frame(0)), empty)
     with pytest.raises(ScoreInputRejected, match="no rows"):
-        inspect(empty, scored_path(empty), spec_schema(spec))
+        inspect(str(empty), scored_path(str(empty)), spec_schema(spec))
     text = tmp_path / "text.parquet"
     text.write_text("not parquet")
     with pytest.raises(ScoreInputRejected, match="not a readable Parquet"):
-        inspect(text, scored_path(text), spec_schema(spec))
+        inspect(str(text), scored_path(str(text)), spec_schema(spec))
 
 
-def test_outputs_go_beside_the_input_or_under_the_store(tmp_path: Path, source: Path) -> None:
+def test_outputs_go_beside_the_input_or_under_the_store(tmp_path: Path, source: str) -> None:
     store = FeatureStore(tmp_path / "store")
-    root = source.parent.resolve()
-    assert resolve("job-1", ParquetInput(uri=str(source)), [root], store) == (
-        source.resolve(),
-        root / "rows.scored.parquet",
+    root = Path(source).parent.resolve()
+    assert resolve("job-1", ParquetInput(uri=source), [root], store) == (
+        str(Path(source).resolve()),
+        str(root / "rows.scored.parquet"),
     )
     with pytest.raises(ScoreInputRejected, match="no version"):
         resolve("job-1", FeatureStoreInput(dataset="toy"), [root], store)
@@ -190,19 +193,24 @@ def test_a_pinned_version_is_the_live_one_the_previous_one_or_loaded_once(
         predictor.model_for("other", 1)
 
 
-def test_chunk_paths_outside_the_roots_are_refused(tmp_path: Path, source: Path) -> None:
+def test_chunk_paths_outside_the_roots_are_refused(tmp_path: Path, source: str) -> None:
     from predictor.scoring import check_chunk_paths
     from shared.errors import ChunkRefused
 
-    root = source.parent.resolve()
+    root = Path(source).parent.resolve()
     check_chunk_paths(source, scored_path(source), [root])
     with pytest.raises(ChunkRefused, match="input"):
-        check_chunk_paths(Path("/etc/passwd"), scored_path(source), [root])
+        check_chunk_paths("/etc/passwd", scored_path(source), [root])
     with pytest.raises(ChunkRefused, match="output"):
-        check_chunk_paths(source, root / ".." / "x.parquet", [root])
+        check_chunk_paths(source, str(root / ".." / "x.parquet"), [root])
+    bucket = ["s3://bucket/in"]
+    check_chunk_paths("s3://bucket/in/x.parquet", "s3://bucket/in/x.scored.parquet", [], bucket)
+    for outside in ["s3://bucket/inbox/x.parquet", "s3://bucket/in/../x.parquet", "s3://other/x"]:
+        with pytest.raises(ChunkRefused, match="input"):
+            check_chunk_paths(outside, "s3://bucket/in/y.parquet", [], bucket)
 
 
-def test_a_model_with_several_outputs_gets_one_column_each(source: Path) -> None:
+def test_a_model_with_several_outputs_gets_one_column_each(source: str) -> None:
     from datetime import UTC, datetime
 
     import pandas as pd

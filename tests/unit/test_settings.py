@@ -139,3 +139,35 @@ def test_installed_the_sample_is_the_data_files_copy_under_the_prefix(
 
 def test_the_repository_checkout_uses_its_own_datasets() -> None:
     assert settings_module.bundled_datasets() == settings_module.REPO_ROOT / "datasets"
+
+
+def test_an_object_store_is_named_by_an_s3_uri_and_its_prefix_may_be_scored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMOPS_FEATURE_STORE_URI", "s3://my-bucket/features/")
+    monkeypatch.setenv("STREAMOPS_PREDICTOR_SCORE_URIS", "s3://inbox-bucket/in/")
+    settings = PredictorSettings()
+    assert settings.common.feature_store_location == "s3://my-bucket/features"
+    assert settings.score_prefixes == ["s3://inbox-bucket/in", "s3://my-bucket/features"]
+    monkeypatch.delenv("STREAMOPS_FEATURE_STORE_URI")
+    common = CommonSettings()
+    assert common.feature_store_location == str(common.feature_store_root)  # the local root
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STREAMOPS_FEATURE_STORE_URI", "/data/features"),
+        ("STREAMOPS_FEATURE_STORE_URI", "s3://"),
+        ("STREAMOPS_FEATURE_STORE_URI", "s3://Bad_Bucket/x"),
+        ("STREAMOPS_FEATURE_STORE_URI", "gs://bucket/x"),
+        ("STREAMOPS_PREDICTOR_SCORE_URIS", "/data/in"),
+        ("STREAMOPS_PREDICTOR_SCORE_URIS", "s3://"),
+    ],
+)
+def test_a_bad_object_store_uri_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        PredictorSettings()
