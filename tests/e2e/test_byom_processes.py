@@ -32,6 +32,7 @@ from streamops.stack import Running, Stack, bring_up
 from tests.support.data import CHURN_ROW, churn_rows, write_csv
 from tests.support.load import Load
 from tests.support.outside import ROW, frame
+from tests.support.scoring import scored as score_job
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -170,21 +171,7 @@ def test_a_custom_pyfunc_regressor_answers_online_and_in_batch(world: World) -> 
     source = world.stack.workdir / "inbox" / "baskets.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(source, index=False)
-    accepted = world.http.post(
-        "/v1/score", json={"model_name": model, "input": {"kind": "parquet", "uri": str(source)}}
-    )
-    assert accepted.status_code == 202, accepted.text
-    status_url = accepted.json()["status_url"]
-
-    def done() -> dict[str, Any]:
-        response = world.http.get(status_url)
-        if response.status_code == 404:  # not planned yet
-            return {}
-        status: dict[str, Any] = response.json()
-        assert status["status"] != "rejected", status["error"]
-        return status if status["status"] == "done" else {}
-
-    status = wait_until(done, timeout=60, what="the scoring job done")
+    status = score_job(world.http, model, {"kind": "parquet", "uri": str(source)})
     scored = pq.read_table(status["output_uri"].removeprefix("file://")).to_pandas()
     assert scored["row"].tolist() == list(range(len(rows)))
     assert scored["prediction"].tolist() == pytest.approx(expected)

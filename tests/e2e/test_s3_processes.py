@@ -22,6 +22,7 @@ from streamops.stack import FROM_UP, S3_BUCKET, Running, Stack, bring_up
 from tests.conftest import forget_s3_clients
 from tests.support.data import CHURN_ROW, write_churn_spec
 from tests.support.models import churn_features
+from tests.support.scoring import scored
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
@@ -38,22 +39,8 @@ class World:
         entries: Any = self.redis.xrange(stream)
         return [json.loads(fields[b"__data__"]) for _, fields in entries]
 
-    def scored(self, source: dict[str, Any]) -> dict[str, Any]:
-        """Ask for a batch job on `source`; its status once done."""
-        body = {"model_name": self.model, "input": source}
-        accepted = self.http.post("/v1/score", json=body)
-        assert accepted.status_code == 202, accepted.text
-        status_url = accepted.json()["status_url"]
-
-        def done() -> dict[str, Any]:
-            response = self.http.get(status_url)
-            if response.status_code == 404:  # not planned yet
-                return {}
-            status: dict[str, Any] = response.json()
-            assert status["status"] != "rejected", status["error"]
-            return status if status["status"] == "done" else {}
-
-        return wait_until(done, timeout=90, what=f"the scoring job on {source}")
+    def scored(self, source: dict[str, Any]) -> Any:
+        return scored(self.http, self.model, source)
 
 
 @pytest.fixture(scope="module")
