@@ -210,15 +210,11 @@ def score_chunk(served: Served, path: str, rows: tuple[int, int], part: str) -> 
 def write_atomic(table: pa.Table, location: str) -> None:
     """Write `table` to `location`: all of it or nothing (shared.fsio on disk; an object
     appears when its upload completes)."""
-    encoded = dictionary_columns(table.schema)
-    if storage.is_object_store(location):
-        filesystem, path = storage.resolve(location)
-        pq.write_table(table, path, use_dictionary=encoded, filesystem=filesystem)
-        return
-    target = Path(location)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, use_dictionary=encoded)
+    filesystem, _ = storage.resolve(location)
+    with _writing(location) as target:
+        pq.write_table(
+            table, target, use_dictionary=dictionary_columns(table.schema), filesystem=filesystem
+        )
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -275,7 +271,9 @@ def _writing(location: str) -> Iterator[str]:
     if storage.is_object_store(location):
         yield storage.resolve(location)[1]
         return
-    with atomic_path(Path(location)) as tmp:
+    target = Path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
         yield str(tmp)
 
 

@@ -37,7 +37,8 @@ next. Before each attempt the writer rescans the records for its content hash, s
 redelivered ingest finds its version instead of making a second. A version is therefore
 visible whole or not at all: readers find versions by their records only, and read the files
 a record names. A crash between the rows and the record leaves objects no record names;
-`stage` deletes those once they are older than `ORPHAN_AGE` (docs/storage.md).
+the dataset's next commit deletes those once they are older than `ORPHAN_AGE`
+(docs/storage.md).
 """
 
 from __future__ import annotations
@@ -247,23 +248,23 @@ class FeatureStore:
         return storage.join(self.location, *parts)
 
     def _record(self, dataset: str, version: int) -> str:
-        """The filesystem path of a version's record."""
-        return storage.join(self._base, dataset, "versions", f"version={version}", META_FILE)
+        """The location of a version's record."""
+        return self._at(dataset, "versions", f"version={version}", META_FILE)
 
-    def version_home(self, dataset: str, version: int) -> str:
-        """Where a version's files are: its directory on disk, its object prefix on S3 (named
-        by its record, so this reads it there)."""
-        if self.on_object_store:
-            return self.get(dataset, version).path
-        return self._at(dataset, "versions", f"version={version}")
+    def _home(self, dataset: str, version: int, info: VersionInfo | None = None) -> str:
+        """Where a version's files are: its directory on disk (the layout: no read), the
+        object prefix its record names on S3 (`info`, if the caller has it, else read)."""
+        if not self.on_object_store:
+            return self._at(dataset, "versions", f"version={version}")
+        return (info or self.get(dataset, version)).path
 
     def data_path(self, dataset: str, version: int) -> str:
         """The Parquet file of a version's accepted rows."""
-        return storage.join(self.version_home(dataset, version), DATA_FILE)
+        return storage.join(self._home(dataset, version), DATA_FILE)
 
     def quarantine_path(self, dataset: str, version: int) -> str:
         """The Parquet file of a version's quarantine lines (absent when it has none)."""
-        return storage.join(self.version_home(dataset, version), QUARANTINE_FILE)
+        return storage.join(self._home(dataset, version), QUARANTINE_FILE)
 
     def scores_path(self, dataset: str, version: int, job_id: str) -> str:
         """Where batch job `job_id` writes its scores of a version (kept apart from the
@@ -276,7 +277,9 @@ class FeatureStore:
     def stage(self, dataset: str, schema: pa.Schema) -> Iterator[StagedVersion]:
         """A staging area that is removed on exit unless `commit` kept it."""
         directory = (
-            self._stage_object(dataset) if self.on_object_store else self._stage_local(dataset)
+            self._at(dataset, "objects", uuid.uuid4().hex)  # where it stays once committed
+            if self.on_object_store
+            else self._stage_local(dataset)
         )
         staged = StagedVersion(directory, schema)
         try:
@@ -350,15 +353,16 @@ class FeatureStore:
             found = self._scan(dataset)
             existing = _with_hash(found, fields["content_hash"])
             if existing is not None:
+                self._prune_orphans(dataset, found)
                 return existing, False
             version = max((v.version for v in found), default=0) + 1
             info = self._info(fields, version, staged.directory, quarantine)
             if _put_if_absent(
-                self._at(dataset, "versions", f"version={version}", META_FILE),
-                info.model_dump_json(indent=2).encode(),
+                self._record(dataset, version), info.model_dump_json(indent=2).encode()
             ):
                 staged.committed = True
                 self._write_manifest(dataset, [*found, info])
+                self._prune_orphans(dataset, [*found, info])
                 return info, True
         raise CommitContended(
             f"dataset {dataset!r}: no version number claimed in {COMMIT_ATTEMPTS} attempts"
@@ -407,7 +411,9 @@ class FeatureStore:
 
     def get(self, dataset: str, version: int) -> VersionInfo:
         try:
-            with self._fs.open_input_stream(self._record(dataset, version)) as stream:
+            with self._fs.open_input_stream(
+                storage.resolve(self._record(dataset, version))[1]
+            ) as stream:
                 text = stream.read()
         except FileNotFoundError:
             raise VersionNotFound(f"dataset {dataset!r} has no version {version}") from None
@@ -444,17 +450,18 @@ class FeatureStore:
         """One version (a number), the newest ("latest") or every version ("all")."""
         if version == "all":
             return self.dataset(dataset).to_table()
-        number = self.latest(dataset).version if version == "latest" else int(version)
-        self.get(dataset, number)  # raises VersionNotFound
-        _, path = storage.resolve(self.data_path(dataset, number))
-        return pq.read_table(path, filesystem=self._fs)
+        info = self.latest(dataset) if version == "latest" else self.get(dataset, int(version))
+        return self._read(self._home(dataset, info.version, info), DATA_FILE)
 
     def quarantine(self, dataset: str, version: int) -> pa.Table:
         """A version's quarantine lines (none when every row was accepted)."""
-        location = self.quarantine_path(dataset, version)
-        if not storage.exists(location):
+        info = self.get(dataset, version)
+        if info.quarantine_path is None:  # its record says it has none
             return QUARANTINE_SCHEMA.empty_table()
-        return pq.read_table(storage.resolve(location)[1], filesystem=self._fs)
+        return self._read(self._home(dataset, version, info), QUARANTINE_FILE)
+
+    def _read(self, home: str, name: str) -> pa.Table:
+        return pq.read_table(storage.resolve(storage.join(home, name))[1], filesystem=self._fs)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -514,14 +521,11 @@ class FeatureStore:
         directory.mkdir()
         return str(directory)
 
-    def _stage_object(self, dataset: str) -> str:
-        self._prune_orphans(dataset)
-        return self._at(dataset, "objects", uuid.uuid4().hex)
-
-    def _prune_orphans(self, dataset: str) -> None:
-        """Delete staged objects that no record names and that are older than ORPHAN_AGE:
-        what writers that crashed before their commit left behind."""
-        named = {storage.name(v.path) for v in self._scan(dataset)}
+    def _prune_orphans(self, dataset: str, found: list[VersionInfo]) -> None:
+        """Delete staged objects that no record of `found` (the commit's own scan) names and
+        that are older than ORPHAN_AGE: what writers that crashed before their commit left
+        behind."""
+        named = {storage.name(v.path) for v in found}
         cutoff = datetime.now(UTC) - ORPHAN_AGE
         for file in storage.files_under(self._at(dataset, "objects")):
             owner = storage.name(storage.parent(file.path))

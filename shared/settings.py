@@ -12,7 +12,14 @@ import sysconfig
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +77,12 @@ def split_list(value: Any) -> Any:
 DEFAULT_FLAVORS = ("sklearn", "lightgbm", "xgboost", "python_function")
 KNOWN_FLAVORS = DEFAULT_FLAVORS
 
+# An object-store location, s3://bucket[/prefix]: a bucket name as S3 allows it, no empty
+# segment (docs/storage.md).
+S3Uri = Annotated[
+    str, StringConstraints(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$")
+]
+
 
 class CommonSettings(BaseSettings):
     """What every service needs: where Redis, MLflow and the feature store are."""
@@ -102,9 +115,7 @@ class CommonSettings(BaseSettings):
     # (`s3://bucket/prefix`), instead of under feature_store_root; the connection comes from
     # the standard AWS variables (docs/storage.md). Prediction logs stay under
     # feature_store_root.
-    feature_store_uri: str | None = Field(
-        default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$"
-    )
+    feature_store_uri: S3Uri | None = None
     datasets_dir: Path = Field(default_factory=default_datasets_dir)
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
     max_deliveries: int = Field(default=5, ge=1, le=1000)
@@ -303,7 +314,7 @@ class PredictorSettings(BaseSettings):
     )
     # Batch scoring on an object store: Parquet objects under these `s3://` prefixes may be
     # read (results are written beside them); the feature store's URI, when set, is one too.
-    score_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    score_uris: Annotated[list[S3Uri], NoDecode] = Field(default_factory=list)
 
     @field_validator(
         "models",
@@ -326,9 +337,6 @@ class PredictorSettings(BaseSettings):
     @field_validator("score_uris")
     @classmethod
     def _s3_prefixes(cls, value: list[str]) -> list[str]:
-        wrong = [uri for uri in value if not uri.startswith("s3://") or len(uri) <= len("s3://")]
-        if wrong:
-            raise ValueError(f"score_uris must be s3://bucket[/prefix] URIs, got {wrong}")
         return [uri.rstrip("/") for uri in value]
 
     @property

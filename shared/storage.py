@@ -79,12 +79,6 @@ def exists(location: str) -> bool:
     return bool(filesystem.get_file_info(path).type == pafs.FileType.File)
 
 
-def read_bytes(location: str) -> bytes:
-    filesystem, path = resolve(location)
-    with filesystem.open_input_stream(path) as stream:
-        return bytes(stream.read())
-
-
 def remove_tree(location: str) -> None:
     """Delete a directory (a key prefix on S3) and everything under it; absent is fine."""
     filesystem, path = resolve(location)

@@ -69,7 +69,9 @@ def test_a_version_commits_whole_and_a_second_copy_finds_it(s3: LocalS3) -> None
     assert every.num_rows == 150
     pairs = zip(every.column("version").to_pylist(), every.column("x").to_pylist(), strict=True)
     assert sorted(pairs) == [(1, i) for i in range(100)] + [(2, i) for i in range(100, 150)]
-    manifest = storage.read_bytes(storage.join(store.location, "toy", "manifest.json"))
+    filesystem, path = storage.resolve(storage.join(store.location, "toy", "manifest.json"))
+    with filesystem.open_input_stream(path) as stream:
+        manifest = stream.read()
     assert [v["version"] for v in json.loads(manifest)["versions"]] == [1, 2]
     assert [v.version for v in FeatureStore(store.location).versions("toy")] == [1, 2]
     assert second.version == 2

@@ -163,6 +163,7 @@ def test_an_object_store_is_named_by_an_s3_uri_and_its_prefix_may_be_scored(
         ("STREAMOPS_FEATURE_STORE_URI", "gs://bucket/x"),
         ("STREAMOPS_PREDICTOR_SCORE_URIS", "/data/in"),
         ("STREAMOPS_PREDICTOR_SCORE_URIS", "s3://"),
+        ("STREAMOPS_PREDICTOR_SCORE_URIS", "s3://inbox/in,s3://Bad_Bucket/x"),
     ],
 )
 def test_a_bad_object_store_uri_fails_at_once(
